@@ -1,0 +1,1 @@
+//! vigil-host: the node daemon behind the `vigil` binary.

@@ -1,0 +1,22 @@
+//! vigil-sdk: everything a monitor author needs, and nothing of the host.
+//!
+//! * [`resource`] — names, patterns, values and samples;
+//! * [`Monitor`] — the trait a monitor implements;
+//! * [`abi`] and [`export_monitor!`] — the C ABI for dylib monitors
+//!   (C authors use `include/vigil_monitor.h` instead);
+//! * [`proto`] — the exec line protocol and [`proto::serve_stdio`];
+//! * [`nagios`] — Nagios plugin output and threshold parsing;
+//! * [`testing`] — the conformance harness every monitor runs in its tests.
+//!
+//! The SDK does not schedule, judge resources up or down, or talk to the
+//! cluster: that is the host's job.
+
+pub mod abi;
+pub mod monitor;
+pub mod proto;
+pub mod resource;
+pub mod testing;
+pub mod wire;
+
+pub use monitor::{Monitor, MonitorError, SampleSink};
+pub use resource::{ResourceName, ResourcePattern, Sample, Value, encode_segment, now_ms};
