@@ -1,0 +1,458 @@
+//! Configuration: `cluster.toml` and `monitors.d/*.toml`, loaded in two
+//! phases — raw serde structs that refuse unknown keys, then a validated,
+//! resolved model. Every error carries `file:line`; validation collects all
+//! errors instead of stopping at the first.
+//!
+//! One broken monitor file disables that monitor only: [`load`] returns the
+//! monitors that validated beside the errors of the others. A broken
+//! `cluster.toml` is fatal, since nothing can run without it.
+//!
+//! This module reads files and nothing else: it does not load plugins or
+//! start processes (see [`crate::runtime`]).
+
+mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use vigil_sdk::proto::Mode;
+
+pub use source::{ConfigError, SourceFile};
+
+/// Default configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/vigil";
+/// Where dylib plugins are looked for after `plugin_path` and the executable's directory.
+pub const SYSTEM_PLUGIN_DIR: &str = "/usr/lib/vigil/plugins";
+
+// ---------------------------------------------------------------- raw phase
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterFile {
+    cluster: Spanned<RawCluster>,
+    #[serde(default)]
+    store: Option<Spanned<RawStore>>,
+    #[serde(default)]
+    api: Option<RawApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    nodes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    plugin_path: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    endpoints: Vec<Spanned<String>>,
+    #[serde(default)]
+    lease_ttl_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
+    #[serde(default)]
+    http_listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    plugin: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    interval_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    params: Option<toml::Table>,
+}
+
+/// A duration in seconds written as an integer or a float.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Int(i64),
+    Float(f64),
+}
+
+impl Seconds {
+    fn to_duration(self) -> Result<Duration, String> {
+        let secs = match self {
+            Seconds::Int(i) => i as f64,
+            Seconds::Float(f) => f,
+        };
+        if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+            return Err(format!("must be more than 0 and at most 86400 seconds, got {secs}"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+// ---------------------------------------------------------- validated model
+
+/// The validated `cluster.toml`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The configuration directory every relative path is resolved against.
+    pub dir: PathBuf,
+    pub name: String,
+    pub nodes: Vec<String>,
+    pub plugin_path: Vec<PathBuf>,
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// Single node, in-process, persisted at `path`.
+    Embedded { path: PathBuf },
+    Etcd { endpoints: Vec<String>, lease_ttl: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub socket: PathBuf,
+    pub http_listen: Option<String>,
+}
+
+/// How a monitor is run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MonitorKind {
+    /// `plugin` as written: a path (contains `/`) or a name to search.
+    Dylib { plugin: String },
+    Exec { command: Vec<String>, mode: Mode },
+    Nagios { command: Vec<String> },
+}
+
+impl MonitorKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            MonitorKind::Dylib { .. } => "dylib",
+            MonitorKind::Exec { .. } => "exec",
+            MonitorKind::Nagios { .. } => "nagios",
+        }
+    }
+}
+
+/// One validated monitor registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorConfig {
+    pub name: String,
+    pub kind: MonitorKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub params: serde_json::Value,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+}
+
+/// Everything under a configuration directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub monitors: Vec<MonitorConfig>,
+    /// Errors of monitor files that were left out.
+    pub errors: Vec<ConfigError>,
+}
+
+impl Config {
+    pub fn monitor(&self, name: &str) -> Option<&MonitorConfig> {
+        self.monitors.iter().find(|m| m.name == name)
+    }
+}
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Loads `cluster.toml` and every `monitors.d/*.toml` below `dir`.
+/// `Err` when `cluster.toml` itself is unusable.
+pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let cluster = load_cluster(dir)?;
+    let (monitors, errors) = load_monitors(&dir.join("monitors.d"));
+    Ok(Config { cluster, monitors, errors })
+}
+
+pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
+    let path = dir.join("cluster.toml");
+    let file = SourceFile::read(&path).map_err(|e| vec![e])?;
+    let raw: RawClusterFile = file.parse().map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let cluster = raw.cluster.into_inner();
+
+    let name = cluster.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        errors.push(file.error_at(cluster.name.span(), "cluster.name must not be empty"));
+    }
+    let mut nodes = Vec::new();
+    if cluster.nodes.get_ref().is_empty() {
+        errors.push(file.error_at(cluster.nodes.span(), "cluster.nodes must list at least one node"));
+    }
+    for node in cluster.nodes.get_ref() {
+        let n = node.get_ref();
+        if !valid_node_name(n) {
+            errors.push(file.error_at(
+                node.span(),
+                format!("node name {n:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+            ));
+        } else if nodes.contains(n) {
+            errors.push(file.error_at(node.span(), format!("node {n:?} is listed twice")));
+        } else {
+            nodes.push(n.clone());
+        }
+    }
+    let plugin_path = cluster.plugin_path.iter().map(|p| dir.join(p.get_ref())).collect();
+
+    let store = match raw.store {
+        None => StoreConfig::Embedded { path: dir.join("run/state") },
+        Some(store) => {
+            let span = store.span();
+            let store = store.into_inner();
+            let ttl = match store.lease_ttl_seconds {
+                None => Duration::from_secs(3),
+                Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+                    errors.push(file.error_at(s.span(), format!("store.lease_ttl_seconds {e}")));
+                    Duration::from_secs(3)
+                }),
+            };
+            match store.kind.get_ref().as_str() {
+                "embedded" => StoreConfig::Embedded {
+                    path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
+                },
+                "etcd" => {
+                    if store.endpoints.is_empty() {
+                        errors.push(
+                            file.error_at(span, "store.type = \"etcd\" needs store.endpoints"),
+                        );
+                    }
+                    StoreConfig::Etcd {
+                        endpoints: store.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+                        lease_ttl: ttl,
+                    }
+                }
+                other => {
+                    errors.push(file.error_at(
+                        store.kind.span(),
+                        format!("store.type {other:?} is not one of \"embedded\", \"etcd\""),
+                    ));
+                    StoreConfig::Embedded { path: dir.join("run/state") }
+                }
+            }
+        }
+    };
+
+    let api = raw.api.unwrap_or(RawApi { socket: None, http_listen: None });
+    let api = ApiConfig {
+        socket: dir.join(api.socket.as_ref().map_or("run/vigil.sock", |s| s.get_ref())),
+        http_listen: api.http_listen.map(|h| h.into_inner()),
+    };
+
+    if errors.is_empty() {
+        Ok(ClusterConfig { dir: dir.to_owned(), name, nodes, plugin_path, store, api })
+    } else {
+        Err(errors)
+    }
+}
+
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Loads every `*.toml` in `dir`, sorted by file name. A missing directory
+/// means no monitors.
+pub fn load_monitors(dir: &Path) -> (Vec<MonitorConfig>, Vec<ConfigError>) {
+    let mut monitors: Vec<MonitorConfig> = Vec::new();
+    let mut errors = Vec::new();
+    let mut paths = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(ConfigError::file(dir, format!("cannot read directory: {e}")));
+            Vec::new()
+        }
+    };
+    paths.sort();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in paths {
+        match load_monitor_file(&path) {
+            Ok(None) => {}
+            Ok(Some((monitor, name_line))) => {
+                if let Some(first) = seen.get(&monitor.name) {
+                    errors.push(ConfigError::at(
+                        &path,
+                        name_line,
+                        format!(
+                            "monitor name {:?} is already used by {}",
+                            monitor.name,
+                            first.display()
+                        ),
+                    ));
+                } else {
+                    seen.insert(monitor.name.clone(), path.clone());
+                    monitors.push(monitor);
+                }
+            }
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    (monitors, errors)
+}
+
+/// Loads one monitor registration; `Ok(None)` when it says `enabled = false`.
+/// Also returns the line of its `name`, for duplicate-name messages.
+pub fn load_monitor_file(
+    path: &Path,
+) -> Result<Option<(MonitorConfig, usize)>, Vec<ConfigError>> {
+    let file = SourceFile::read(path).map_err(|e| vec![e])?;
+    let raw: RawMonitor = file.parse().map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let name = raw.name.get_ref().clone();
+    let name_line = file.line_of(raw.name.span().start);
+    if vigil_sdk::ResourceName::new(format!("/x/{name}")).is_err() || name.contains('/') {
+        errors.push(file.error_at(
+            raw.name.span(),
+            format!("monitor name {name:?} must be 1 segment of [A-Za-z0-9._:@+-]"),
+        ));
+    }
+    let duration = |field: &Option<Spanned<Seconds>>, key: &str, default: Duration, errors: &mut Vec<ConfigError>| {
+        match field {
+            None => default,
+            Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+                errors.push(file.error_at(s.span(), format!("{key} {e}")));
+                default
+            }),
+        }
+    };
+    let interval = duration(&raw.interval_seconds, "interval_seconds", DEFAULT_INTERVAL, &mut errors);
+    let timeout = duration(&raw.timeout_seconds, "timeout_seconds", DEFAULT_TIMEOUT, &mut errors);
+
+    let command = |errors: &mut Vec<ConfigError>| -> Vec<String> {
+        match &raw.command {
+            Some(c) if !c.get_ref().is_empty() && !c.get_ref()[0].is_empty() => c.get_ref().clone(),
+            Some(c) => {
+                errors.push(file.error_at(c.span(), "command must name a program"));
+                Vec::new()
+            }
+            None => {
+                errors.push(file.error_at(
+                    raw.kind.span(),
+                    format!("type = {:?} needs command = [\"program\", \"arg\", ...]", raw.kind.get_ref()),
+                ));
+                Vec::new()
+            }
+        }
+    };
+    let refuse = |field: bool, key: &str, errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>| {
+        if field {
+            errors.push(file.error_at(
+                span,
+                format!("{key} does not apply to type = {:?}", raw.kind.get_ref()),
+            ));
+        }
+    };
+    let kind = match raw.kind.get_ref().as_str() {
+        "dylib" => {
+            refuse(raw.command.is_some(), "command", &mut errors, span_of(&raw.command, &raw.kind));
+            refuse(raw.mode.is_some(), "mode", &mut errors, span_of(&raw.mode, &raw.kind));
+            match &raw.plugin {
+                Some(p) if !p.get_ref().trim().is_empty() => {
+                    MonitorKind::Dylib { plugin: p.get_ref().clone() }
+                }
+                Some(p) => {
+                    errors.push(file.error_at(p.span(), "plugin must not be empty"));
+                    MonitorKind::Dylib { plugin: String::new() }
+                }
+                None => {
+                    errors.push(file.error_at(
+                        raw.kind.span(),
+                        "type = \"dylib\" needs plugin = \"name or path\"",
+                    ));
+                    MonitorKind::Dylib { plugin: String::new() }
+                }
+            }
+        }
+        "exec" => {
+            refuse(raw.plugin.is_some(), "plugin", &mut errors, span_of(&raw.plugin, &raw.kind));
+            let mode = match &raw.mode {
+                None => Mode::Oneshot,
+                Some(m) => match m.get_ref().as_str() {
+                    "oneshot" => Mode::Oneshot,
+                    "stream" => Mode::Stream,
+                    other => {
+                        errors.push(file.error_at(
+                            m.span(),
+                            format!("mode {other:?} is not one of \"oneshot\", \"stream\""),
+                        ));
+                        Mode::Oneshot
+                    }
+                },
+            };
+            MonitorKind::Exec { command: command(&mut errors), mode }
+        }
+        "nagios" => {
+            refuse(raw.plugin.is_some(), "plugin", &mut errors, span_of(&raw.plugin, &raw.kind));
+            refuse(raw.mode.is_some(), "mode", &mut errors, span_of(&raw.mode, &raw.kind));
+            MonitorKind::Nagios { command: command(&mut errors) }
+        }
+        other => {
+            errors.push(file.error_at(
+                raw.kind.span(),
+                format!("type {other:?} is not one of \"dylib\", \"exec\", \"nagios\""),
+            ));
+            MonitorKind::Dylib { plugin: String::new() }
+        }
+    };
+    let params = match raw.params {
+        None => serde_json::Value::Object(Default::default()),
+        Some(table) => serde_json::to_value(table).unwrap_or_else(|e| {
+            errors.push(ConfigError::file(path, format!("params cannot be converted to JSON: {e}")));
+            serde_json::Value::Null
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    Ok(Some((
+        MonitorConfig { name, kind, interval, timeout, params, source: path.to_owned() },
+        name_line,
+    )))
+}
+
+fn span_of<T, U>(field: &Option<Spanned<T>>, fallback: &Spanned<U>) -> std::ops::Range<usize> {
+    field.as_ref().map_or_else(|| fallback.span(), |f| f.span())
+}
+
+#[cfg(test)]
+mod tests;
