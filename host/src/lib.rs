@@ -1,3 +1,8 @@
 //! vigil-host: the node daemon behind the `vigil` binary.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod registry;
+pub mod runtime;

@@ -1,1 +1,26 @@
-fn main() {}
+//! `vigil`: parses arguments, sets up logging, runs the command, maps errors
+//! to exit codes. Everything else lives in the `vigil_host` library.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vigil_host::cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Host { .. }) { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match vigil_host::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -169,6 +169,8 @@ pub struct MonitorConfig {
     pub params: serde_json::Value,
     /// The file it came from, for messages.
     pub source: PathBuf,
+    /// The line of `plugin` or `command` (what runs), for messages.
+    pub line: usize,
 }
 
 /// Everything under a configuration directory.
@@ -444,8 +446,14 @@ pub fn load_monitor_file(
     if raw.enabled == Some(false) {
         return Ok(None);
     }
+    let line = raw
+        .plugin
+        .as_ref()
+        .map(|p| file.line_of(p.span().start))
+        .or_else(|| raw.command.as_ref().map(|c| file.line_of(c.span().start)))
+        .unwrap_or(name_line);
     Ok(Some((
-        MonitorConfig { name, kind, interval, timeout, params, source: path.to_owned() },
+        MonitorConfig { name, kind, interval, timeout, params, source: path.to_owned(), line },
         name_line,
     )))
 }

@@ -1,0 +1,380 @@
+//! The `vigil` command line: argument definitions and the commands that do
+//! not need the daemon's main loop (they talk to it over the API, or run a
+//! monitor once on their own).
+//!
+//! Exit codes: 0 success, 1 a check failed (invalid config, a monitor that
+//! does not work), 2 any other error (usage, I/O, no daemon).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{self, ReslsOutput, Request};
+use crate::config::{self, ConfigError, DEFAULT_CONFIG_DIR, MonitorConfig};
+use crate::daemon::{self, HostOptions};
+use crate::runtime::{self, MonitorEvent, RuntimeContext};
+
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about = "Keeps packages available on a cluster of Linux nodes")]
+pub struct Cli {
+    /// Configuration directory (cluster.toml, monitors.d/, packages.d/).
+    #[arg(short = 'c', long = "config", global = true, env = "VIGIL_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon.
+    Host {
+        /// This node's name (default: the only node of a one-node cluster, else the hostname).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Validate the configuration; prints file:line: message per error and exits 1 if any.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List resources: value, state, age, monitor, packages using them.
+    Resls(ReslsArgs),
+    /// Work with monitors.
+    #[command(subcommand)]
+    Monitor(MonitorCommand),
+    /// Print a commented template.
+    Template {
+        #[arg(value_parser = ["monitor", "package"])]
+        kind: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReslsArgs {
+    /// A resource or class path such as /net or /fs/data/used_percent.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// List every resource below PATH, not just its immediate classes.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Print JSON (always every resource at or below PATH).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitorCommand {
+    /// Run one monitor once, without the daemon, and print its samples.
+    Test {
+        /// A monitor name from monitors.d, or a registration file.
+        monitor: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the daemon's monitors and their health.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Host { node } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(daemon::run(HostOptions { config_dir: cli.config, node }))?;
+            Ok(0)
+        }
+        Command::Check { json } => check(&cli.config, json),
+        Command::Resls(args) => resls(&cli.config, &args),
+        Command::Monitor(MonitorCommand::Test { monitor, json }) => monitor_test(&cli.config, &monitor, json),
+        Command::Monitor(MonitorCommand::List { json }) => monitor_list(&cli.config, json),
+        Command::Template { kind } => {
+            print!("{}", if kind == "monitor" { MONITOR_TEMPLATE } else { PACKAGE_TEMPLATE });
+            Ok(0)
+        }
+    }
+}
+
+fn socket_path(config_dir: &Path) -> anyhow::Result<PathBuf> {
+    let cluster = config::load_cluster(config_dir).map_err(|errors| {
+        anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    Ok(cluster.api.socket)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn runtime_context(config_dir: &Path) -> RuntimeContext {
+    let plugin_path = config::load_cluster(config_dir).map(|c| c.plugin_path).unwrap_or_default();
+    RuntimeContext {
+        config_dir: config_dir.to_owned(),
+        plugin_search: runtime::dylib::search_path(&plugin_path),
+    }
+}
+
+/// `vigil check`: every configuration error, plus every monitor that cannot
+/// be configured (plugin missing or refused, program missing, bad params).
+fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut monitors = 0;
+    match config::load(config_dir) {
+        Err(mut e) => errors.append(&mut e),
+        Ok(config) => {
+            errors.extend(config.errors.iter().cloned());
+            let ctx = runtime_context(config_dir);
+            let runtime = tokio::runtime::Runtime::new()?;
+            for monitor in &config.monitors {
+                monitors += 1;
+                for event in runtime.block_on(runtime::probe(monitor, &ctx, false)) {
+                    if let MonitorEvent::Failed { reason, .. } = event {
+                        errors.push(ConfigError::at(
+                            &monitor.source,
+                            monitor.line,
+                            format!("monitor {}: {reason}", monitor.name),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "ok": errors.is_empty(),
+            "errors": errors.iter().map(|e| serde_json::json!({
+                "file": e.file, "line": e.line, "message": e.message,
+            })).collect::<Vec<_>>(),
+        }))?;
+    } else if errors.is_empty() {
+        println!("configuration is valid ({monitors} monitors)");
+    } else {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
+    let socket = socket_path(config_dir)?;
+    let result = api::call(&socket, &Request::Resls { path: args.path.clone() })?;
+    let out: ReslsOutput = serde_json::from_value(result).context("decoding the resls answer")?;
+    if args.json {
+        print_json(&out)?;
+        return Ok(0);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let exact = out.resources.len() == 1 && out.resources[0].name == out.path;
+    if !args.recursive && !exact {
+        for class in &out.classes {
+            writeln!(stdout, "{}/  ({} resources)", class.name, class.resources)?;
+        }
+    }
+    let depth = out.path.split('/').filter(|s| !s.is_empty()).count();
+    let rows: Vec<_> = out
+        .resources
+        .iter()
+        .filter(|r| args.recursive || exact || r.name.split('/').filter(|s| !s.is_empty()).count() == depth + 1)
+        .collect();
+    if !rows.is_empty() {
+        writeln!(stdout, "{:<44} {:>12} {:<8} {:>7} {:<10} USED BY", "NAME", "VALUE", "STATE", "AGE", "MONITOR")?;
+        for r in rows {
+            let value = match (&r.value, &r.unit) {
+                (serde_json::Value::Null, _) => "-".to_owned(),
+                (serde_json::Value::String(s), _) => s.clone(),
+                (v, Some(u)) => format!("{v}{u}"),
+                (v, None) => v.to_string(),
+            };
+            let age = r.age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}s"));
+            let used = if r.used_by.is_empty() { "-".to_owned() } else { r.used_by.join(",") };
+            writeln!(stdout, "{:<44} {:>12} {:<8} {:>7} {:<10} {}", r.name, value, r.state, age, r.monitor, used)?;
+            if let (Some(reason), true) = (&r.reason, r.state == "unknown" || exact) {
+                writeln!(stdout, "    {reason}")?;
+            }
+        }
+    }
+    if args.recursive || exact {
+        for d in &out.declared {
+            writeln!(stdout, "{:<44} (declared by {}, nothing sampled yet)", d.pattern, d.monitor)?;
+        }
+    }
+    if out.resources.is_empty() && out.declared.is_empty() {
+        writeln!(stdout, "no resources at or below {}", out.path)?;
+    }
+    Ok(0)
+}
+
+fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let socket = socket_path(config_dir)?;
+    let result = api::call(&socket, &Request::Monitors)?;
+    let rows: Vec<api::MonitorRow> = serde_json::from_value(result).context("decoding the answer")?;
+    if json {
+        print_json(&serde_json::json!({ "monitors": rows }))?;
+    } else {
+        println!("{:<16} {:<7} {:<9} {:>8} REASON", "NAME", "TYPE", "STATE", "SAMPLES");
+        for r in rows {
+            println!(
+                "{:<16} {:<7} {:<9} {:>8} {}",
+                r.name,
+                r.kind,
+                r.state,
+                r.samples_received,
+                r.reason.unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn load_one_monitor(config_dir: &Path, monitor: &str) -> anyhow::Result<MonitorConfig> {
+    let as_file = Path::new(monitor);
+    let loaded = if monitor.contains('/') || monitor.ends_with(".toml") {
+        config::load_monitor_file(as_file)
+    } else {
+        let path = config_dir.join("monitors.d").join(format!("{monitor}.toml"));
+        if path.exists() {
+            config::load_monitor_file(&path)
+        } else {
+            let (monitors, _) = config::load_monitors(&config_dir.join("monitors.d"));
+            return monitors
+                .into_iter()
+                .find(|m| m.name == monitor)
+                .with_context(|| format!("no monitor named {monitor:?} in {}", config_dir.join("monitors.d").display()));
+        }
+    };
+    match loaded {
+        Ok(Some((m, _))) => Ok(m),
+        Ok(None) => bail!("{monitor}: the registration says enabled = false"),
+        Err(errors) => bail!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+    }
+}
+
+fn monitor_test(config_dir: &Path, monitor: &str, json: bool) -> anyhow::Result<i32> {
+    let config = match load_one_monitor(config_dir, monitor) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(1);
+        }
+    };
+    let ctx = runtime_context(config_dir);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let events = runtime.block_on(runtime::probe(&config, &ctx, true));
+    let mut declared = Vec::new();
+    let mut samples = Vec::new();
+    let mut failures = Vec::new();
+    for e in events {
+        match e {
+            MonitorEvent::Declared { patterns, .. } => declared = patterns,
+            MonitorEvent::Samples { samples: mut s, .. } => samples.append(&mut s),
+            MonitorEvent::Failed { reason, .. } => failures.push(reason),
+        }
+    }
+    let undeclared: Vec<String> = samples
+        .iter()
+        .filter(|s| !declared.iter().any(|p| p.matches(&s.name)))
+        .map(|s| format!("sample {} matches none of the declared patterns", s.name))
+        .collect();
+    failures.extend(undeclared);
+    if json {
+        print_json(&serde_json::json!({
+            "monitor": config.name,
+            "type": config.kind.type_name(),
+            "declared": declared.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "samples": samples.iter().map(vigil_sdk::wire::WireSample::from).collect::<Vec<_>>(),
+            "errors": failures,
+        }))?;
+    } else {
+        println!("monitor {} ({})", config.name, config.kind.type_name());
+        println!("declares: {}", declared.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "));
+        for s in &samples {
+            let value = s.value.as_ref().map_or("unknown".to_owned(), ToString::to_string);
+            match &s.reason {
+                Some(r) => println!("  {:<44} {value}  ({r})", s.name.as_str()),
+                None => println!("  {:<44} {value}", s.name.as_str()),
+            }
+        }
+        for f in &failures {
+            eprintln!("error: {f}");
+        }
+    }
+    Ok(if failures.is_empty() { 0 } else { 1 })
+}
+
+const MONITOR_TEMPLATE: &str = r#"# monitors.d/<name>.toml — one monitor registration.
+# The file name does not matter; `name` must be unique and is the monitor's
+# name in `vigil resls` and in logs.
+
+name = "example"
+
+# dylib  — a shared library built on the vigil SDK (C ABI v1)
+# exec   — any program speaking the vigil line protocol on stdout
+# nagios — any Nagios / monitoring-plugins check, unmodified
+type = "dylib"
+
+# dylib: a path (relative to the config dir) or a name searched as
+# lib<name>.so in cluster.toml's plugin_path, beside the `vigil` executable,
+# then /usr/lib/vigil/plugins. The file must not be group/world-writable and
+# must be owned by root or the daemon's user.
+plugin = "vigil_load"
+
+# exec / nagios: the program and its arguments (no shell).
+# command = ["/usr/lib/nagios/plugins/check_disk", "-w", "10%", "-c", "5%", "-p", "/"]
+
+# exec only: "oneshot" (run each interval; default) or "stream" (run once,
+# send samples whenever; restarted with backoff if it exits).
+# mode = "oneshot"
+
+# Seconds between polls (int or float) and the deadline of each poll.
+interval_seconds = 5
+timeout_seconds = 2
+
+# Set to false to keep the file but not run the monitor.
+# enabled = true
+
+# Handed to the monitor as JSON; see docs/monitors/<plugin>.md.
+[params]
+"#;
+
+const PACKAGE_TEMPLATE: &str = r#"# packages.d/<name>.toml — one package.
+
+name = "app"
+type = "failover"                   # failover | multi_node | system_multi_node
+nodes = ["node1", "node2"]          # by priority; ["*"] = every node
+failover_policy = "configured_node" # | min_package_node
+failback_policy = "manual"          # | automatic
+auto_run = true
+# priority = 10                     # lower number = more important
+run = ["pkg/app/run.sh"]            # relative to the config dir
+halt = ["pkg/app/halt.sh"]
+run_timeout_seconds = 60
+halt_timeout_seconds = 60
+# follow = "other"                  # prefer the node where `other` runs
+# avoid = []                        # never share a node with these
+
+# [[service]]
+# name = "server"
+# command = ["/opt/app/server"]
+# restarts = 3                      # 0, N or "unlimited"
+# fail_fast = false
+
+# [[resource]]
+# name = "/net/interfaces/eth0/status"
+# up = "== up"                      # ==, !=, <, <=, >, >=; "> 5 and < 10"; a list is OR'd
+# evaluate = "before_start"         # | after_start
+# rise = 1
+# fall = 2
+
+# [[dependency]]
+# package = "db"
+# condition = "up"                  # | down
+# location = "same_node"            # | different_node | any_node | all_nodes
+"#;
