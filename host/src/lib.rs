@@ -1,1 +1,3 @@
 //! vigil-host: the node daemon behind the `vigil` binary.
+
+pub mod criteria;
