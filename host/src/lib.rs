@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod criteria;
 pub mod daemon;
 pub mod registry;
 pub mod runtime;

@@ -58,12 +58,20 @@ pub struct VigilBuf {
 
 impl VigilBuf {
     pub const fn empty() -> Self {
-        Self { ptr: std::ptr::null_mut(), len: 0, cap: 0 }
+        Self {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            cap: 0,
+        }
     }
 
     fn from_vec(v: Vec<u8>) -> Self {
         let mut v = ManuallyDrop::new(v);
-        Self { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity() }
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            cap: v.capacity(),
+        }
     }
 }
 
@@ -243,7 +251,10 @@ mod plugin {
         // SAFETY: `instance` came from `create::<M>` and is not used concurrently.
         unsafe {
             guarded(out, || {
-                let monitor = instance.cast::<M>().as_ref().ok_or("declare: null instance")?;
+                let monitor = instance
+                    .cast::<M>()
+                    .as_ref()
+                    .ok_or("declare: null instance")?;
                 Ok(wire::encode_patterns(&monitor.declare()))
             })
         }
@@ -274,7 +285,10 @@ mod plugin {
         // SAFETY: `instance` came from `create::<M>` and is not used concurrently.
         unsafe {
             guarded(out, || {
-                let monitor = instance.cast::<M>().as_mut().ok_or("start: null instance")?;
+                let monitor = instance
+                    .cast::<M>()
+                    .as_mut()
+                    .ok_or("start: null instance")?;
                 let target = PushTarget { push, ctx };
                 let sink = SampleSink::new(move |samples: &[Sample]| {
                     target.send(&wire::encode_samples(samples));
@@ -338,11 +352,18 @@ pub enum AbiError {
     #[error("{call} panicked: {message}")]
     Panicked { call: &'static str, message: String },
     #[error("{call} returned unknown code {code}: {message}")]
-    BadCode { call: &'static str, code: i32, message: String },
+    BadCode {
+        call: &'static str,
+        code: i32,
+        message: String,
+    },
     #[error("{call} returned {len} bytes, more than the {MAX_BUFFER_BYTES} allowed")]
     TooLarge { call: &'static str, len: usize },
     #[error("{call} returned bad output: {error}")]
-    BadOutput { call: &'static str, error: WireError },
+    BadOutput {
+        call: &'static str,
+        error: WireError,
+    },
 }
 
 /// Checks a vtable from an untrusted library before any entry is called.
@@ -358,11 +379,17 @@ pub unsafe fn check_vtable(
     let header = unsafe { vtable.cast::<[u32; 2]>().as_ref() }.ok_or(AbiError::NullVtable)?;
     let [struct_size, abi_version] = *header;
     if abi_version != ABI_VERSION {
-        return Err(AbiError::Version { found: abi_version, expected: ABI_VERSION });
+        return Err(AbiError::Version {
+            found: abi_version,
+            expected: ABI_VERSION,
+        });
     }
     let needed = std::mem::size_of::<VigilMonitorVtable>() as u32;
     if struct_size < needed {
-        return Err(AbiError::VtableTooSmall { found: struct_size, needed });
+        return Err(AbiError::VtableTooSmall {
+            found: struct_size,
+            needed,
+        });
     }
     // SAFETY: `struct_size` covers the whole v1 table.
     let table = unsafe { &*vtable };
@@ -377,7 +404,11 @@ pub unsafe fn check_vtable(
         return Err(AbiError::MissingEntry(name));
     }
     if table.start.is_some() != table.stop.is_some() {
-        return Err(AbiError::MissingEntry(if table.start.is_some() { "stop" } else { "start" }));
+        return Err(AbiError::MissingEntry(if table.start.is_some() {
+            "stop"
+        } else {
+            "start"
+        }));
     }
     Ok(table)
 }
@@ -394,15 +425,23 @@ unsafe extern "C" fn host_push(ctx: *mut c_void, json: *const u8, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `ctx` is the `PushContext` boxed by `AbiInstance::start`,
         // alive until `stop` returns.
-        let Some(ctx) = (unsafe { ctx.cast::<PushContext>().as_ref() }) else { return };
+        let Some(ctx) = (unsafe { ctx.cast::<PushContext>().as_ref() }) else {
+            return;
+        };
         let result = if len > MAX_BUFFER_BYTES {
             Err(AbiError::TooLarge { call: "push", len })
         } else if json.is_null() {
-            Err(AbiError::Failed { call: "push", message: "null buffer".to_owned() })
+            Err(AbiError::Failed {
+                call: "push",
+                message: "null buffer".to_owned(),
+            })
         } else {
             // SAFETY: the plugin passes `len` readable bytes for the call's duration.
             let bytes = unsafe { std::slice::from_raw_parts(json, len) };
-            wire::decode_samples(bytes).map_err(|error| AbiError::BadOutput { call: "push", error })
+            wire::decode_samples(bytes).map_err(|error| AbiError::BadOutput {
+                call: "push",
+                error,
+            })
         };
         (ctx.handler)(result);
     }));
@@ -421,7 +460,9 @@ unsafe impl Send for AbiInstance {}
 
 impl std::fmt::Debug for AbiInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AbiInstance").field("started", &self.push.is_some()).finish()
+        f.debug_struct("AbiInstance")
+            .field("started", &self.push.is_some())
+            .finish()
     }
 }
 
@@ -433,7 +474,11 @@ impl AbiInstance {
         let mut out = VigilBuf::empty();
         // SAFETY: valid pointers to locals and to `params` for the call.
         let code = unsafe { create(params.as_ptr(), params.len(), &mut instance, &mut out) };
-        let this = Self { table, instance, push: None };
+        let this = Self {
+            table,
+            instance,
+            push: None,
+        };
         this.take_result("create", code, out)?;
         if this.instance.is_null() {
             return Err(AbiError::Failed {
@@ -461,7 +506,12 @@ impl AbiInstance {
         bytes
     }
 
-    fn take_result(&self, call: &'static str, code: i32, out: VigilBuf) -> Result<Vec<u8>, AbiError> {
+    fn take_result(
+        &self,
+        call: &'static str,
+        code: i32,
+        out: VigilBuf,
+    ) -> Result<Vec<u8>, AbiError> {
         let bytes = self.take_buf(call, out)?;
         let text = || {
             let mut s = String::from_utf8_lossy(&bytes).into_owned();
@@ -470,19 +520,35 @@ impl AbiInstance {
         };
         match code {
             VIGIL_OK => Ok(bytes),
-            VIGIL_ERROR => Err(AbiError::Failed { call, message: text() }),
-            VIGIL_PANIC => Err(AbiError::Panicked { call, message: text() }),
-            code => Err(AbiError::BadCode { call, code, message: text() }),
+            VIGIL_ERROR => Err(AbiError::Failed {
+                call,
+                message: text(),
+            }),
+            VIGIL_PANIC => Err(AbiError::Panicked {
+                call,
+                message: text(),
+            }),
+            code => Err(AbiError::BadCode {
+                call,
+                code,
+                message: text(),
+            }),
         }
     }
 
     pub fn declare(&mut self) -> Result<Vec<ResourcePattern>, AbiError> {
-        let declare = self.table.declare.ok_or(AbiError::MissingEntry("declare"))?;
+        let declare = self
+            .table
+            .declare
+            .ok_or(AbiError::MissingEntry("declare"))?;
         let mut out = VigilBuf::empty();
         // SAFETY: live instance, exclusive access, valid out pointer.
         let code = unsafe { declare(self.instance, &mut out) };
         let bytes = self.take_result("declare", code, out)?;
-        wire::decode_patterns(&bytes).map_err(|error| AbiError::BadOutput { call: "declare", error })
+        wire::decode_patterns(&bytes).map_err(|error| AbiError::BadOutput {
+            call: "declare",
+            error,
+        })
     }
 
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Sample>, AbiError> {
@@ -492,7 +558,10 @@ impl AbiInstance {
         // SAFETY: live instance, exclusive access, valid out pointer.
         let code = unsafe { poll(self.instance, timeout_ms, &mut out) };
         let bytes = self.take_result("poll", code, out)?;
-        wire::decode_samples(&bytes).map_err(|error| AbiError::BadOutput { call: "poll", error })
+        wire::decode_samples(&bytes).map_err(|error| AbiError::BadOutput {
+            call: "poll",
+            error,
+        })
     }
 
     /// True when the plugin can push samples on its own.
@@ -502,7 +571,9 @@ impl AbiInstance {
 
     /// Starts event pushing; `handler` runs on the plugin's threads.
     pub fn start(&mut self, handler: PushHandler) -> Result<(), AbiError> {
-        let Some(start) = self.table.start else { return Ok(()) };
+        let Some(start) = self.table.start else {
+            return Ok(());
+        };
         self.stop();
         let ctx = Box::new(PushContext { handler });
         let ctx_ptr = (&*ctx as *const PushContext).cast_mut().cast::<c_void>();

@@ -13,6 +13,7 @@
 
 pub mod abi;
 pub mod monitor;
+pub mod nagios;
 pub mod proto;
 pub mod resource;
 pub mod testing;

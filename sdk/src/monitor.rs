@@ -54,7 +54,9 @@ pub struct SampleSink {
 
 impl SampleSink {
     pub fn new(push: impl Fn(&[Sample]) + Send + Sync + 'static) -> Self {
-        Self { push: Arc::new(push) }
+        Self {
+            push: Arc::new(push),
+        }
     }
 
     pub fn push(&self, samples: &[Sample]) {

@@ -155,11 +155,15 @@ pub fn serve_stdio<M: Monitor>() -> i32 {
         move |message: &MonitorMessage| -> bool {
             let line = encode_line(message);
             let mut out = out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_ok()
+            out.write_all(line.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
         }
     };
     let fail = |message: String| {
-        send(&MonitorMessage::Error { message: message.clone() });
+        send(&MonitorMessage::Error {
+            message: message.clone(),
+        });
         eprintln!("{message}");
         1
     };
@@ -192,7 +196,9 @@ pub fn serve_stdio<M: Monitor>() -> i32 {
     }
     let interval = Duration::from_millis(hello.interval_ms.max(100));
     let send_samples = |samples: &[Sample]| {
-        send(&MonitorMessage::Samples { samples: samples.iter().map(WireSample::from).collect() })
+        send(&MonitorMessage::Samples {
+            samples: samples.iter().map(WireSample::from).collect(),
+        })
     };
     match hello.mode {
         Mode::Oneshot => match monitor.poll(Instant::now() + interval) {
@@ -216,7 +222,9 @@ pub fn serve_stdio<M: Monitor>() -> i32 {
                 let started = Instant::now();
                 let ok = match monitor.poll(started + interval) {
                     Ok(samples) => send_samples(&samples),
-                    Err(e) => send(&MonitorMessage::Error { message: format!("poll: {e}") }),
+                    Err(e) => send(&MonitorMessage::Error {
+                        message: format!("poll: {e}"),
+                    }),
                 };
                 if !ok {
                     // The host went away: stdout is closed.
@@ -242,7 +250,11 @@ mod tests {
         let hello = parse_monitor_line(r#"{"type":"hello","protocol":1,"future":true}"#).unwrap();
         assert_eq!(
             hello,
-            MonitorMessage::Hello { protocol: 1, publishes: vec![], capabilities: vec![] }
+            MonitorMessage::Hello {
+                protocol: 1,
+                publishes: vec![],
+                capabilities: vec![]
+            }
         );
         assert!(parse_monitor_line("garbage").is_err());
         assert!(parse_monitor_line(r#"{"no_type":1}"#).is_err());

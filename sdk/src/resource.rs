@@ -57,7 +57,10 @@ fn check_path(name: &str, allow_wildcard: bool) -> Result<(), ResourceError> {
             continue;
         }
         if let Some(ch) = segment.chars().find(|c| !segment_char_ok(*c)) {
-            return Err(ResourceError::BadChar { name: err_name(), ch });
+            return Err(ResourceError::BadChar {
+                name: err_name(),
+                ch,
+            });
         }
     }
     if count < 2 {
@@ -198,7 +201,10 @@ pub enum Value {
 
 impl Value {
     pub fn number(value: f64, unit: Option<&str>) -> Self {
-        Value::Number { value, unit: unit.map(str::to_owned) }
+        Value::Number {
+            value,
+            unit: unit.map(str::to_owned),
+        }
     }
 
     pub fn text(text: impl Into<String>) -> Self {
@@ -230,7 +236,10 @@ impl Value {
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Value::Number { value, unit: Some(u) } => write!(f, "{value}{u}"),
+            Value::Number {
+                value,
+                unit: Some(u),
+            } => write!(f, "{value}{u}"),
             Value::Number { value, unit: None } => write!(f, "{value}"),
             Value::Text(t) => f.write_str(t),
         }
@@ -239,7 +248,10 @@ impl fmt::Display for Value {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The latest reading of one resource. `value: None` means unknown: the
@@ -256,7 +268,12 @@ pub struct Sample {
 
 impl Sample {
     pub fn new(name: ResourceName, value: Value) -> Self {
-        Self { name, value: Some(value), reason: None, timestamp_ms: now_ms() }
+        Self {
+            name,
+            value: Some(value),
+            reason: None,
+            timestamp_ms: now_ms(),
+        }
     }
 
     /// A status word `up`.
@@ -278,7 +295,12 @@ impl Sample {
     }
 
     pub fn unknown(name: ResourceName, reason: impl Into<String>) -> Self {
-        Self { name, value: None, reason: Some(reason.into()), timestamp_ms: now_ms() }
+        Self {
+            name,
+            value: None,
+            reason: Some(reason.into()),
+            timestamp_ms: now_ms(),
+        }
     }
 
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
@@ -351,7 +373,9 @@ mod tests {
         assert_eq!(encode_segment("/srv/data"), "_2fsrv_2fdata");
         assert_ne!(encode_segment("/a_b"), encode_segment("/a/b"));
         assert_ne!(encode_segment("a_2fb"), encode_segment("a/b"));
-        assert!(ResourceName::new(format!("/fs/{}/status", encode_segment("/mnt/my disk"))).is_ok());
+        assert!(
+            ResourceName::new(format!("/fs/{}/status", encode_segment("/mnt/my disk"))).is_ok()
+        );
     }
 
     #[test]

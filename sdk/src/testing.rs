@@ -57,7 +57,10 @@ impl Conformance {
     pub fn new(params: serde_json::Value) -> Self {
         Self {
             params,
-            bad_params: vec![serde_json::json!(42), serde_json::json!({"__no_such_param__": 1})],
+            bad_params: vec![
+                serde_json::json!(42),
+                serde_json::json!({"__no_such_param__": 1}),
+            ],
             poll_timeout: Duration::from_secs(2),
             event_window: Duration::from_millis(200),
             during_events: None,
@@ -107,7 +110,12 @@ impl Conformance {
             |sink| monitor.borrow_mut().start(sink).map_err(|e| e.to_string()),
             || monitor.borrow_mut().stop(),
         );
-        self.verify(Report { declared, polled, pushed, poll_time })
+        self.verify(Report {
+            declared,
+            polled,
+            pushed,
+            poll_time,
+        })
     }
 
     /// Drives a monitor through its C vtable, as the host does.
@@ -126,8 +134,9 @@ impl Conformance {
         let bytes = serde_json::to_vec(&self.params).unwrap_or_default();
         let mut instance = AbiInstance::create(table, &bytes)
             .unwrap_or_else(|e| panic!("conformance: create({}) failed: {e}", self.params));
-        let declared =
-            instance.declare().unwrap_or_else(|e| panic!("conformance: declare failed: {e}"));
+        let declared = instance
+            .declare()
+            .unwrap_or_else(|e| panic!("conformance: declare failed: {e}"));
         let started = Instant::now();
         let polled = instance
             .poll(self.poll_timeout)
@@ -137,22 +146,35 @@ impl Conformance {
         let pushed = collect_pushes(
             self,
             |sink| {
-                let handler = Box::new(move |batch: Result<Vec<Sample>, crate::abi::AbiError>| {
-                    match batch {
-                        Ok(samples) => sink.push(&samples),
-                        Err(e) => panic!("conformance: plugin pushed bad samples: {e}"),
-                    }
-                });
-                instance.lock().unwrap_or_else(|p| p.into_inner()).start(handler).map_err(|e| e.to_string())
+                let handler =
+                    Box::new(
+                        move |batch: Result<Vec<Sample>, crate::abi::AbiError>| match batch {
+                            Ok(samples) => sink.push(&samples),
+                            Err(e) => panic!("conformance: plugin pushed bad samples: {e}"),
+                        },
+                    );
+                instance
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .start(handler)
+                    .map_err(|e| e.to_string())
             },
             || instance.lock().unwrap_or_else(|p| p.into_inner()).stop(),
         );
         drop(instance);
-        self.verify(Report { declared, polled, pushed, poll_time })
+        self.verify(Report {
+            declared,
+            polled,
+            pushed,
+            poll_time,
+        })
     }
 
     fn verify(&self, report: Report) -> Report {
-        assert!(!report.declared.is_empty(), "conformance: monitor declares no resources");
+        assert!(
+            !report.declared.is_empty(),
+            "conformance: monitor declares no resources"
+        );
         assert!(
             report.poll_time <= self.poll_timeout + Duration::from_millis(100),
             "conformance: poll took {:?}, past its {:?} deadline",
@@ -175,7 +197,11 @@ pub fn assert_declared(declared: &[ResourcePattern], sample: &Sample) {
         declared.iter().any(|p| p.matches(&sample.name)),
         "conformance: sample {} matches no declared pattern ({})",
         sample.name,
-        declared.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        declared
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
@@ -188,7 +214,10 @@ fn collect_pushes(
     let sink = {
         let pushed = Arc::clone(&pushed);
         SampleSink::new(move |samples: &[Sample]| {
-            pushed.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(samples);
+            pushed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(samples);
         })
     };
     if let Err(e) = start(sink) {
@@ -201,10 +230,17 @@ fn collect_pushes(
     let stopping = Instant::now();
     stop();
     let stop_time = stopping.elapsed();
-    assert!(stop_time < Duration::from_secs(2), "conformance: stop took {stop_time:?}");
+    assert!(
+        stop_time < Duration::from_secs(2),
+        "conformance: stop took {stop_time:?}"
+    );
     let at_stop = pushed.lock().unwrap_or_else(|p| p.into_inner()).len();
     std::thread::sleep(Duration::from_millis(50));
     let after = pushed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert_eq!(after.len(), at_stop, "conformance: samples pushed after stop returned");
+    assert_eq!(
+        after.len(),
+        at_stop,
+        "conformance: samples pushed after stop returned"
+    );
     after
 }

@@ -70,20 +70,30 @@ impl WireSample {
             serde_json::Value::String(s) => Some(Value::Text(s)),
             serde_json::Value::Number(n) => {
                 // as_f64 cannot fail for serde_json numbers without arbitrary precision.
-                Some(Value::Number { value: n.as_f64().unwrap_or(f64::NAN), unit: self.unit })
+                Some(Value::Number {
+                    value: n.as_f64().unwrap_or(f64::NAN),
+                    unit: self.unit,
+                })
             }
             other => {
                 let mut got = other.to_string();
                 got.truncate(64);
-                return Err(WireError::BadValue { name: name.to_string(), got });
+                return Err(WireError::BadValue {
+                    name: name.to_string(),
+                    got,
+                });
             }
         };
         let reason = match (&value, self.reason) {
             (None, None) => Some("monitor reported no value".to_owned()),
             (_, r) => r,
         };
-        let sample =
-            Sample { name, value, reason, timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms) };
+        let sample = Sample {
+            name,
+            value,
+            reason,
+            timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms),
+        };
         sample.validate()?;
         Ok(sample)
     }
@@ -112,7 +122,9 @@ pub fn encode_patterns(patterns: &[ResourcePattern]) -> Vec<u8> {
 pub fn decode_patterns(bytes: &[u8]) -> Result<Vec<ResourcePattern>, WireError> {
     let raw: Vec<String> =
         serde_json::from_slice(bytes).map_err(|e| WireError::Json(e.to_string()))?;
-    raw.into_iter().map(|p| ResourcePattern::new(p).map_err(WireError::from)).collect()
+    raw.into_iter()
+        .map(|p| ResourcePattern::new(p).map_err(WireError::from))
+        .collect()
 }
 
 #[cfg(test)]
