@@ -32,7 +32,9 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 pub enum Request {
     Ping,
     /// Resources at or below `path`.
-    Resls { path: String },
+    Resls {
+        path: String,
+    },
     Monitors,
 }
 
@@ -49,13 +51,21 @@ pub struct Response {
 impl Response {
     pub fn ok(result: impl Serialize) -> Self {
         match serde_json::to_value(result) {
-            Ok(v) => Self { ok: true, result: Some(v), error: None },
+            Ok(v) => Self {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
             Err(e) => Self::error(format!("cannot encode result: {e}")),
         }
     }
 
     pub fn error(message: impl Into<String>) -> Self {
-        Self { ok: false, result: None, error: Some(message.into()) }
+        Self {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
     }
 }
 
@@ -125,7 +135,8 @@ pub struct MonitorRow {
 /// Formats milliseconds since the epoch as RFC 3339 (UTC).
 pub fn rfc3339(ms: u64) -> String {
     let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> ResourceRow {
@@ -134,7 +145,8 @@ fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> Resour
         None => (serde_json::Value::Null, None),
         Some(vigil_sdk::Value::Text(t)) => (serde_json::Value::String(t.clone()), None),
         Some(vigil_sdk::Value::Number { value, unit }) => (
-            serde_json::Number::from_f64(*value).map_or(serde_json::Value::Null, serde_json::Value::Number),
+            serde_json::Number::from_f64(*value)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
             unit.clone(),
         ),
     };
@@ -146,7 +158,9 @@ fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> Resour
         reason: s.reason.clone(),
         monitor: r.entry.monitor.clone(),
         updated: r.sampled.then(|| rfc3339(s.timestamp_ms)),
-        age_seconds: r.sampled.then(|| now_ms.saturating_sub(s.timestamp_ms) as f64 / 1000.0),
+        age_seconds: r
+            .sampled
+            .then(|| now_ms.saturating_sub(s.timestamp_ms) as f64 / 1000.0),
         used_by,
     }
 }
@@ -169,12 +183,18 @@ pub fn resls_output(
         classes: listing
             .classes
             .iter()
-            .map(|(name, n)| ClassRow { name: name.clone(), resources: *n })
+            .map(|(name, n)| ClassRow {
+                name: name.clone(),
+                resources: *n,
+            })
             .collect(),
         declared: listing
             .declared
             .iter()
-            .map(|(p, m)| DeclaredRow { pattern: p.to_string(), monitor: m.clone() })
+            .map(|(p, m)| DeclaredRow {
+                pattern: p.to_string(),
+                monitor: m.clone(),
+            })
             .collect(),
     }
 }
@@ -204,9 +224,15 @@ pub enum ApiError {
     #[error("another vigil host answers on {}", .0.display())]
     InUse(PathBuf),
     #[error("socket {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot reach the vigil host at {}: {source} (is `vigil host` running with this config dir?)", path.display())]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to the vigil host at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
 }
@@ -215,7 +241,10 @@ pub enum ApiError {
 /// restricted, then renamed into place, so it is never reachable with a
 /// looser mode. A stale socket (nobody answers) is replaced.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let io = |source| ApiError::Io { path: path.to_owned(), source };
+    let io = |source| ApiError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -248,7 +277,8 @@ pub async fn serve(listener: UnixListener, calls: mpsc::UnboundedSender<ApiCall>
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
+            let mut reader =
+                AsyncBufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
             let response = match reader.read_line(&mut line).await {
                 Err(e) => Response::error(format!("reading request: {e}")),
                 Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
@@ -259,7 +289,9 @@ pub async fn serve(listener: UnixListener, calls: mpsc::UnboundedSender<ApiCall>
                         if calls.send(ApiCall { request, reply }).is_err() {
                             Response::error("daemon is shutting down")
                         } else {
-                            answer.await.unwrap_or_else(|_| Response::error("daemon dropped the request"))
+                            answer
+                                .await
+                                .unwrap_or_else(|_| Response::error("daemon dropped the request"))
                         }
                     }
                 },
@@ -273,22 +305,33 @@ pub async fn serve(listener: UnixListener, calls: mpsc::UnboundedSender<ApiCall>
 
 /// Sends one request to the daemon listening at `path` (blocking; for the CLI).
 pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ApiError> {
-    let protocol = |message: String| ApiError::Protocol { path: path.to_owned(), message };
-    let mut stream = StdUnixStream::connect(path)
-        .map_err(|source| ApiError::Connect { path: path.to_owned(), source })?;
+    let protocol = |message: String| ApiError::Protocol {
+        path: path.to_owned(),
+        message,
+    };
+    let mut stream = StdUnixStream::connect(path).map_err(|source| ApiError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
     let timeout = Some(Duration::from_secs(30));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
     let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(|e| protocol(e.to_string()))?;
+    stream
+        .write_all(&line)
+        .map_err(|e| protocol(e.to_string()))?;
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(|e| protocol(e.to_string()))?;
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| protocol(e.to_string()))?;
     let response: Response =
         serde_json::from_str(answer.trim()).map_err(|e| protocol(format!("bad response: {e}")))?;
     match (response.ok, response.result, response.error) {
         (true, Some(result), _) => Ok(result),
         (true, None, _) => Ok(serde_json::Value::Null),
-        (false, _, error) => Err(protocol(error.unwrap_or_else(|| "unspecified error".to_owned()))),
+        (false, _, error) => Err(protocol(
+            error.unwrap_or_else(|| "unspecified error".to_owned()),
+        )),
     }
 }

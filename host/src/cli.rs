@@ -11,13 +11,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{self, ReslsOutput, Request};
+use crate::api::{self, Request, ReslsOutput};
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_DIR, MonitorConfig};
 use crate::daemon::{self, HostOptions};
 use crate::runtime::{self, MonitorEvent, RuntimeContext};
 
 #[derive(Debug, Parser)]
-#[command(name = "vigil", version, about = "Keeps packages available on a cluster of Linux nodes")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Keeps packages available on a cluster of Linux nodes"
+)]
 pub struct Cli {
     /// Configuration directory (cluster.toml, monitors.d/, packages.d/).
     #[arg(short = 'c', long = "config", global = true, env = "VIGIL_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
@@ -85,15 +89,27 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Host { node } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(daemon::run(HostOptions { config_dir: cli.config, node }))?;
+            runtime.block_on(daemon::run(HostOptions {
+                config_dir: cli.config,
+                node,
+            }))?;
             Ok(0)
         }
         Command::Check { json } => check(&cli.config, json),
         Command::Resls(args) => resls(&cli.config, &args),
-        Command::Monitor(MonitorCommand::Test { monitor, json }) => monitor_test(&cli.config, &monitor, json),
+        Command::Monitor(MonitorCommand::Test { monitor, json }) => {
+            monitor_test(&cli.config, &monitor, json)
+        }
         Command::Monitor(MonitorCommand::List { json }) => monitor_list(&cli.config, json),
         Command::Template { kind } => {
-            print!("{}", if kind == "monitor" { MONITOR_TEMPLATE } else { PACKAGE_TEMPLATE });
+            print!(
+                "{}",
+                if kind == "monitor" {
+                    MONITOR_TEMPLATE
+                } else {
+                    PACKAGE_TEMPLATE
+                }
+            );
             Ok(0)
         }
     }
@@ -101,7 +117,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 fn socket_path(config_dir: &Path) -> anyhow::Result<PathBuf> {
     let cluster = config::load_cluster(config_dir).map_err(|errors| {
-        anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })?;
     Ok(cluster.api.socket)
 }
@@ -114,7 +137,9 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn runtime_context(config_dir: &Path) -> RuntimeContext {
-    let plugin_path = config::load_cluster(config_dir).map(|c| c.plugin_path).unwrap_or_default();
+    let plugin_path = config::load_cluster(config_dir)
+        .map(|c| c.plugin_path)
+        .unwrap_or_default();
     RuntimeContext {
         config_dir: config_dir.to_owned(),
         plugin_search: runtime::dylib::search_path(&plugin_path),
@@ -165,7 +190,12 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 
 fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
     let socket = socket_path(config_dir)?;
-    let result = api::call(&socket, &Request::Resls { path: args.path.clone() })?;
+    let result = api::call(
+        &socket,
+        &Request::Resls {
+            path: args.path.clone(),
+        },
+    )?;
     let out: ReslsOutput = serde_json::from_value(result).context("decoding the resls answer")?;
     if args.json {
         print_json(&out)?;
@@ -182,10 +212,18 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
     let rows: Vec<_> = out
         .resources
         .iter()
-        .filter(|r| args.recursive || exact || r.name.split('/').filter(|s| !s.is_empty()).count() == depth + 1)
+        .filter(|r| {
+            args.recursive
+                || exact
+                || r.name.split('/').filter(|s| !s.is_empty()).count() == depth + 1
+        })
         .collect();
     if !rows.is_empty() {
-        writeln!(stdout, "{:<44} {:>12} {:<8} {:>7} {:<10} USED BY", "NAME", "VALUE", "STATE", "AGE", "MONITOR")?;
+        writeln!(
+            stdout,
+            "{:<44} {:>12} {:<8} {:>7} {:<10} USED BY",
+            "NAME", "VALUE", "STATE", "AGE", "MONITOR"
+        )?;
         for r in rows {
             let value = match (&r.value, &r.unit) {
                 (serde_json::Value::Null, _) => "-".to_owned(),
@@ -194,8 +232,16 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
                 (v, None) => v.to_string(),
             };
             let age = r.age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}s"));
-            let used = if r.used_by.is_empty() { "-".to_owned() } else { r.used_by.join(",") };
-            writeln!(stdout, "{:<44} {:>12} {:<8} {:>7} {:<10} {}", r.name, value, r.state, age, r.monitor, used)?;
+            let used = if r.used_by.is_empty() {
+                "-".to_owned()
+            } else {
+                r.used_by.join(",")
+            };
+            writeln!(
+                stdout,
+                "{:<44} {:>12} {:<8} {:>7} {:<10} {}",
+                r.name, value, r.state, age, r.monitor, used
+            )?;
             if let (Some(reason), true) = (&r.reason, r.state == "unknown" || exact) {
                 writeln!(stdout, "    {reason}")?;
             }
@@ -203,7 +249,11 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
     }
     if args.recursive || exact {
         for d in &out.declared {
-            writeln!(stdout, "{:<44} (declared by {}, nothing sampled yet)", d.pattern, d.monitor)?;
+            writeln!(
+                stdout,
+                "{:<44} (declared by {}, nothing sampled yet)",
+                d.pattern, d.monitor
+            )?;
         }
     }
     if out.resources.is_empty() && out.declared.is_empty() {
@@ -215,11 +265,15 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
 fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let socket = socket_path(config_dir)?;
     let result = api::call(&socket, &Request::Monitors)?;
-    let rows: Vec<api::MonitorRow> = serde_json::from_value(result).context("decoding the answer")?;
+    let rows: Vec<api::MonitorRow> =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
         print_json(&serde_json::json!({ "monitors": rows }))?;
     } else {
-        println!("{:<16} {:<7} {:<9} {:>8} REASON", "NAME", "TYPE", "STATE", "SAMPLES");
+        println!(
+            "{:<16} {:<7} {:<9} {:>8} REASON",
+            "NAME", "TYPE", "STATE", "SAMPLES"
+        );
         for r in rows {
             println!(
                 "{:<16} {:<7} {:<9} {:>8} {}",
@@ -239,7 +293,9 @@ fn load_one_monitor(config_dir: &Path, monitor: &str) -> anyhow::Result<MonitorC
     let loaded = if monitor.contains('/') || monitor.ends_with(".toml") {
         config::load_monitor_file(as_file)
     } else {
-        let path = config_dir.join("monitors.d").join(format!("{monitor}.toml"));
+        let path = config_dir
+            .join("monitors.d")
+            .join(format!("{monitor}.toml"));
         if path.exists() {
             config::load_monitor_file(&path)
         } else {
@@ -247,13 +303,25 @@ fn load_one_monitor(config_dir: &Path, monitor: &str) -> anyhow::Result<MonitorC
             return monitors
                 .into_iter()
                 .find(|m| m.name == monitor)
-                .with_context(|| format!("no monitor named {monitor:?} in {}", config_dir.join("monitors.d").display()));
+                .with_context(|| {
+                    format!(
+                        "no monitor named {monitor:?} in {}",
+                        config_dir.join("monitors.d").display()
+                    )
+                });
         }
     };
     match loaded {
         Ok(Some((m, _))) => Ok(m),
         Ok(None) => bail!("{monitor}: the registration says enabled = false"),
-        Err(errors) => bail!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+        Err(errors) => bail!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
     }
 }
 
@@ -294,9 +362,19 @@ fn monitor_test(config_dir: &Path, monitor: &str, json: bool) -> anyhow::Result<
         }))?;
     } else {
         println!("monitor {} ({})", config.name, config.kind.type_name());
-        println!("declares: {}", declared.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "));
+        println!(
+            "declares: {}",
+            declared
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for s in &samples {
-            let value = s.value.as_ref().map_or("unknown".to_owned(), ToString::to_string);
+            let value = s
+                .value
+                .as_ref()
+                .map_or("unknown".to_owned(), ToString::to_string);
             match &s.reason {
                 Some(r) => println!("  {:<44} {value}  ({r})", s.name.as_str()),
                 None => println!("  {:<44} {value}", s.name.as_str()),

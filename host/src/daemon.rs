@@ -45,13 +45,18 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(ctx: RuntimeContext, events: mpsc::UnboundedSender<Event>) -> Self {
-        Self { running: BTreeMap::new(), ctx, events }
+        Self {
+            running: BTreeMap::new(),
+            ctx,
+            events,
+        }
     }
 
     /// Makes the running monitors match `wanted`: removed and changed ones
     /// stop (their resources leave the registry), new and changed ones start.
     pub fn reconcile(&mut self, wanted: &[MonitorConfig], registry: &mut Registry) {
-        let keep: BTreeMap<&str, &MonitorConfig> = wanted.iter().map(|m| (m.name.as_str(), m)).collect();
+        let keep: BTreeMap<&str, &MonitorConfig> =
+            wanted.iter().map(|m| (m.name.as_str(), m)).collect();
         let stale: Vec<String> = self
             .running
             .iter()
@@ -113,7 +118,11 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     let config = config::load(&options.config_dir).map_err(|errors| {
         anyhow::anyhow!(
             "invalid configuration:\n{}",
-            errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })?;
     for e in &config.errors {
@@ -147,7 +156,12 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     topology.reconcile(&config.monitors, &mut registry);
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
-    let mut state = DaemonState { node, config, registry, topology };
+    let mut state = DaemonState {
+        node,
+        config,
+        registry,
+        topology,
+    };
     while let Some(event) = inbox.recv().await {
         match event {
             Event::Monitor(e) => state.on_monitor_event(e),
@@ -185,7 +199,9 @@ impl DaemonState {
             Request::Ping => Response::ok(serde_json::json!({"node": self.node})),
             Request::Resls { path } => {
                 let listing = self.registry.listing(&path);
-                Response::ok(api::resls_output(&self.node, &listing, now_ms(), |_| Vec::new()))
+                Response::ok(api::resls_output(&self.node, &listing, now_ms(), |_| {
+                    Vec::new()
+                }))
             }
             Request::Monitors => Response::ok(
                 self.registry
@@ -208,7 +224,8 @@ impl DaemonState {
                 for e in &config.errors {
                     error!(error = %e, "monitor left out");
                 }
-                self.topology.reconcile(&config.monitors, &mut self.registry);
+                self.topology
+                    .reconcile(&config.monitors, &mut self.registry);
                 info!(monitors = config.monitors.len(), "configuration reloaded");
                 self.config = config;
             }

@@ -7,8 +7,13 @@ use vigil_host::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Host { .. }) { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let default_level = if matches!(cli.command, Command::Host { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter =
+        EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -90,7 +90,9 @@ impl Registry {
 
     /// Every resource at or below `path`, in name order.
     pub fn under<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.resources.values().filter(move |e| e.sample.name.is_under(path))
+        self.resources
+            .values()
+            .filter(move |e| e.sample.name.is_under(path))
     }
 
     pub fn len(&self) -> usize {
@@ -104,21 +106,30 @@ impl Registry {
     /// True when some registered monitor declares a pattern that can match
     /// `name` (used to refuse packages needing resources nobody publishes).
     pub fn is_declared(&self, name: &ResourceName) -> bool {
-        self.monitors.values().any(|m| m.patterns.iter().any(|p| p.matches(name)))
+        self.monitors
+            .values()
+            .any(|m| m.patterns.iter().any(|p| p.matches(name)))
     }
 
     /// Records what a monitor reported at `now_ms`.
     pub fn apply(&mut self, event: MonitorEvent, now_ms: u64) -> Applied {
         let mut applied = Applied::default();
         match event {
-            MonitorEvent::Declared { monitor, kind, patterns } => {
-                let record = self.monitors.entry(monitor.clone()).or_insert(MonitorRecord {
-                    kind,
-                    patterns: Vec::new(),
-                    status: MonitorStatus::Starting,
-                    last_report_ms: None,
-                    samples_received: 0,
-                });
+            MonitorEvent::Declared {
+                monitor,
+                kind,
+                patterns,
+            } => {
+                let record = self
+                    .monitors
+                    .entry(monitor.clone())
+                    .or_insert(MonitorRecord {
+                        kind,
+                        patterns: Vec::new(),
+                        status: MonitorStatus::Starting,
+                        last_report_ms: None,
+                        samples_received: 0,
+                    });
                 record.patterns = patterns;
                 // Resources the monitor no longer declares are gone.
                 let record = record.clone();
@@ -128,7 +139,9 @@ impl Registry {
             }
             MonitorEvent::Samples { monitor, samples } => {
                 let Some(record) = self.monitors.get_mut(&monitor) else {
-                    applied.refused.push(format!("monitor {monitor:?} is not registered"));
+                    applied
+                        .refused
+                        .push(format!("monitor {monitor:?} is not registered"));
                     return applied;
                 };
                 record.last_report_ms = Some(now_ms);
@@ -153,7 +166,10 @@ impl Registry {
                         None => {
                             self.resources.insert(
                                 sample.name.clone(),
-                                Entry { sample: sample.clone(), monitor: monitor.clone() },
+                                Entry {
+                                    sample: sample.clone(),
+                                    monitor: monitor.clone(),
+                                },
                             );
                         }
                     }
@@ -189,7 +205,10 @@ impl Registry {
         let path = normalize(path);
         let mut resources: Vec<ListedResource> = self
             .under(&path)
-            .map(|e| ListedResource { entry: e.clone(), sampled: true })
+            .map(|e| ListedResource {
+                entry: e.clone(),
+                sampled: true,
+            })
             .collect();
         let mut declared = Vec::new();
         for (monitor, record) in &self.monitors {
@@ -199,7 +218,9 @@ impl Registry {
                 }
                 if pattern.is_exact() {
                     // Exact patterns are valid names.
-                    let Ok(name) = ResourceName::new(pattern.as_str()) else { continue };
+                    let Ok(name) = ResourceName::new(pattern.as_str()) else {
+                        continue;
+                    };
                     if !self.resources.contains_key(&name) {
                         let reason = match &record.status {
                             MonitorStatus::Failed(r) => format!("monitor {monitor}: {r}"),
@@ -207,7 +228,12 @@ impl Registry {
                         };
                         resources.push(ListedResource {
                             entry: Entry {
-                                sample: Sample { name, value: None, reason: Some(reason), timestamp_ms: 0 },
+                                sample: Sample {
+                                    name,
+                                    value: None,
+                                    reason: Some(reason),
+                                    timestamp_ms: 0,
+                                },
                                 monitor: monitor.clone(),
                             },
                             sampled: false,
@@ -228,7 +254,12 @@ impl Registry {
                 *classes.entry(class).or_default() += 1;
             }
         }
-        Listing { path, resources, declared, classes }
+        Listing {
+            path,
+            resources,
+            declared,
+            classes,
+        }
     }
 }
 
@@ -287,14 +318,23 @@ mod tests {
             MonitorEvent::Declared {
                 monitor: monitor.into(),
                 kind: "dylib",
-                patterns: patterns.iter().map(|p| ResourcePattern::new(*p).unwrap()).collect(),
+                patterns: patterns
+                    .iter()
+                    .map(|p| ResourcePattern::new(*p).unwrap())
+                    .collect(),
             },
             0,
         );
     }
 
     fn samples(r: &mut Registry, monitor: &str, samples: Vec<Sample>) -> Applied {
-        r.apply(MonitorEvent::Samples { monitor: monitor.into(), samples }, 1)
+        r.apply(
+            MonitorEvent::Samples {
+                monitor: monitor.into(),
+                samples,
+            },
+            1,
+        )
     }
 
     #[test]
@@ -305,19 +345,29 @@ mod tests {
         let applied = samples(
             &mut r,
             "lan",
-            vec![Sample::up(name("/net/interfaces/eth0/status")), Sample::up(name("/fs/a/status"))],
+            vec![
+                Sample::up(name("/net/interfaces/eth0/status")),
+                Sample::up(name("/fs/a/status")),
+            ],
         );
         assert_eq!(applied.recorded.len(), 1);
         assert_eq!(
             applied.refused,
             ["monitor lan: sample /fs/a/status matches none of its declared patterns"]
         );
-        let applied = samples(&mut r, "other", vec![Sample::up(name("/net/interfaces/eth0/status"))]);
+        let applied = samples(
+            &mut r,
+            "other",
+            vec![Sample::up(name("/net/interfaces/eth0/status"))],
+        );
         assert_eq!(
             applied.refused,
             ["monitor other: resource /net/interfaces/eth0/status is published by monitor lan"]
         );
-        assert_eq!(r.get(&name("/net/interfaces/eth0/status")).unwrap().monitor, "lan");
+        assert_eq!(
+            r.get(&name("/net/interfaces/eth0/status")).unwrap().monitor,
+            "lan"
+        );
     }
 
     #[test]
@@ -325,18 +375,46 @@ mod tests {
         let mut r = Registry::default();
         declare(&mut r, "fs", &["/fs/*/status"]);
         declare(&mut r, "lan", &["/net/interfaces/*/status"]);
-        samples(&mut r, "fs", vec![Sample::up(name("/fs/a/status")), Sample::up(name("/fs/b/status"))]);
-        samples(&mut r, "lan", vec![Sample::up(name("/net/interfaces/eth0/status"))]);
-        let applied =
-            r.apply(MonitorEvent::Failed { monitor: "fs".into(), reason: "poll timed out".into() }, 9);
+        samples(
+            &mut r,
+            "fs",
+            vec![
+                Sample::up(name("/fs/a/status")),
+                Sample::up(name("/fs/b/status")),
+            ],
+        );
+        samples(
+            &mut r,
+            "lan",
+            vec![Sample::up(name("/net/interfaces/eth0/status"))],
+        );
+        let applied = r.apply(
+            MonitorEvent::Failed {
+                monitor: "fs".into(),
+                reason: "poll timed out".into(),
+            },
+            9,
+        );
         assert_eq!(applied.recorded.len(), 2);
         assert!(applied.recorded.iter().all(|s| !s.is_known()));
         assert_eq!(
-            r.get(&name("/fs/a/status")).unwrap().sample.reason.as_deref(),
+            r.get(&name("/fs/a/status"))
+                .unwrap()
+                .sample
+                .reason
+                .as_deref(),
             Some("monitor fs: poll timed out")
         );
-        assert!(r.get(&name("/net/interfaces/eth0/status")).unwrap().sample.is_known());
-        assert_eq!(r.monitors()["fs"].status, MonitorStatus::Failed("poll timed out".into()));
+        assert!(
+            r.get(&name("/net/interfaces/eth0/status"))
+                .unwrap()
+                .sample
+                .is_known()
+        );
+        assert_eq!(
+            r.monitors()["fs"].status,
+            MonitorStatus::Failed("poll timed out".into())
+        );
     }
 
     #[test]
@@ -344,13 +422,26 @@ mod tests {
         let mut r = Registry::default();
         declare(&mut r, "lan", &["/net/interfaces/*/status"]);
         declare(&mut r, "load", &["/system/load/1min"]);
-        samples(&mut r, "lan", vec![Sample::up(name("/net/interfaces/eth0/status"))]);
+        samples(
+            &mut r,
+            "lan",
+            vec![Sample::up(name("/net/interfaces/eth0/status"))],
+        );
         let top = r.listing("/");
-        assert_eq!(top.classes.into_iter().collect::<Vec<_>>(), [("/net".to_owned(), 1), ("/system".to_owned(), 1)]);
+        assert_eq!(
+            top.classes.into_iter().collect::<Vec<_>>(),
+            [("/net".to_owned(), 1), ("/system".to_owned(), 1)]
+        );
         assert_eq!(top.resources.len(), 2);
         assert!(!top.resources[1].sampled);
-        assert_eq!(top.resources[1].entry.sample.reason.as_deref(), Some("no sample yet"));
-        assert!(top.declared.is_empty(), "a sampled class is not listed as merely declared");
+        assert_eq!(
+            top.resources[1].entry.sample.reason.as_deref(),
+            Some("no sample yet")
+        );
+        assert!(
+            top.declared.is_empty(),
+            "a sampled class is not listed as merely declared"
+        );
         declare(&mut r, "fs", &["/fs/*/status"]);
         assert_eq!(r.listing("/").declared.len(), 1);
         let net = r.listing("/net/interfaces/");

@@ -120,8 +120,26 @@ pub struct VigilMonitorVtable {
 
 /// Generates the two exported symbols for a [`Monitor`] type.
 ///
-/// ```ignore
-/// vigil_sdk::export_monitor!(MyMonitor);
+/// ```
+/// use std::time::Instant;
+/// use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample};
+///
+/// struct Always;
+/// impl Monitor for Always {
+///     fn configure(_: serde_json::Value) -> Result<Self, MonitorError> { Ok(Always) }
+///     fn declare(&self) -> Vec<ResourcePattern> {
+///         vec![ResourcePattern::new("/example/always/status").unwrap()]
+///     }
+///     fn poll(&mut self, _: Instant) -> Result<Vec<Sample>, MonitorError> {
+///         Ok(vec![Sample::up(ResourceName::new("/example/always/status").unwrap())])
+///     }
+/// }
+///
+/// vigil_sdk::export_monitor!(Always);
+/// # fn main() {
+/// assert_eq!(vigil_monitor_abi_version(), vigil_sdk::abi::ABI_VERSION);
+/// assert!(!vigil_monitor_vtable().is_null());
+/// # }
 /// ```
 ///
 /// It also defines `vigil_vtable()`, a safe Rust function returning the same

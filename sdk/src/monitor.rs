@@ -49,8 +49,10 @@ impl From<&str> for MonitorError {
 /// safe to call from any thread.
 #[derive(Clone)]
 pub struct SampleSink {
-    push: Arc<dyn Fn(&[Sample]) + Send + Sync>,
+    push: Arc<PushFn>,
 }
+
+type PushFn = dyn Fn(&[Sample]) + Send + Sync;
 
 impl SampleSink {
     pub fn new(push: impl Fn(&[Sample]) + Send + Sync + 'static) -> Self {

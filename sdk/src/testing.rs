@@ -14,14 +14,34 @@
 //! * start/stop (event pushing) works, stop returns promptly, and nothing is
 //!   pushed after stop returns.
 //!
-//! ```ignore
-//! #[test]
-//! fn conformance() {
-//!     let report = Conformance::new(json!({"interfaces": ["lo"]}))
-//!         .bad_params(json!({"interfaces": 3}))
-//!         .check::<LanMonitor>();
-//!     assert!(report.polled.iter().any(|s| s.name.as_str() == "/net/interfaces/lo/status"));
+//! ```
+//! # use std::time::Instant;
+//! # use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample};
+//! # use vigil_sdk::testing::Conformance;
+//! # use serde_json::json;
+//! struct Flag(String);
+//! impl Monitor for Flag {
+//!     fn configure(params: serde_json::Value) -> Result<Self, MonitorError> {
+//!         let name = params.get("name").and_then(|v| v.as_str()).ok_or("params: name is required")?;
+//!         if params.as_object().is_some_and(|o| o.len() != 1) {
+//!             return Err("params: only `name` is allowed".into());
+//!         }
+//!         Ok(Flag(name.to_owned()))
+//!     }
+//!     fn declare(&self) -> Vec<ResourcePattern> {
+//!         vec![ResourcePattern::new("/example/flag/*").unwrap()]
+//!     }
+//!     fn poll(&mut self, _: Instant) -> Result<Vec<Sample>, MonitorError> {
+//!         let name = ResourceName::new(format!("/example/flag/{}", self.0)).map_err(|e| e.to_string())?;
+//!         Ok(vec![Sample::up(name)])
+//!     }
 //! }
+//!
+//! // In the monitor crate's tests:
+//! let report = Conformance::new(json!({"name": "a"}))
+//!     .bad_params(json!({"name": 3}))
+//!     .check::<Flag>();
+//! assert_eq!(report.polled[0].name.as_str(), "/example/flag/a");
 //! ```
 
 use std::sync::{Arc, Mutex};

@@ -107,7 +107,9 @@ impl Seconds {
             Seconds::Float(f) => f,
         };
         if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
-            return Err(format!("must be more than 0 and at most 86400 seconds, got {secs}"));
+            return Err(format!(
+                "must be more than 0 and at most 86400 seconds, got {secs}"
+            ));
         }
         Ok(Duration::from_secs_f64(secs))
     }
@@ -131,7 +133,10 @@ pub struct ClusterConfig {
 pub enum StoreConfig {
     /// Single node, in-process, persisted at `path`.
     Embedded { path: PathBuf },
-    Etcd { endpoints: Vec<String>, lease_ttl: Duration },
+    Etcd {
+        endpoints: Vec<String>,
+        lease_ttl: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -144,9 +149,16 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorKind {
     /// `plugin` as written: a path (contains `/`) or a name to search.
-    Dylib { plugin: String },
-    Exec { command: Vec<String>, mode: Mode },
-    Nagios { command: Vec<String> },
+    Dylib {
+        plugin: String,
+    },
+    Exec {
+        command: Vec<String>,
+        mode: Mode,
+    },
+    Nagios {
+        command: Vec<String>,
+    },
 }
 
 impl MonitorKind {
@@ -196,7 +208,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let cluster = load_cluster(dir)?;
     let (monitors, errors) = load_monitors(&dir.join("monitors.d"));
-    Ok(Config { cluster, monitors, errors })
+    Ok(Config {
+        cluster,
+        monitors,
+        errors,
+    })
 }
 
 pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
@@ -212,7 +228,10 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
     }
     let mut nodes = Vec::new();
     if cluster.nodes.get_ref().is_empty() {
-        errors.push(file.error_at(cluster.nodes.span(), "cluster.nodes must list at least one node"));
+        errors.push(file.error_at(
+            cluster.nodes.span(),
+            "cluster.nodes must list at least one node",
+        ));
     }
     for node in cluster.nodes.get_ref() {
         let n = node.get_ref();
@@ -227,10 +246,16 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
             nodes.push(n.clone());
         }
     }
-    let plugin_path = cluster.plugin_path.iter().map(|p| dir.join(p.get_ref())).collect();
+    let plugin_path = cluster
+        .plugin_path
+        .iter()
+        .map(|p| dir.join(p.get_ref()))
+        .collect();
 
     let store = match raw.store {
-        None => StoreConfig::Embedded { path: dir.join("run/state") },
+        None => StoreConfig::Embedded {
+            path: dir.join("run/state"),
+        },
         Some(store) => {
             let span = store.span();
             let store = store.into_inner();
@@ -252,7 +277,11 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
                         );
                     }
                     StoreConfig::Etcd {
-                        endpoints: store.endpoints.iter().map(|e| e.get_ref().clone()).collect(),
+                        endpoints: store
+                            .endpoints
+                            .iter()
+                            .map(|e| e.get_ref().clone())
+                            .collect(),
                         lease_ttl: ttl,
                     }
                 }
@@ -261,20 +290,36 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
                         store.kind.span(),
                         format!("store.type {other:?} is not one of \"embedded\", \"etcd\""),
                     ));
-                    StoreConfig::Embedded { path: dir.join("run/state") }
+                    StoreConfig::Embedded {
+                        path: dir.join("run/state"),
+                    }
                 }
             }
         }
     };
 
-    let api = raw.api.unwrap_or(RawApi { socket: None, http_listen: None });
+    let api = raw.api.unwrap_or(RawApi {
+        socket: None,
+        http_listen: None,
+    });
     let api = ApiConfig {
-        socket: dir.join(api.socket.as_ref().map_or("run/vigil.sock", |s| s.get_ref())),
+        socket: dir.join(
+            api.socket
+                .as_ref()
+                .map_or("run/vigil.sock", |s| s.get_ref()),
+        ),
         http_listen: api.http_listen.map(|h| h.into_inner()),
     };
 
     if errors.is_empty() {
-        Ok(ClusterConfig { dir: dir.to_owned(), name, nodes, plugin_path, store, api })
+        Ok(ClusterConfig {
+            dir: dir.to_owned(),
+            name,
+            nodes,
+            plugin_path,
+            store,
+            api,
+        })
     } else {
         Err(errors)
     }
@@ -283,7 +328,8 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
 fn valid_node_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Loads every `*.toml` in `dir`, sorted by file name. A missing directory
@@ -298,7 +344,10 @@ pub fn load_monitors(dir: &Path) -> (Vec<MonitorConfig>, Vec<ConfigError>) {
             .collect::<Vec<_>>(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
-            errors.push(ConfigError::file(dir, format!("cannot read directory: {e}")));
+            errors.push(ConfigError::file(
+                dir,
+                format!("cannot read directory: {e}"),
+            ));
             Vec::new()
         }
     };
@@ -331,9 +380,7 @@ pub fn load_monitors(dir: &Path) -> (Vec<MonitorConfig>, Vec<ConfigError>) {
 
 /// Loads one monitor registration; `Ok(None)` when it says `enabled = false`.
 /// Also returns the line of its `name`, for duplicate-name messages.
-pub fn load_monitor_file(
-    path: &Path,
-) -> Result<Option<(MonitorConfig, usize)>, Vec<ConfigError>> {
+pub fn load_monitor_file(path: &Path) -> Result<Option<(MonitorConfig, usize)>, Vec<ConfigError>> {
     let file = SourceFile::read(path).map_err(|e| vec![e])?;
     let raw: RawMonitor = file.parse().map_err(|e| vec![e])?;
     let mut errors = Vec::new();
@@ -345,7 +392,10 @@ pub fn load_monitor_file(
             format!("monitor name {name:?} must be 1 segment of [A-Za-z0-9._:@+-]"),
         ));
     }
-    let duration = |field: &Option<Spanned<Seconds>>, key: &str, default: Duration, errors: &mut Vec<ConfigError>| {
+    let duration = |field: &Option<Spanned<Seconds>>,
+                    key: &str,
+                    default: Duration,
+                    errors: &mut Vec<ConfigError>| {
         match field {
             None => default,
             Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
@@ -354,8 +404,18 @@ pub fn load_monitor_file(
             }),
         }
     };
-    let interval = duration(&raw.interval_seconds, "interval_seconds", DEFAULT_INTERVAL, &mut errors);
-    let timeout = duration(&raw.timeout_seconds, "timeout_seconds", DEFAULT_TIMEOUT, &mut errors);
+    let interval = duration(
+        &raw.interval_seconds,
+        "interval_seconds",
+        DEFAULT_INTERVAL,
+        &mut errors,
+    );
+    let timeout = duration(
+        &raw.timeout_seconds,
+        "timeout_seconds",
+        DEFAULT_TIMEOUT,
+        &mut errors,
+    );
 
     let command = |errors: &mut Vec<ConfigError>| -> Vec<String> {
         match &raw.command {
@@ -367,43 +427,66 @@ pub fn load_monitor_file(
             None => {
                 errors.push(file.error_at(
                     raw.kind.span(),
-                    format!("type = {:?} needs command = [\"program\", \"arg\", ...]", raw.kind.get_ref()),
+                    format!(
+                        "type = {:?} needs command = [\"program\", \"arg\", ...]",
+                        raw.kind.get_ref()
+                    ),
                 ));
                 Vec::new()
             }
         }
     };
-    let refuse = |field: bool, key: &str, errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>| {
-        if field {
-            errors.push(file.error_at(
-                span,
-                format!("{key} does not apply to type = {:?}", raw.kind.get_ref()),
-            ));
-        }
-    };
+    let refuse =
+        |field: bool, key: &str, errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>| {
+            if field {
+                errors.push(file.error_at(
+                    span,
+                    format!("{key} does not apply to type = {:?}", raw.kind.get_ref()),
+                ));
+            }
+        };
     let kind = match raw.kind.get_ref().as_str() {
         "dylib" => {
-            refuse(raw.command.is_some(), "command", &mut errors, span_of(&raw.command, &raw.kind));
-            refuse(raw.mode.is_some(), "mode", &mut errors, span_of(&raw.mode, &raw.kind));
+            refuse(
+                raw.command.is_some(),
+                "command",
+                &mut errors,
+                span_of(&raw.command, &raw.kind),
+            );
+            refuse(
+                raw.mode.is_some(),
+                "mode",
+                &mut errors,
+                span_of(&raw.mode, &raw.kind),
+            );
             match &raw.plugin {
-                Some(p) if !p.get_ref().trim().is_empty() => {
-                    MonitorKind::Dylib { plugin: p.get_ref().clone() }
-                }
+                Some(p) if !p.get_ref().trim().is_empty() => MonitorKind::Dylib {
+                    plugin: p.get_ref().clone(),
+                },
                 Some(p) => {
                     errors.push(file.error_at(p.span(), "plugin must not be empty"));
-                    MonitorKind::Dylib { plugin: String::new() }
+                    MonitorKind::Dylib {
+                        plugin: String::new(),
+                    }
                 }
                 None => {
                     errors.push(file.error_at(
                         raw.kind.span(),
                         "type = \"dylib\" needs plugin = \"name or path\"",
                     ));
-                    MonitorKind::Dylib { plugin: String::new() }
+                    MonitorKind::Dylib {
+                        plugin: String::new(),
+                    }
                 }
             }
         }
         "exec" => {
-            refuse(raw.plugin.is_some(), "plugin", &mut errors, span_of(&raw.plugin, &raw.kind));
+            refuse(
+                raw.plugin.is_some(),
+                "plugin",
+                &mut errors,
+                span_of(&raw.plugin, &raw.kind),
+            );
             let mode = match &raw.mode {
                 None => Mode::Oneshot,
                 Some(m) => match m.get_ref().as_str() {
@@ -418,25 +501,45 @@ pub fn load_monitor_file(
                     }
                 },
             };
-            MonitorKind::Exec { command: command(&mut errors), mode }
+            MonitorKind::Exec {
+                command: command(&mut errors),
+                mode,
+            }
         }
         "nagios" => {
-            refuse(raw.plugin.is_some(), "plugin", &mut errors, span_of(&raw.plugin, &raw.kind));
-            refuse(raw.mode.is_some(), "mode", &mut errors, span_of(&raw.mode, &raw.kind));
-            MonitorKind::Nagios { command: command(&mut errors) }
+            refuse(
+                raw.plugin.is_some(),
+                "plugin",
+                &mut errors,
+                span_of(&raw.plugin, &raw.kind),
+            );
+            refuse(
+                raw.mode.is_some(),
+                "mode",
+                &mut errors,
+                span_of(&raw.mode, &raw.kind),
+            );
+            MonitorKind::Nagios {
+                command: command(&mut errors),
+            }
         }
         other => {
             errors.push(file.error_at(
                 raw.kind.span(),
                 format!("type {other:?} is not one of \"dylib\", \"exec\", \"nagios\""),
             ));
-            MonitorKind::Dylib { plugin: String::new() }
+            MonitorKind::Dylib {
+                plugin: String::new(),
+            }
         }
     };
     let params = match raw.params {
         None => serde_json::Value::Object(Default::default()),
         Some(table) => serde_json::to_value(table).unwrap_or_else(|e| {
-            errors.push(ConfigError::file(path, format!("params cannot be converted to JSON: {e}")));
+            errors.push(ConfigError::file(
+                path,
+                format!("params cannot be converted to JSON: {e}"),
+            ));
             serde_json::Value::Null
         }),
     };
@@ -453,7 +556,15 @@ pub fn load_monitor_file(
         .or_else(|| raw.command.as_ref().map(|c| file.line_of(c.span().start)))
         .unwrap_or(name_line);
     Ok(Some((
-        MonitorConfig { name, kind, interval, timeout, params, source: path.to_owned(), line },
+        MonitorConfig {
+            name,
+            kind,
+            interval,
+            timeout,
+            params,
+            source: path.to_owned(),
+            line,
+        },
         name_line,
     )))
 }

@@ -17,11 +17,19 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn at(file: &Path, line: usize, message: impl Into<String>) -> Self {
-        Self { file: file.to_owned(), line: Some(line), message: message.into() }
+        Self {
+            file: file.to_owned(),
+            line: Some(line),
+            message: message.into(),
+        }
     }
 
     pub fn file(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_owned(), line: None, message: message.into() }
+        Self {
+            file: file.to_owned(),
+            line: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -51,23 +59,36 @@ impl SourceFile {
         let meta = std::fs::metadata(path)
             .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(ConfigError::file(path, format!("larger than {MAX_CONFIG_BYTES} bytes")));
+            return Err(ConfigError::file(
+                path,
+                format!("larger than {MAX_CONFIG_BYTES} bytes"),
+            ));
         }
-        let bytes =
-            std::fs::read(path).map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
         let text = String::from_utf8(bytes)
             .map_err(|e| ConfigError::file(path, format!("not UTF-8: {e}")))?;
-        Ok(Self { path: path.to_owned(), text })
+        Ok(Self {
+            path: path.to_owned(),
+            text,
+        })
     }
 
     pub fn from_text(path: &Path, text: &str) -> Self {
-        Self { path: path.to_owned(), text: text.to_owned() }
+        Self {
+            path: path.to_owned(),
+            text: text.to_owned(),
+        }
     }
 
     /// 1-based line of a byte offset.
     pub fn line_of(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     pub fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {

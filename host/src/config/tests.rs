@@ -18,9 +18,7 @@ fn check(cluster: &str, monitors: &[(&str, &str)], expect: Expect) {
         Ok(config) => {
             let mut out = format!(
                 "cluster {} nodes {:?} store {:?}\n",
-                config.cluster.name,
-                config.cluster.nodes,
-                config.cluster.store
+                config.cluster.name, config.cluster.nodes, config.cluster.store
             );
             for m in &config.monitors {
                 out += &format!(
@@ -53,8 +51,14 @@ fn valid_monitors_of_each_kind() {
                 "load.toml",
                 "name = \"load\"\ntype = \"nagios\"\ncommand = [\"check_load\", \"-w\", \"1,1,1\"]\ninterval_seconds = 0.5\n",
             ),
-            ("tail.toml", "name = \"tail\"\ntype = \"exec\"\ncommand = [\"./t.sh\"]\nmode = \"stream\"\n"),
-            ("off.toml", "name = \"off\"\ntype = \"exec\"\ncommand = [\"x\"]\nenabled = false\n"),
+            (
+                "tail.toml",
+                "name = \"tail\"\ntype = \"exec\"\ncommand = [\"./t.sh\"]\nmode = \"stream\"\n",
+            ),
+            (
+                "off.toml",
+                "name = \"off\"\ntype = \"exec\"\ncommand = [\"x\"]\nenabled = false\n",
+            ),
         ],
         expect![[r#"
             cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
@@ -70,13 +74,25 @@ fn errors_name_file_and_line_and_keep_other_monitors() {
     check(
         CLUSTER,
         &[
-            ("a.toml", "name = \"a\"\ntype = \"dylib\"\n\nplugin = \"x\"\nintervall = 3\n"),
+            (
+                "a.toml",
+                "name = \"a\"\ntype = \"dylib\"\n\nplugin = \"x\"\nintervall = 3\n",
+            ),
             ("b.toml", "name = \"b\"\ntype = \"snmp\"\n"),
-            ("c.toml", "name = \"c\"\ntype = \"exec\"\ncommand = []\ninterval_seconds = 0\n"),
+            (
+                "c.toml",
+                "name = \"c\"\ntype = \"exec\"\ncommand = []\ninterval_seconds = 0\n",
+            ),
             ("d.toml", "name = \"d\"\ntype = \"dylib\"\nplugin = \"p\"\n"),
             ("e.toml", "name = \"d\"\ntype = \"dylib\"\nplugin = \"p\"\n"),
-            ("f.toml", "name = \"f\"\ntype = \"exec\"\ncommand = [\"x\"]\nmode = \"forever\"\n"),
-            ("g.toml", "name = \"g g\"\ntype = \"dylib\"\nplugin = \"p\"\ncommand = [\"x\"]\n"),
+            (
+                "f.toml",
+                "name = \"f\"\ntype = \"exec\"\ncommand = [\"x\"]\nmode = \"forever\"\n",
+            ),
+            (
+                "g.toml",
+                "name = \"g g\"\ntype = \"dylib\"\nplugin = \"p\"\ncommand = [\"x\"]\n",
+            ),
             ("h.toml", "name = [\n"),
         ],
         expect![[r#"
@@ -107,14 +123,22 @@ fn cluster_errors_are_fatal_and_collected() {
             DIR/cluster.toml:5: store.type "zk" is not one of "embedded", "etcd"
         "#]],
     );
-    check("[cluster]\nname = \"x\"\n", &[], expect![[r#"
+    check(
+        "[cluster]\nname = \"x\"\n",
+        &[],
+        expect![[r#"
         DIR/cluster.toml:1: missing field `nodes`
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn missing_cluster_file_is_reported() {
     let err = load(Path::new("/nonexistent-vigil-dir")).unwrap_err();
     assert_eq!(err.len(), 1);
-    assert!(err[0].to_string().starts_with("/nonexistent-vigil-dir/cluster.toml: cannot read"));
+    assert!(
+        err[0]
+            .to_string()
+            .starts_with("/nonexistent-vigil-dir/cluster.toml: cannot read")
+    );
 }

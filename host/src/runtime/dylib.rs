@@ -30,7 +30,10 @@ pub enum LoadError {
     #[error("plugin {name:?} not found (looked in {searched})")]
     NotFound { name: String, searched: String },
     #[error("plugin {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("plugin {} is writable by group or others (mode {mode:o}); refusing to load it", path.display())]
     Writable { path: PathBuf, mode: u32 },
     #[error("plugin {} is owned by uid {owner}, not root or the daemon's uid {me}; refusing to load it", path.display())]
@@ -40,7 +43,11 @@ pub enum LoadError {
     #[error("plugin {}: no `{symbol}` symbol: not a vigil monitor", path.display())]
     Symbol { path: PathBuf, symbol: String },
     #[error("plugin {} has ABI version {found}, this host speaks ABI version {expected}", path.display())]
-    Version { path: PathBuf, found: u32, expected: u32 },
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("plugin {}: {source}", path.display())]
     Abi { path: PathBuf, source: AbiError },
 }
@@ -52,7 +59,11 @@ pub fn resolve(plugin: &str, config_dir: &Path, search: &[PathBuf]) -> Result<Pa
     if plugin.contains('/') {
         return Ok(config_dir.join(plugin));
     }
-    let candidates = [format!("lib{plugin}.so"), format!("{plugin}.so"), plugin.to_owned()];
+    let candidates = [
+        format!("lib{plugin}.so"),
+        format!("{plugin}.so"),
+        plugin.to_owned(),
+    ];
     for dir in search {
         for file in &candidates {
             let path = dir.join(file);
@@ -63,7 +74,11 @@ pub fn resolve(plugin: &str, config_dir: &Path, search: &[PathBuf]) -> Result<Pa
     }
     Err(LoadError::NotFound {
         name: plugin.to_owned(),
-        searched: search.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        searched: search
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -71,7 +86,10 @@ pub fn resolve(plugin: &str, config_dir: &Path, search: &[PathBuf]) -> Result<Pa
 /// directory of the running executable, then the system plugin directory.
 pub fn search_path(plugin_path: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = plugin_path.to_vec();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_owned)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+    {
         dirs.push(dir);
     }
     dirs.push(PathBuf::from(crate::config::SYSTEM_PLUGIN_DIR));
@@ -80,14 +98,24 @@ pub fn search_path(plugin_path: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Refuses a file that someone other than root or us could have replaced.
 pub fn check_permissions(path: &Path) -> Result<(), LoadError> {
-    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(LoadError::Writable { path: path.to_owned(), mode });
+        return Err(LoadError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
     }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != 0 && meta.uid() != me {
-        return Err(LoadError::Owner { path: path.to_owned(), owner: meta.uid(), me });
+        return Err(LoadError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
     }
     Ok(())
 }
@@ -108,8 +136,10 @@ impl Plugin {
         check_permissions(path)?;
         // SAFETY: loading runs the library's initialisers; the permission
         // check above is what makes running this code acceptable.
-        let library = unsafe { Library::new(path) }
-            .map_err(|e| LoadError::Open { path: path.to_owned(), message: e.to_string() })?;
+        let library = unsafe { Library::new(path) }.map_err(|e| LoadError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let symbol_error = |symbol: &[u8]| LoadError::Symbol {
             path: path.to_owned(),
             symbol: String::from_utf8_lossy(&symbol[..symbol.len() - 1]).into_owned(),
@@ -122,7 +152,11 @@ impl Plugin {
             f()
         };
         if version != ABI_VERSION {
-            return Err(LoadError::Version { path: path.to_owned(), found: version, expected: ABI_VERSION });
+            return Err(LoadError::Version {
+                path: path.to_owned(),
+                found: version,
+                expected: ABI_VERSION,
+            });
         }
         // SAFETY: version 1 fixes this signature; the returned pointer is
         // checked by `check_vtable` and lives as long as the library, which
@@ -133,8 +167,15 @@ impl Plugin {
                 .map_err(|_| symbol_error(VTABLE_SYMBOL))?;
             check_vtable(f())
         }
-        .map_err(|source| LoadError::Abi { path: path.to_owned(), source })?;
-        Ok(Self { path: path.to_owned(), table, _library: Arc::new(library) })
+        .map_err(|source| LoadError::Abi {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            table,
+            _library: Arc::new(library),
+        })
     }
 
     pub fn table(&self) -> &'static VigilMonitorVtable {
@@ -195,11 +236,9 @@ impl DylibWorker {
                         return;
                     }
                 };
-                if let Some(handler) = events {
-                    if let Err(e) = instance.start(handler) {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
+                if let Some(Err(e)) = events.map(|handler| instance.start(handler)) {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
                 }
                 thread_busy.store(false, Ordering::SeqCst);
                 if ready_tx.send(Ok(declared)).is_err() {
@@ -221,10 +260,15 @@ impl DylibWorker {
             })
             .map_err(|e| format!("cannot start worker thread: {e}"))?;
         match tokio::time::timeout(timeout, ready_rx).await {
-            Ok(Ok(Ok(declared))) => Ok(Started { worker: DylibWorker { requests, busy }, declared }),
+            Ok(Ok(Ok(declared))) => Ok(Started {
+                worker: DylibWorker { requests, busy },
+                declared,
+            }),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err("worker thread ended during start".to_owned()),
-            Err(_) => Err(format!("create/declare/start did not return within {timeout:?}")),
+            Err(_) => Err(format!(
+                "create/declare/start did not return within {timeout:?}"
+            )),
         }
     }
 

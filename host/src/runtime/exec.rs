@@ -12,7 +12,12 @@ use vigil_sdk::proto::{
 use vigil_sdk::{ResourcePattern, Sample};
 
 /// The one line the host writes to an exec monitor's stdin.
-pub fn host_hello(monitor: &str, mode: Mode, interval: Duration, params: &serde_json::Value) -> Vec<u8> {
+pub fn host_hello(
+    monitor: &str,
+    mode: Mode,
+    interval: Duration,
+    params: &serde_json::Value,
+) -> Vec<u8> {
     proto::encode_line(&HostHello {
         kind: HelloTag::Hello,
         protocol: PROTOCOL_VERSION,
@@ -31,7 +36,10 @@ pub enum ExecMessage {
     Samples(Vec<Sample>),
     /// The monitor says it cannot work.
     Error(String),
-    Log { level: Option<String>, message: String },
+    Log {
+        level: Option<String>,
+        message: String,
+    },
     /// Blank line or a message type from a newer protocol.
     Nothing,
 }
@@ -46,7 +54,11 @@ pub struct ExecParser {
 
 impl ExecParser {
     pub fn new(mode: Mode) -> Self {
-        Self { mode, line: 0, greeted: false }
+        Self {
+            mode,
+            line: 0,
+            greeted: false,
+        }
     }
 
     pub fn greeted(&self) -> bool {
@@ -61,11 +73,20 @@ impl ExecParser {
             return Ok(ExecMessage::Nothing);
         }
         let message = proto::parse_monitor_line(line).map_err(|e| format!("line {at}: {e}"))?;
-        if !self.greeted && !matches!(message, MonitorMessage::Hello { .. } | MonitorMessage::Error { .. }) {
+        if !self.greeted
+            && !matches!(
+                message,
+                MonitorMessage::Hello { .. } | MonitorMessage::Error { .. }
+            )
+        {
             return Err(format!("line {at}: expected a hello message first"));
         }
         match message {
-            MonitorMessage::Hello { protocol, publishes, capabilities } => {
+            MonitorMessage::Hello {
+                protocol,
+                publishes,
+                capabilities,
+            } => {
                 if self.greeted {
                     return Err(format!("line {at}: second hello"));
                 }
@@ -123,7 +144,10 @@ mod tests {
             .map(|l| match parser.feed(l) {
                 Ok(ExecMessage::Samples(s)) => format!(
                     "samples {}\n",
-                    s.iter().map(|s| format!("{}={:?}", s.name, s.value)).collect::<Vec<_>>().join(" ")
+                    s.iter()
+                        .map(|s| format!("{}={:?}", s.name, s.value))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
                 Ok(m) => format!("{m:?}\n"),
                 Err(e) => format!("error: {e}\n"),
@@ -184,7 +208,10 @@ mod tests {
         );
         check(
             Mode::Oneshot,
-            &[r#"{"type":"hello","protocol":1}"#, r#"{"type":"error","message":"no tool"}"#],
+            &[
+                r#"{"type":"hello","protocol":1}"#,
+                r#"{"type":"error","message":"no tool"}"#,
+            ],
             expect_test::expect![[r#"
                 error: hello declares no resources ("publishes" is empty)
                 Error("no tool")

@@ -33,8 +33,15 @@ use subprocess::{BoundedLines, Exit};
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorEvent {
     /// The monitor is configured and publishes these patterns.
-    Declared { monitor: String, kind: &'static str, patterns: Vec<ResourcePattern> },
-    Samples { monitor: String, samples: Vec<Sample> },
+    Declared {
+        monitor: String,
+        kind: &'static str,
+        patterns: Vec<ResourcePattern>,
+    },
+    Samples {
+        monitor: String,
+        samples: Vec<Sample>,
+    },
     /// The monitor could not be read; its resources are unknown for `reason`.
     Failed { monitor: String, reason: String },
 }
@@ -70,12 +77,14 @@ pub fn spawn(config: MonitorConfig, ctx: RuntimeContext, emit: Emit) -> RunningM
     let task = tokio::spawn(async move {
         match config.kind.clone() {
             MonitorKind::Dylib { plugin } => run_dylib(&config, &plugin, &ctx, &emit).await,
-            MonitorKind::Exec { command, mode: Mode::Oneshot } => {
-                run_periodic(&config, &emit, Periodic::Exec(&command)).await
-            }
-            MonitorKind::Exec { command, mode: Mode::Stream } => {
-                run_stream(&config, &command, &emit).await
-            }
+            MonitorKind::Exec {
+                command,
+                mode: Mode::Oneshot,
+            } => run_periodic(&config, &emit, Periodic::Exec(&command)).await,
+            MonitorKind::Exec {
+                command,
+                mode: Mode::Stream,
+            } => run_stream(&config, &command, &emit).await,
             MonitorKind::Nagios { command } => {
                 if let Some(patterns) = nagios_patterns(&config.name, &emit) {
                     emit(declared(&config, patterns));
@@ -90,12 +99,12 @@ pub fn spawn(config: MonitorConfig, ctx: RuntimeContext, emit: Emit) -> RunningM
 /// Resolves a relative program path (one with a `/`) against the config
 /// dir, so `plugins/examples/x.sh` works wherever the daemon was started.
 fn resolve_command(mut config: MonitorConfig, ctx: &RuntimeContext) -> MonitorConfig {
-    if let MonitorKind::Exec { command, .. } | MonitorKind::Nagios { command } = &mut config.kind {
-        if let Some(program) = command.first_mut() {
-            if program.contains('/') && !program.starts_with('/') {
-                *program = ctx.config_dir.join(&*program).display().to_string();
-            }
-        }
+    if let MonitorKind::Exec { command, .. } | MonitorKind::Nagios { command } = &mut config.kind
+        && let Some(program) = command.first_mut()
+        && program.contains('/')
+        && !program.starts_with('/')
+    {
+        *program = ctx.config_dir.join(&*program).display().to_string();
     }
     config
 }
@@ -111,14 +120,20 @@ fn declared(config: &MonitorConfig, patterns: Vec<ResourcePattern>) -> MonitorEv
 fn failed(config: &MonitorConfig, reason: impl Into<String>) -> MonitorEvent {
     let reason = reason.into();
     warn!(monitor = %config.name, %reason, "monitor failed");
-    MonitorEvent::Failed { monitor: config.name.clone(), reason }
+    MonitorEvent::Failed {
+        monitor: config.name.clone(),
+        reason,
+    }
 }
 
 fn nagios_patterns(name: &str, emit: &Emit) -> Option<Vec<ResourcePattern>> {
     match nagios::declared_patterns(name) {
         Ok(p) => Some(p),
         Err(e) => {
-            emit(MonitorEvent::Failed { monitor: name.to_owned(), reason: e.to_string() });
+            emit(MonitorEvent::Failed {
+                monitor: name.to_owned(),
+                reason: e.to_string(),
+            });
             None
         }
     }
@@ -179,7 +194,10 @@ async fn run_dylib(config: &MonitorConfig, plugin: &str, ctx: &RuntimeContext, e
     };
     loop {
         match worker.poll(config.timeout).await {
-            Ok(samples) => emit(MonitorEvent::Samples { monitor: config.name.clone(), samples }),
+            Ok(samples) => emit(MonitorEvent::Samples {
+                monitor: config.name.clone(),
+                samples,
+            }),
             Err(reason) => emit(failed(config, reason)),
         }
         ticks.tick().await;
@@ -192,20 +210,35 @@ async fn start_dylib(
     ctx: &RuntimeContext,
     events: Option<Emit>,
 ) -> Result<(dylib::DylibWorker, Vec<ResourcePattern>), String> {
-    let path = dylib::resolve(plugin, &ctx.config_dir, &ctx.plugin_search).map_err(|e| e.to_string())?;
+    let path =
+        dylib::resolve(plugin, &ctx.config_dir, &ctx.plugin_search).map_err(|e| e.to_string())?;
     let loaded = dylib::Plugin::load(&path).map_err(|e| e.to_string())?;
     let handler = events.map(|emit| {
         let name = config.name.clone();
-        Box::new(move |batch: Result<Vec<Sample>, vigil_sdk::abi::AbiError>| {
-            emit(match batch {
-                Ok(samples) => MonitorEvent::Samples { monitor: name.clone(), samples },
-                Err(e) => MonitorEvent::Failed { monitor: name.clone(), reason: e.to_string() },
-            })
-        }) as vigil_sdk::abi::PushHandler
+        Box::new(
+            move |batch: Result<Vec<Sample>, vigil_sdk::abi::AbiError>| {
+                emit(match batch {
+                    Ok(samples) => MonitorEvent::Samples {
+                        monitor: name.clone(),
+                        samples,
+                    },
+                    Err(e) => MonitorEvent::Failed {
+                        monitor: name.clone(),
+                        reason: e.to_string(),
+                    },
+                })
+            },
+        ) as vigil_sdk::abi::PushHandler
     });
-    let started = dylib::DylibWorker::start(&config.name, loaded, &config.params, config.timeout, handler)
-        .await
-        .map_err(|e| format!("plugin {}: {e}", path.display()))?;
+    let started = dylib::DylibWorker::start(
+        &config.name,
+        loaded,
+        &config.params,
+        config.timeout,
+        handler,
+    )
+    .await
+    .map_err(|e| format!("plugin {}: {e}", path.display()))?;
     Ok((started.worker, started.declared))
 }
 
@@ -227,7 +260,9 @@ async fn exec_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEve
             Ok(ExecMessage::Hello(patterns)) => events.push(declared(config, patterns)),
             Ok(ExecMessage::Samples(mut s)) => samples.append(&mut s),
             Ok(ExecMessage::Error(message)) => return vec![failed(config, message)],
-            Ok(ExecMessage::Log { message, .. }) => info!(monitor = %config.name, %message, "monitor log"),
+            Ok(ExecMessage::Log { message, .. }) => {
+                info!(monitor = %config.name, %message, "monitor log")
+            }
             Ok(ExecMessage::Nothing) => {}
             Err(reason) => return vec![failed(config, reason)],
         }
@@ -235,7 +270,10 @@ async fn exec_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEve
     if !parser.greeted() {
         return vec![failed(config, "exited without a hello line")];
     }
-    events.push(MonitorEvent::Samples { monitor: config.name.clone(), samples });
+    events.push(MonitorEvent::Samples {
+        monitor: config.name.clone(),
+        samples,
+    });
     events
 }
 
@@ -258,7 +296,10 @@ async fn nagios_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorE
             for error in &result.errors {
                 debug!(monitor = %config.name, %error, "perfdata item skipped");
             }
-            vec![MonitorEvent::Samples { monitor: config.name.clone(), samples: result.samples }]
+            vec![MonitorEvent::Samples {
+                monitor: config.name.clone(),
+                samples: result.samples,
+            }]
         }
         Err(e) => vec![failed(config, e.to_string())],
     }
@@ -337,13 +378,18 @@ async fn stream_once(
         match parser.feed(&line) {
             Ok(ExecMessage::Hello(patterns)) => emit(declared(config, patterns)),
             Ok(ExecMessage::Samples(samples)) => {
-                emit(MonitorEvent::Samples { monitor: config.name.clone(), samples });
+                emit(MonitorEvent::Samples {
+                    monitor: config.name.clone(),
+                    samples,
+                });
                 if until_samples.is_some() {
                     break String::new();
                 }
             }
             Ok(ExecMessage::Error(message)) => emit(failed(config, message)),
-            Ok(ExecMessage::Log { message, .. }) => info!(monitor = %config.name, %message, "monitor log"),
+            Ok(ExecMessage::Log { message, .. }) => {
+                info!(monitor = %config.name, %message, "monitor log")
+            }
             Ok(ExecMessage::Nothing) => {}
             // A bad line makes the resources unknown; the stream goes on, and
             // its next good samples bring them back.
@@ -388,21 +434,31 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
                 emit(declared(config, patterns));
                 if poll {
                     match worker.poll(config.timeout).await {
-                        Ok(samples) => emit(MonitorEvent::Samples { monitor: config.name.clone(), samples }),
+                        Ok(samples) => emit(MonitorEvent::Samples {
+                            monitor: config.name.clone(),
+                            samples,
+                        }),
                         Err(reason) => emit(failed(config, reason)),
                     }
                 }
             }
             Err(reason) => emit(failed(config, reason)),
         },
-        MonitorKind::Exec { command, mode: Mode::Oneshot } => {
+        MonitorKind::Exec {
+            command,
+            mode: Mode::Oneshot,
+        } => {
             for e in exec_once(config, command).await {
                 emit(e);
             }
         }
-        MonitorKind::Exec { command, mode: Mode::Stream } => {
+        MonitorKind::Exec {
+            command,
+            mode: Mode::Stream,
+        } => {
             let budget = config.timeout.max(config.interval) + config.timeout;
-            match tokio::time::timeout(budget, stream_once(config, command, &emit, Some(()))).await {
+            match tokio::time::timeout(budget, stream_once(config, command, &emit, Some(()))).await
+            {
                 Ok(reason) if reason.is_empty() => {}
                 Ok(reason) => emit(failed(config, reason)),
                 Err(_) => emit(failed(config, format!("no samples within {budget:?}"))),
@@ -421,8 +477,7 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
             }
         }
     }
-    let events = collected.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    events
+    collected.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 fn check_executable(program: &str) -> Result<(), String> {
@@ -431,7 +486,9 @@ fn check_executable(program: &str) -> Result<(), String> {
         Some(PathBuf::from(program))
     } else {
         std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file())
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
         })
     };
     match path.map(|p| std::fs::metadata(&p).map(|m| (p, m))) {

@@ -173,7 +173,11 @@ pub async fn run_once(
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    Ok(RunOutput { exit, stdout: out, stderr })
+    Ok(RunOutput {
+        exit,
+        stdout: out,
+        stderr,
+    })
 }
 
 /// Forwards stdout in chunks so that what was read survives a timeout.
@@ -216,7 +220,10 @@ pub struct BoundedLines<R> {
 
 impl<R: AsyncRead + Unpin> BoundedLines<R> {
     pub fn new(reader: R, max: usize) -> Self {
-        Self { reader: BufReader::new(reader), max }
+        Self {
+            reader: BufReader::new(reader),
+            max,
+        }
     }
 
     /// The next line without its newline; `None` at end of stream.
@@ -225,7 +232,11 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                return Ok(if line.is_empty() { None } else { Some(lossy(line)) });
+                return Ok(if line.is_empty() {
+                    None
+                } else {
+                    Some(lossy(line))
+                });
             }
             match buf.iter().position(|b| *b == b'\n') {
                 Some(i) => {
@@ -266,9 +277,13 @@ mod tests {
 
     #[tokio::test]
     async fn collects_output_and_exit_code() {
-        let out = run_once(&sh("cat; echo out; echo err >&2; exit 3"), Some(b"in\n"), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let out = run_once(
+            &sh("cat; echo out; echo err >&2; exit 3"),
+            Some(b"in\n"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.exit, Exit::Code(3));
         assert_eq!(out.stdout, b"in\nout\n");
         assert_eq!(out.stderr.trim(), "err");
@@ -279,9 +294,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
         let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
-        let out = run_once(&sh(&script), None, Duration::from_millis(300)).await.unwrap();
+        let out = run_once(&sh(&script), None, Duration::from_millis(300))
+            .await
+            .unwrap();
         assert_eq!(out.exit, Exit::TimedOut);
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The grandchild was in the group: it must be gone (not even a zombie
         // of ours, since its parent shell was killed and init reaps it).
         let mut gone = false;
@@ -298,7 +319,9 @@ mod tests {
 
     #[tokio::test]
     async fn endless_output_is_cut() {
-        let out = run_once(&sh("yes garbage"), None, Duration::from_secs(10)).await.unwrap();
+        let out = run_once(&sh("yes garbage"), None, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(out.exit, Exit::OutputTooLarge);
         assert!(out.stdout.len() > MAX_STDOUT_BYTES);
         assert!(out.stdout.len() < MAX_STDOUT_BYTES + 64 * 1024);
@@ -306,18 +329,26 @@ mod tests {
 
     #[tokio::test]
     async fn grandchild_holding_stdout_does_not_hang_the_run() {
-        let out = run_once(&sh("echo hi; sleep 1000 & exit 0"), None, Duration::from_secs(20))
-            .await
-            .unwrap();
+        let out = run_once(
+            &sh("echo hi; sleep 1000 & exit 0"),
+            None,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.exit, Exit::Code(0));
         assert_eq!(out.stdout, b"hi\n");
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = run_once(&["/nonexistent/prog".to_owned()], None, Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = run_once(
+            &["/nonexistent/prog".to_owned()],
+            None,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/prog"), "{err}");
     }
 
@@ -328,7 +359,10 @@ mod tests {
         assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("one"));
         assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("two"));
         assert_eq!(lines.next_line().await.unwrap().as_deref(), Some(""));
-        assert!(matches!(lines.next_line().await, Err(LineError::TooLong(8))));
+        assert!(matches!(
+            lines.next_line().await,
+            Err(LineError::TooLong(8))
+        ));
         assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("four"));
         assert_eq!(lines.next_line().await.unwrap(), None);
     }
