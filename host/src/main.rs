@@ -10,7 +10,7 @@ fn main() {
     let default_level = if matches!(cli.command, Command::Host { .. }) {
         "info"
     } else {
-        "warn"
+        "error"
     };
     let filter =
         EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));

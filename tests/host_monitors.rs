@@ -1,0 +1,433 @@
+//! The monitor host end to end: the real `vigil` binary loading real dylib,
+//! exec and nagios monitors, and misbehaving ones that must only cost their
+//! own resources.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use vigil_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn known(cfg: &ConfigDir, name: &str) -> Result<serde_json::Value, String> {
+    let r = cfg.resource(name)?;
+    if r["state"] == "known" {
+        Ok(r)
+    } else {
+        Err(format!("{name} is {r}"))
+    }
+}
+
+fn unknown_with(cfg: &ConfigDir, name: &str, reason: &str) -> Result<serde_json::Value, String> {
+    let r = cfg.resource(name)?;
+    let why = r["reason"].as_str().unwrap_or_default();
+    if r["state"] == "unknown" && r["value"].is_null() && why.contains(reason) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{name} is {r}, want unknown with reason containing {reason:?}"
+        ))
+    }
+}
+
+fn monitor_failed_with(
+    cfg: &ConfigDir,
+    monitor: &str,
+    reason: &str,
+) -> Result<serde_json::Value, String> {
+    let m = cfg.monitor_state(monitor)?;
+    let why = m["reason"].as_str().unwrap_or_default();
+    if m["state"] == "failed" && why.contains(reason) {
+        Ok(m)
+    } else {
+        Err(format!(
+            "monitor {monitor} is {m}, want failed with {reason:?}"
+        ))
+    }
+}
+
+#[test]
+fn every_plugin_kind_publishes_resources_visible_in_resls() {
+    require_tool(
+        "/usr/lib/nagios/plugins/check_load",
+        "monitoring-plugins-basic",
+    );
+    let cfg = ConfigDir::new();
+    let heartbeat = cfg.write("heartbeat", "alive");
+    cfg.monitor(
+        "rust",
+        &format!(
+            "name = \"heartbeat\"\ntype = \"dylib\"\nplugin = \"vigil_example_file\"\ninterval_seconds = 0.5\n[params.files]\nbeat = \"{}\"\n",
+            heartbeat.display()
+        ),
+    );
+    let c_lib = cfg.path().join("libuptime.so");
+    compile_c_plugin(
+        &repo_root().join("plugins/examples/c/uptime_monitor.c"),
+        &c_lib,
+    );
+    cfg.monitor(
+        "c",
+        "name = \"uptime-c\"\ntype = \"dylib\"\nplugin = \"libuptime.so\"\n",
+    );
+    // "libuptime.so" has no slash: searched by name; give the path instead.
+    cfg.monitor("c", "name = \"uptime-c\"\ntype = \"dylib\"\nplugin = \"./libuptime.so\"\ninterval_seconds = 0.5\n");
+    let script = repo_root().join("plugins/examples/exec/proc_running.sh");
+    cfg.monitor(
+        "shell",
+        &format!(
+            "name = \"proc-vigil\"\ntype = \"exec\"\ncommand = [\"{}\", \"vigil\"]\ninterval_seconds = 0.5\n",
+            script.display()
+        ),
+    );
+    cfg.monitor(
+        "nagios",
+        "name = \"load\"\ntype = \"nagios\"\ncommand = [\"/usr/lib/nagios/plugins/check_load\", \"-w\", \"1000,1000,1000\", \"-c\", \"2000,2000,2000\"]\ninterval_seconds = 0.5\n",
+    );
+    let check = cfg.vigil(&["check"]);
+    assert!(
+        check.status.success(),
+        "vigil check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let _host = cfg.start_host();
+    let beat = wait_for(WAIT, "the rust dylib sample", || {
+        known(&cfg, "/example/file/beat/present")
+    });
+    assert_eq!(beat["value"], "yes");
+    assert_eq!(beat["monitor"], "heartbeat");
+    let age = wait_for(WAIT, "the rust dylib age", || {
+        known(&cfg, "/example/file/beat/age_seconds")
+    });
+    assert_eq!(age["unit"], "s");
+    let uptime = wait_for(WAIT, "the C dylib sample", || {
+        known(&cfg, "/example/c/uptime_seconds")
+    });
+    assert!(uptime["value"].as_f64().unwrap() > 0.0, "{uptime}");
+    let running = wait_for(WAIT, "the shell sample", || {
+        known(&cfg, "/example/process/vigil/running")
+    });
+    assert_eq!(
+        running["value"], "yes",
+        "the host itself is a running `vigil` process"
+    );
+    let status = wait_for(WAIT, "the nagios status", || {
+        known(&cfg, "/nagios/load/status")
+    });
+    assert_eq!(status["value"], "ok");
+    assert!(
+        status["reason"].as_str().unwrap().starts_with("LOAD OK"),
+        "{status}"
+    );
+    let load1 = wait_for(WAIT, "nagios perfdata", || {
+        known(&cfg, "/nagios/load/load1")
+    });
+    assert!(load1["value"].as_f64().unwrap() >= 0.0);
+    // The file goes away: the next poll reports it.
+    std::fs::remove_file(&heartbeat).unwrap();
+    wait_for(WAIT, "the file to be reported missing", || {
+        let r = cfg.resource("/example/file/beat/present")?;
+        if r["value"] == "no" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    // Every listed sample carries an RFC 3339 timestamp.
+    let all = cfg.resls("/").unwrap();
+    for r in all["resources"].as_array().unwrap() {
+        if r["state"] == "known" {
+            let updated = r["updated"].as_str().unwrap();
+            assert!(
+                updated.len() >= 20 && updated.ends_with('Z') && updated.contains('T'),
+                "{r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn misbehaving_monitors_only_lose_their_own_resources() {
+    let cfg = ConfigDir::new();
+    // Each misbehaves from its third poll on, so its resource is known first.
+    let dylib = |name: &str, behavior: &str| {
+        cfg.monitor(
+            name,
+            &format!(
+                "name = \"{name}\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\ninterval_seconds = 0.2\ntimeout_seconds = 0.5\n[params]\ninstance = \"{name}\"\nbehavior = \"{behavior}\"\nafter_polls = 2\n"
+            ),
+        );
+    };
+    dylib("good", "ok");
+    dylib("hung", "hang");
+    dylib("panicky", "panic");
+    dylib("liar", "undeclared");
+
+    // Exec monitors that never exit, print garbage, or print 100 MB.
+    let marker = format!("{}", 500_000 + std::process::id());
+    cfg.script(
+        "never.sh",
+        &format!("#!/bin/sh\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/never/x\"]}}'\nexec sleep {marker}\n"),
+    );
+    cfg.script(
+        "garbage.sh",
+        "#!/bin/sh\necho 'this is not the vigil protocol'\n",
+    );
+    cfg.script(
+        "flood.sh",
+        "#!/bin/sh\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/flood/x\"]}'\nhead -c 100000000 /dev/zero | tr '\\0' 'x'\n",
+    );
+    for (name, script) in [
+        ("never", "never.sh"),
+        ("garbage", "garbage.sh"),
+        ("flood", "flood.sh"),
+    ] {
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{script}\"]\ninterval_seconds = 0.5\ntimeout_seconds = 1\n"),
+        );
+    }
+
+    // A library claiming ABI version 2, and a world-writable copy of a good plugin.
+    let abi_v2 = cfg.path().join("libabi_v2.so");
+    compile_c_plugin(&repo_root().join("tests/fixtures/abi_v2.c"), &abi_v2);
+    cfg.monitor(
+        "abi2",
+        "name = \"abi2\"\ntype = \"dylib\"\nplugin = \"./libabi_v2.so\"\n",
+    );
+    let writable = cfg.path().join("libwritable.so");
+    std::fs::copy(plugin_lib("vigil_testkit"), &writable).unwrap();
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o666)).unwrap();
+    cfg.monitor(
+        "writable",
+        "name = \"writable\"\ntype = \"dylib\"\nplugin = \"./libwritable.so\"\n[params]\ninstance = \"w\"\n",
+    );
+
+    let mut host = cfg.start_host();
+    // The first stuck poll times out; later ticks find the worker still
+    // stuck and say so (and never pile up more polls on it).
+    wait_for(WAIT, "hung plugin to be reported", || {
+        unknown_with(
+            &cfg,
+            "/testkit/hung/r0",
+            "monitor hung: previous poll has not returned: plugin hung",
+        )
+    });
+    assert!(
+        host.log_text().contains("poll timed out after 500ms"),
+        "{}",
+        host.log_text()
+    );
+    wait_for(WAIT, "panic to be caught", || {
+        unknown_with(
+            &cfg,
+            "/testkit/panicky/r0",
+            "poll panicked: testkit: panicking in poll",
+        )
+    });
+    wait_for(WAIT, "undeclared samples to be refused", || {
+        let m = cfg.monitor_state("liar")?;
+        let listed = cfg.resource("/elsewhere/x").is_ok();
+        if m["samples_received"] == 2
+            && !listed
+            && m["state"] == "ok"
+            && cfg.resource("/testkit/liar/r0").is_ok()
+        {
+            Ok(())
+        } else {
+            Err(m.to_string())
+        }
+    });
+    wait_for(WAIT, "never-exiting exec to time out", || {
+        monitor_failed_with(&cfg, "never", "timed out after 1s; process group killed")
+    });
+    wait_for(WAIT, "garbage to be refused", || {
+        monitor_failed_with(&cfg, "garbage", "line 1: line is not JSON")
+    });
+    wait_for(WAIT, "the flood to be cut", || {
+        monitor_failed_with(&cfg, "flood", "wrote more than 1048576 bytes")
+    });
+    wait_for(WAIT, "ABI v2 to be refused", || {
+        monitor_failed_with(
+            &cfg,
+            "abi2",
+            "has ABI version 2, this host speaks ABI version 1",
+        )
+    });
+    wait_for(WAIT, "the writable plugin to be refused", || {
+        monitor_failed_with(
+            &cfg,
+            "writable",
+            "is writable by group or others (mode 666)",
+        )
+    });
+
+    // Meanwhile the healthy monitor kept publishing on time: at 0.2 s it
+    // must have reported many times, and its sample is fresh.
+    let first = wait_for(WAIT, "good samples", || known(&cfg, "/testkit/good/r0"));
+    let before = cfg.monitor_state("good").unwrap()["samples_received"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cfg.monitor_state("good").unwrap()["samples_received"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before + 5,
+        "good monitor published {} samples in 3 s at 0.2 s",
+        after - before
+    );
+    let now = known(&cfg, "/testkit/good/r0").unwrap();
+    assert!(
+        now["value"].as_f64() > first["value"].as_f64(),
+        "{first} then {now}"
+    );
+    assert!(
+        now["age_seconds"].as_f64().unwrap() < 2.0,
+        "good sample is stale: {now}"
+    );
+
+    // At most one run of the never-exiting monitor is alive at a time, none
+    // is a zombie, and none survives the host.
+    let alive = processes_matching(&format!("sleep {marker}"));
+    assert!(alive.len() <= 1, "runs pile up: {alive:?}");
+    assert!(
+        alive.iter().all(|(_, state)| *state != 'Z'),
+        "zombie: {alive:?}"
+    );
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+    wait_for(
+        Duration::from_secs(5),
+        "no leftover monitor processes",
+        || {
+            let left = processes_matching(&format!("sleep {marker}"));
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn streaming_exec_monitor_pushes_and_is_restarted() {
+    let cfg = ConfigDir::new();
+    let flag = cfg.path().join("flag");
+    cfg.script(
+        "stream.sh",
+        &format!(
+            "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/stream/flag\"],\"capabilities\":[\"stream\"]}}'\nwhile :; do\n  if [ -e {flag} ]; then v=up; else v=down; fi\n  echo \"{{\\\"type\\\":\\\"sample\\\",\\\"name\\\":\\\"/stream/flag\\\",\\\"value\\\":\\\"$v\\\"}}\"\n  [ -e {flag}.exit ] && exit 3\n  sleep 0.1\ndone\n",
+            flag = flag.display()
+        ),
+    );
+    cfg.monitor("stream", "name = \"stream\"\ntype = \"exec\"\nmode = \"stream\"\ncommand = [\"./stream.sh\"]\ntimeout_seconds = 2\n");
+    let _host = cfg.start_host();
+    wait_for(WAIT, "down", || {
+        let r = known(&cfg, "/stream/flag")?;
+        if r["value"] == "down" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    std::fs::write(&flag, "").unwrap();
+    wait_for(WAIT, "up", || {
+        let r = known(&cfg, "/stream/flag")?;
+        if r["value"] == "up" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    // The monitor exits: its resources go unknown, then it is restarted.
+    std::fs::write(cfg.path().join("flag.exit"), "").unwrap();
+    wait_for(WAIT, "unknown after exit", || {
+        unknown_with(&cfg, "/stream/flag", "exited")
+    });
+    std::fs::remove_file(cfg.path().join("flag.exit")).unwrap();
+    wait_for(WAIT, "known again after restart", || {
+        known(&cfg, "/stream/flag")
+    });
+}
+
+#[test]
+fn invalid_configs_give_file_line_errors_and_check_exits_1() {
+    let cfg = ConfigDir::new();
+    cfg.monitor(
+        "typo",
+        "name = \"typo\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\nintervall_seconds = 3\n",
+    );
+    cfg.monitor(
+        "missing",
+        "name = \"missing\"\ntype = \"dylib\"\n\nplugin = \"no_such_plugin\"\n",
+    );
+    cfg.monitor(
+        "params",
+        "name = \"params\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\n[params]\ncount = 3\n",
+    );
+    cfg.monitor("good", "name = \"good\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\n[params]\ninstance = \"g\"\n");
+    let out = cfg.vigil(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dir = cfg.path().display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "{dir}/monitors.d/typo.toml:4: unknown field `intervall_seconds`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{dir}/monitors.d/missing.toml:4: monitor missing: plugin \"no_such_plugin\" not found"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{dir}/monitors.d/params.toml:3: monitor params:"))
+            && stderr.contains("missing field `instance`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("good.toml"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+
+    // The daemon still runs the good monitor, and the socket is private.
+    let _host = cfg.start_host();
+    wait_for(WAIT, "the good monitor", || known(&cfg, "/testkit/g/r0"));
+    let mode = std::fs::metadata(cfg.path().join("run/vigil.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A broken cluster.toml is fatal and named.
+    cfg.write(
+        "cluster.toml",
+        "[cluster]\nname = \"x\"\nnodes = [\"a\", \"a\"]\n",
+    );
+    let out = cfg.vigil(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cluster.toml:3: node \"a\" is listed twice")
+    );
+}
+
+#[test]
+fn monitor_test_runs_one_monitor_without_the_daemon() {
+    let cfg = ConfigDir::new();
+    cfg.monitor("tk", "name = \"tk\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\n[params]\ninstance = \"t\"\ncount = 2\n");
+    let out = cfg.vigil(&["monitor", "test", "tk", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["declared"], serde_json::json!(["/testkit/t/*"]));
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2);
+    cfg.monitor("bad", "name = \"bad\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\n[params]\ninstance = \"b\"\nbehavior = \"panic\"\n");
+    let out = cfg.vigil(&["monitor", "test", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("poll panicked"),
+        "{out:?}"
+    );
+}

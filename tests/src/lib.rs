@@ -1,0 +1,324 @@
+//! Harness for vigil's integration tests: temporary config directories, a
+//! real `vigil host` process, the real CLI, and guards that undo system
+//! changes (network namespaces, mounts, loop devices) even when a test fails.
+//!
+//! The binaries and plugin libraries are found in the cargo target directory
+//! this test executable was built into; `cargo build --workspace` builds
+//! them (the README's test command does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>`, from this test executable's path (`target/<profile>/deps/x`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("exe has a parent");
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("deps has a parent")
+    } else {
+        deps
+    };
+    dir.to_owned()
+}
+
+/// The `vigil` binary under test.
+pub fn vigil_bin() -> PathBuf {
+    let bin = target_dir().join("vigil");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A plugin library built by this workspace (`lib<name>.so`).
+pub fn plugin_lib(name: &str) -> PathBuf {
+    let lib = target_dir().join(format!("lib{name}.so"));
+    assert!(
+        lib.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        lib.display()
+    );
+    lib
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repo")
+        .to_owned()
+}
+
+/// True when the test may run privileged steps. Panics (fails loudly) when
+/// not root, unless `VIGIL_SKIP_PRIVILEGED=1` was set by hand, in which case
+/// it returns false and the caller skips.
+pub fn privileged(what: &str) -> bool {
+    if std::env::var("VIGIL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("skipped (VIGIL_SKIP_PRIVILEGED=1): {what}");
+        return false;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root; run as root or set VIGIL_SKIP_PRIVILEGED=1 to skip"
+    );
+    true
+}
+
+/// Panics with a clear message unless `program` is executable.
+pub fn require_tool(program: &str, package: &str) {
+    let found = if program.contains('/') {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    assert!(
+        found,
+        "{program} is missing: install the Debian package {package}"
+    );
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn /bin/sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes; panics with
+/// `what` and the last observation on timeout.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+}
+
+/// A temporary configuration directory.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    /// A one-node cluster `test` with node `node1`.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir(dir.path().join("monitors.d")).expect("mkdir monitors.d");
+        std::fs::create_dir(dir.path().join("packages.d")).expect("mkdir packages.d");
+        let this = Self { dir };
+        this.write(
+            "cluster.toml",
+            "[cluster]\nname = \"test\"\nnodes = [\"node1\"]\n",
+        );
+        this
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file relative to the config dir.
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write config file");
+        path
+    }
+
+    /// Writes `monitors.d/<name>.toml`.
+    pub fn monitor(&self, name: &str, toml: &str) -> PathBuf {
+        self.write(&format!("monitors.d/{name}.toml"), toml)
+    }
+
+    /// Writes an executable script.
+    pub fn script(&self, rel: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(rel, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    /// Runs the real CLI with `-c <dir>`.
+    pub fn vigil(&self, args: &[&str]) -> Output {
+        Command::new(vigil_bin())
+            .arg("-c")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .expect("run vigil")
+    }
+
+    /// `vigil resls --json -r [path]`, parsed.
+    pub fn resls(&self, path: &str) -> Result<serde_json::Value, String> {
+        let out = self.vigil(&["resls", "--json", "-r", path]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("resls output is not JSON: {e}"))
+    }
+
+    /// The resource `name` from `vigil resls --json`, if listed.
+    pub fn resource(&self, name: &str) -> Result<serde_json::Value, String> {
+        let all = self.resls("/")?;
+        all["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name).cloned())
+            .ok_or_else(|| format!("{name} not listed in {all}"))
+    }
+
+    /// The monitor `name` from `vigil monitor list --json`.
+    pub fn monitor_state(&self, name: &str) -> Result<serde_json::Value, String> {
+        let out = self.vigil(&["monitor", "list", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["monitors"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == name).cloned())
+            .ok_or_else(|| format!("monitor {name} not listed"))
+    }
+
+    /// Starts `vigil host` on this config dir and waits until it answers.
+    pub fn start_host(&self) -> Host {
+        let log = self.path().join("host.log");
+        let log_file = std::fs::File::create(&log).expect("create host.log");
+        let child = Command::new(vigil_bin())
+            .arg("-c")
+            .arg(self.path())
+            .arg("host")
+            .env("VIGIL_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn vigil host");
+        let mut host = Host {
+            child: Some(child),
+            log,
+        };
+        wait_for(
+            Duration::from_secs(20),
+            "vigil host to answer on its socket",
+            || {
+                if let Some(status) = host
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "vigil host exited early ({status}); log:\n{}",
+                        host.log_text()
+                    );
+                }
+                self.resls("/").map(drop)
+            },
+        );
+        host
+    }
+}
+
+impl Default for ConfigDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `vigil host`; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Host {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Host {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the host and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Processes whose command line contains `needle`, as (pid, state) pairs.
+pub fn processes_matching(needle: &str) -> Vec<(i32, char)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.chars().next())
+                .unwrap_or('?');
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// Compiles a C monitor into `out_dir` with the SDK header.
+pub fn compile_c_plugin(source: &Path, out: &Path) {
+    require_tool("cc", "gcc");
+    let include = repo_root().join("sdk/include");
+    sh(&format!(
+        "cc -shared -fPIC -O2 -Wall -Werror -I {} -o {} {}",
+        include.display(),
+        out.display(),
+        source.display()
+    ));
+}
