@@ -213,7 +213,7 @@ fn icmp_echo(ip: IpAddr, seq: u16, until: Instant) -> Result<Duration, String> {
     packet[0] = request;
     packet[4..6].copy_from_slice(&id.to_be_bytes());
     packet[6..8].copy_from_slice(&seq.to_be_bytes());
-    packet[8..16].copy_from_slice(b"vigil-lan");
+    packet[8..16].copy_from_slice(b"vigillan");
     if ip.is_ipv4() {
         // ICMPv6 checksums need the pseudo-header; the kernel fills them in.
         let sum = checksum(&packet);
