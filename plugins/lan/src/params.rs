@@ -29,6 +29,10 @@ pub enum ParamsError {
         "lan params.targets: {target:?} is not an IP address or IP:port (write [v6]:port for IPv6)"
     )]
     BadTarget { target: String },
+    #[error(
+        "lan params.targets: {count} targets, at most {MAX_TARGETS} (each is probed on its own thread)"
+    )]
+    TooManyTargets { count: usize },
     #[error("lan params.targets: {target:?} is listed twice")]
     DuplicateTarget { target: String },
     #[error("lan params.targets: {target:?} has no port, but method = \"tcp\" needs one")]
@@ -67,6 +71,8 @@ struct RawParams {
     misses_before_down: Option<u64>,
 }
 
+/// Targets are probed concurrently, one thread each; this bounds the threads.
+pub const MAX_TARGETS: usize = 64;
 pub const DEFAULT_ATTEMPTS: u32 = 2;
 pub const DEFAULT_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_MISSES_BEFORE_DOWN: u32 = 2;
@@ -182,6 +188,11 @@ impl LanParams {
             }
             interfaces.push(name);
         }
+        if raw.targets.len() > MAX_TARGETS {
+            return Err(ParamsError::TooManyTargets {
+                count: raw.targets.len(),
+            });
+        }
         let mut targets: Vec<Target> = Vec::new();
         for text in raw.targets {
             let target = parse_target(&text, raw.method)?;
@@ -272,6 +283,8 @@ mod tests {
         check(json!({"timeout_ms": 0}), Err("timeout_ms"));
         check(json!({"misses_before_down": 0}), Err("misses_before_down"));
         check(json!({"attempts": -1}), Err("invalid value"));
+        let many: Vec<String> = (0..65).map(|i| format!("10.0.0.{i}")).collect();
+        check(json!({"targets": many}), Err("65 targets, at most 64"));
     }
 
     #[test]
