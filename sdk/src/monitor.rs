@@ -45,11 +45,14 @@ impl From<&str> for MonitorError {
     }
 }
 
+/// The receiving end behind a [`SampleSink`].
+type PushCallback = dyn Fn(&[Sample]) + Send + Sync;
+
 /// Where a monitor pushes samples it observes between polls. Cheap to clone,
 /// safe to call from any thread.
 #[derive(Clone)]
 pub struct SampleSink {
-    push: Arc<dyn Fn(&[Sample]) + Send + Sync>,
+    push: Arc<PushCallback>,
 }
 
 impl SampleSink {
