@@ -178,9 +178,14 @@ fn icmp_and_tcp_between_namespaces() {
     ip(&["-n", &ns_a.name, "link", "set", &a, "up"]);
     ip(&["-n", &ns_b.name, "link", "set", &b, "up"]);
 
+    // A socket keeps the namespace it was created in: this listener lives in B.
+    let listener6 = ns_b.run(|| TcpListener::bind(format!("[{v6}]:0")).expect("bind in B"));
+    let tcp6 = listener6.local_addr().expect("bound address").to_string();
+    assert!(tcp6.starts_with('['), "{tcp6}");
+
     ns_a.run(|| {
         let mut monitor = LanMonitor::configure(json!({
-            "interfaces": [a], "targets": [v4, v6, tcp], "misses_before_down": 2,
+            "interfaces": [a], "targets": [v4, v6, tcp, tcp6], "misses_before_down": 2,
         }))
         .expect("configure");
         // A new namespace forbids ping sockets: this exercises the raw socket.
@@ -194,6 +199,11 @@ fn icmp_and_tcp_between_namespaces() {
         assert!(rtt_ms(&samples, &v6).is_some_and(|ms| ms >= 0.0));
         // Nothing listens on port 7 in B: reachable host, refused service.
         check_status(&samples, &tcp, "down", Some("refused"));
+        // `[` and `]` are escaped in the resource name.
+        check_status(&samples, &tcp6, "up", None);
+        let encoded = status(&samples, &tcp6).name.as_str();
+        assert!(encoded.starts_with("/net/reach/_5bfd00:7669:"), "{encoded}");
+        assert!(rtt_ms(&samples, &tcp6).is_some());
 
         // The peer stops answering: up while misses < 2, then down.
         ip(&[
