@@ -199,6 +199,10 @@ fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Bound on a full link dump inside the event thread, which cannot see the
+/// wake-up while it waits for the dump; keeps `stop` prompt.
+const RESYNC_DEADLINE: Duration = Duration::from_secs(1);
+
 /// How long the thread waits before re-opening a failed netlink socket.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -297,8 +301,8 @@ fn session(
     sink: &SampleSink,
 ) -> Result<(), String> {
     let resync = |tracker: &mut Tracker| -> Result<(), String> {
-        let links = netlink::dump_links(Instant::now() + Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
+        let links =
+            netlink::dump_links(Instant::now() + RESYNC_DEADLINE).map_err(|e| e.to_string())?;
         sink.push(&tracker.resync(links));
         Ok(())
     };
