@@ -156,6 +156,7 @@ mod tests {
 
     #[test]
     fn panics_are_caught_at_the_abi_boundary() {
+        // SAFETY: the table is a static of this crate, complete and valid.
         let table = unsafe { vigil_sdk::abi::check_vtable(vigil_vtable()) }.unwrap();
         let err = vigil_sdk::abi::AbiInstance::create(
             table,
