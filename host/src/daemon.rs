@@ -22,6 +22,7 @@ use vigil_sdk::now_ms;
 
 use crate::api::{self, ApiCall, Request, Response};
 use crate::config::{self, Config, MonitorConfig};
+use crate::hub::ResourceHub;
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
 
@@ -151,15 +152,15 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         config_dir: config.cluster.dir.clone(),
         plugin_search: runtime::dylib::search_path(&config.cluster.plugin_path),
     };
-    let mut registry = Registry::default();
+    let mut hub = ResourceHub::default();
     let mut topology = Topology::new(ctx, events.clone());
-    topology.reconcile(&config.monitors, &mut registry);
+    topology.reconcile(&config.monitors, &mut hub.registry);
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
     let mut state = DaemonState {
         node,
         config,
-        registry,
+        hub,
         topology,
     };
     while let Some(event) = inbox.recv().await {
@@ -182,15 +183,18 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
 struct DaemonState {
     node: String,
     config: Config,
-    registry: Registry,
+    hub: ResourceHub,
     topology: Topology,
 }
 
 impl DaemonState {
     fn on_monitor_event(&mut self, event: MonitorEvent) {
-        let applied = self.registry.apply(event, now_ms());
+        let (applied, transitions) = self.hub.apply(event, now_ms());
         for refusal in applied.refused {
             warn!(%refusal, "sample refused");
+        }
+        for t in transitions {
+            info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
         }
     }
 
@@ -198,13 +202,14 @@ impl DaemonState {
         match request {
             Request::Ping => Response::ok(serde_json::json!({"node": self.node})),
             Request::Resls { path } => {
-                let listing = self.registry.listing(&path);
-                Response::ok(api::resls_output(&self.node, &listing, now_ms(), |_| {
-                    Vec::new()
+                let listing = self.hub.registry.listing(&path);
+                Response::ok(api::resls_output(&self.node, &listing, now_ms(), |r| {
+                    self.hub.used_by(r)
                 }))
             }
             Request::Monitors => Response::ok(
-                self.registry
+                self.hub
+                    .registry
                     .monitors()
                     .iter()
                     .map(|(name, record)| api::monitor_row(name, record))
@@ -225,7 +230,7 @@ impl DaemonState {
                     error!(error = %e, "monitor left out");
                 }
                 self.topology
-                    .reconcile(&config.monitors, &mut self.registry);
+                    .reconcile(&config.monitors, &mut self.hub.registry);
                 info!(monitors = config.monitors.len(), "configuration reloaded");
                 self.config = config;
             }

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod criteria;
 pub mod daemon;
+pub mod hub;
 pub mod registry;
 pub mod runtime;
