@@ -1,0 +1,123 @@
+//! System V shared memory as `/proc/sysvipc/shm` lists it.
+//!
+//! Parsing is a pure function of the file's text, located by the header's
+//! column names rather than fixed positions. It only answers "which keys
+//! exist and how many attachments each has"; sizes, owners and times are
+//! ignored.
+
+use std::collections::BTreeMap;
+
+/// Where the kernel lists the System V segments of the reader's IPC
+/// namespace.
+pub const PROC_SYSVIPC_SHM: &str = "/proc/sysvipc/shm";
+
+/// Attachments per key. Segments with key 0 (`IPC_PRIVATE`, and segments
+/// marked for removal, whose key the kernel resets to 0) are left out: they
+/// cannot be named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SysvTable {
+    attached: BTreeMap<u32, u64>,
+}
+
+impl SysvTable {
+    /// Attachment count of the segment with `key`, `None` when there is none.
+    pub fn get(&self, key: u32) -> Option<u64> {
+        self.attached.get(&key).copied()
+    }
+}
+
+/// Parses the file's text; an error names what was malformed.
+pub fn parse(text: &str) -> Result<SysvTable, String> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| format!("{PROC_SYSVIPC_SHM}: no {name:?} column in the header"))
+    };
+    let (key_column, nattch_column) = (column("key")?, column("nattch")?);
+    let mut table = SysvTable::default();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .ok_or_else(|| format!("{PROC_SYSVIPC_SHM}: short line {line:?}"))
+        };
+        // The kernel prints key_t (a signed int) in decimal, so keys with the
+        // top bit set appear negative.
+        let key: i64 = field(key_column)?
+            .parse()
+            .map_err(|_| format!("{PROC_SYSVIPC_SHM}: bad key in {line:?}"))?;
+        let key = (key as i32) as u32;
+        let nattch: u64 = field(nattch_column)?
+            .parse()
+            .map_err(|_| format!("{PROC_SYSVIPC_SHM}: bad nattch in {line:?}"))?;
+        if key != 0 {
+            *table.attached.entry(key).or_default() += nattch;
+        }
+    }
+    Ok(table)
+}
+
+/// Reads and parses the current table.
+pub fn read() -> Result<SysvTable, String> {
+    let text = std::fs::read_to_string(PROC_SYSVIPC_SHM)
+        .map_err(|e| format!("cannot read {PROC_SYSVIPC_SHM}: {e}"))?;
+    parse(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n";
+
+    fn check(rows: &str, expect: &[(u32, Option<u64>)]) {
+        let table = parse(&format!("{HEADER}{rows}")).expect("parses");
+        for (key, attached) in expect {
+            assert_eq!(table.get(*key), *attached, "key {key:#010x} in {rows:?}");
+        }
+    }
+
+    #[test]
+    fn recorded_tables() {
+        check("", &[(0x4a20, None)]);
+        check(
+            "     18976          3       600                  4096  4242  4242      2     0     0     0     0 1763790000 0 1763790000 4096 0\n",
+            &[(0x4a20, Some(2)), (0x4a21, None)],
+        );
+        // Detached again: present with no attachments.
+        check(
+            "     18976          3       600                  4096  4242  4243      0     0     0     0     0 1763790000 1763790001 1763790000 0 0\n",
+            &[(0x4a20, Some(0))],
+        );
+        // Negative decimal for a key with the top bit set; private segments skipped.
+        check(
+            "-559038737          7       600                  4096  1  1      1     0     0     0     0 0 0 0 0 0\n\
+                      0          8       600                  4096  1  1      5     0     0     0     0 0 0 0 0 0\n",
+            &[(0xdeadbeef, Some(1)), (0, None)],
+        );
+    }
+
+    #[test]
+    fn malformed_tables_name_the_problem() {
+        assert!(parse("").unwrap_err().contains("no \"key\" column"));
+        assert!(
+            parse("key shmid\n1 2\n")
+                .unwrap_err()
+                .contains("no \"nattch\" column")
+        );
+        assert!(
+            parse(&format!("{HEADER}12 3\n"))
+                .unwrap_err()
+                .contains("short line")
+        );
+        assert!(
+            parse(&format!("{HEADER}x 3 600 1 1 1 1\n"))
+                .unwrap_err()
+                .contains("bad key")
+        );
+    }
+}
