@@ -305,3 +305,27 @@ fn tmpfs_fill_remount_read_only_and_unmount() {
         "only status is pushed"
     );
 }
+
+#[test]
+fn default_registration_configures_and_polls() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../monitors.d/fs.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let registration: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(registration["name"].as_str(), Some("fs"));
+    assert_eq!(registration["type"].as_str(), Some("dylib"));
+    assert_eq!(registration["plugin"].as_str(), Some("vigil_fs"));
+    assert!(
+        registration["timeout_seconds"].as_integer()
+            < registration["interval_seconds"].as_integer()
+    );
+    let params = serde_json::to_value(&registration["params"]).expect("params as JSON");
+    let mut monitor = FsMonitor::configure(params).expect("the default registration configures");
+    let samples = monitor
+        .poll(Instant::now() + Duration::from_secs(5))
+        .expect("poll");
+    let status = samples
+        .iter()
+        .find(|s| s.name.as_str() == "/fs/root/status");
+    assert!(status.is_some_and(|s| s.is_known()), "{samples:?}");
+}

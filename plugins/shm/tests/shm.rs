@@ -268,3 +268,27 @@ fn sysv_segment_attach_detach_remove_is_pushed() {
     assert_eq!(value_of(&poll(&mut monitor), &present), "no");
     monitor.stop();
 }
+
+#[test]
+fn default_registration_configures_and_polls() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../monitors.d/shm.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let registration: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(registration["name"].as_str(), Some("shm"));
+    assert_eq!(registration["type"].as_str(), Some("dylib"));
+    assert_eq!(registration["plugin"].as_str(), Some("vigil_shm"));
+    assert!(
+        registration["timeout_seconds"].as_integer()
+            < registration["interval_seconds"].as_integer()
+    );
+    let params = serde_json::to_value(&registration["params"]).expect("params as JSON");
+    let mut monitor = ShmMonitor::configure(params).expect("the default registration configures");
+    let samples = monitor
+        .poll(Instant::now() + Duration::from_secs(5))
+        .expect("poll");
+    let example = samples
+        .iter()
+        .find(|s| s.name.as_str() == "/shm/posix/vigil-example/present");
+    assert!(example.is_some_and(|s| s.is_known()), "{samples:?}");
+}

@@ -445,3 +445,29 @@ fn lvm_volume_group_losing_a_physical_volume_is_degraded() {
         format!("volume group {name} is partial: 1 of 2 physical volumes missing")
     );
 }
+
+#[test]
+fn default_registration_configures_and_polls() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../monitors.d/volume.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let registration: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(registration["name"].as_str(), Some("volume"));
+    assert_eq!(registration["type"].as_str(), Some("dylib"));
+    assert_eq!(registration["plugin"].as_str(), Some("vigil_volume"));
+    assert!(
+        registration["timeout_seconds"].as_integer()
+            < registration["interval_seconds"].as_integer()
+    );
+    let params = serde_json::to_value(&registration["params"]).expect("params as JSON");
+    let mut monitor =
+        VolumeMonitor::configure(params).expect("the default registration configures");
+    let samples = monitor
+        .poll(Instant::now() + Duration::from_secs(5))
+        .expect("poll");
+    let status = samples
+        .iter()
+        .find(|s| s.name.as_str() == "/volume/root/status");
+    assert!(status.is_some_and(|s| s.is_known()), "{samples:?}");
+}
