@@ -32,7 +32,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::Deserialize;
 use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink};
 
-use crate::sysvipc::SysvTable;
+use crate::sysvipc::{SysvError, SysvTable};
 
 /// Where glibc's `shm_open` keeps POSIX segments.
 pub const POSIX_DIR: &str = "/dev/shm";
@@ -158,7 +158,7 @@ impl SysvSegment {
         }
     }
 
-    fn samples(&self, table: &Result<SysvTable, String>) -> [Sample; 2] {
+    fn samples(&self, table: &Result<SysvTable, SysvError>) -> [Sample; 2] {
         match table {
             Ok(table) => match table.get(self.key) {
                 Some(nattch) => [
@@ -171,9 +171,9 @@ impl SysvSegment {
                         .with_reason("no segment with this key"),
                 ],
             },
-            Err(reason) => [
-                Sample::unknown(self.present.clone(), reason),
-                Sample::unknown(self.attached.clone(), reason),
+            Err(error) => [
+                Sample::unknown(self.present.clone(), error.to_string()),
+                Sample::unknown(self.attached.clone(), error.to_string()),
             ],
         }
     }

@@ -26,34 +26,51 @@ impl SysvTable {
     }
 }
 
-/// Parses the file's text; an error names what was malformed.
-pub fn parse(text: &str) -> Result<SysvTable, String> {
+/// Why the table could not be read. Its text becomes the reason of unknown
+/// samples.
+#[derive(Debug, thiserror::Error)]
+pub enum SysvError {
+    #[error("cannot read {PROC_SYSVIPC_SHM}: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("{PROC_SYSVIPC_SHM}: no {0:?} column in the header")]
+    NoColumn(&'static str),
+    #[error("{PROC_SYSVIPC_SHM}: short line {0:?}")]
+    ShortLine(String),
+    #[error("{PROC_SYSVIPC_SHM}: bad {column} in {line:?}")]
+    BadNumber { column: &'static str, line: String },
+}
+
+/// Parses the file's text.
+pub fn parse(text: &str) -> Result<SysvTable, SysvError> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-    let column = |name: &str| {
+    let column = |name: &'static str| {
         header
             .iter()
             .position(|c| *c == name)
-            .ok_or_else(|| format!("{PROC_SYSVIPC_SHM}: no {name:?} column in the header"))
+            .ok_or(SysvError::NoColumn(name))
     };
     let (key_column, nattch_column) = (column("key")?, column("nattch")?);
     let mut table = SysvTable::default();
     for line in lines.filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .ok_or_else(|| format!("{PROC_SYSVIPC_SHM}: short line {line:?}"))
+        let number = |column: &'static str, index: usize| -> Result<i64, SysvError> {
+            let field = fields
+                .get(index)
+                .ok_or_else(|| SysvError::ShortLine(line.to_owned()))?;
+            field.parse().map_err(|_| SysvError::BadNumber {
+                column,
+                line: line.to_owned(),
+            })
         };
         // The kernel prints key_t (a signed int) in decimal, so keys with the
         // top bit set appear negative.
-        let key: i64 = field(key_column)?
-            .parse()
-            .map_err(|_| format!("{PROC_SYSVIPC_SHM}: bad key in {line:?}"))?;
-        let key = (key as i32) as u32;
-        let nattch: u64 = field(nattch_column)?
-            .parse()
-            .map_err(|_| format!("{PROC_SYSVIPC_SHM}: bad nattch in {line:?}"))?;
+        let key = number("key", key_column)? as i32 as u32;
+        let nattch =
+            u64::try_from(number("nattch", nattch_column)?).map_err(|_| SysvError::BadNumber {
+                column: "nattch",
+                line: line.to_owned(),
+            })?;
         if key != 0 {
             *table.attached.entry(key).or_default() += nattch;
         }
@@ -62,10 +79,8 @@ pub fn parse(text: &str) -> Result<SysvTable, String> {
 }
 
 /// Reads and parses the current table.
-pub fn read() -> Result<SysvTable, String> {
-    let text = std::fs::read_to_string(PROC_SYSVIPC_SHM)
-        .map_err(|e| format!("cannot read {PROC_SYSVIPC_SHM}: {e}"))?;
-    parse(&text)
+pub fn read() -> Result<SysvTable, SysvError> {
+    parse(&std::fs::read_to_string(PROC_SYSVIPC_SHM)?)
 }
 
 #[cfg(test)]
@@ -103,21 +118,11 @@ mod tests {
 
     #[test]
     fn malformed_tables_name_the_problem() {
-        assert!(parse("").unwrap_err().contains("no \"key\" column"));
-        assert!(
-            parse("key shmid\n1 2\n")
-                .unwrap_err()
-                .contains("no \"nattch\" column")
-        );
-        assert!(
-            parse(&format!("{HEADER}12 3\n"))
-                .unwrap_err()
-                .contains("short line")
-        );
-        assert!(
-            parse(&format!("{HEADER}x 3 600 1 1 1 1\n"))
-                .unwrap_err()
-                .contains("bad key")
-        );
+        let error = |text: &str| parse(text).expect_err("refused").to_string();
+        assert!(error("").contains("no \"key\" column"));
+        assert!(error("key shmid\n1 2\n").contains("no \"nattch\" column"));
+        assert!(error(&format!("{HEADER}12 3\n")).contains("short line"));
+        assert!(error(&format!("{HEADER}x 3 600 1 1 1 1\n")).contains("bad key"));
+        assert!(error(&format!("{HEADER}1 3 600 1 1 1 -1\n")).contains("bad nattch"));
     }
 }

@@ -43,7 +43,7 @@ use serde::Deserialize;
 use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink, Value};
 
 use crate::health::Health;
-use crate::lvm::{LvRecord, VgRecord};
+use crate::lvm::{LvRecord, LvmError, VgRecord};
 use crate::mountinfo::MountEntry;
 
 /// How often the event thread re-checks devices, mounts and md arrays
@@ -221,13 +221,13 @@ impl Volume {
         if let Some(vg) = &self.vg {
             checks.push(match &reports.vgs {
                 Some(Ok(vgs)) => lvm::vg_health(vgs, vg),
-                Some(Err(reason)) => Health::Unknown(reason.clone()),
+                Some(Err(error)) => Health::Unknown(error.to_string()),
                 None => Health::Unknown("vgs was not run".to_owned()),
             });
             if let Some(lv) = &self.lv {
                 checks.push(match &reports.lvs {
                     Some(Ok(lvs)) => lvm::lv_health(lvs, vg, lv),
-                    Some(Err(reason)) => Health::Unknown(reason.clone()),
+                    Some(Err(error)) => Health::Unknown(error.to_string()),
                     None => Health::Unknown("lvs was not run".to_owned()),
                 });
             }
@@ -256,8 +256,8 @@ fn normalize(path: &Path) -> PathBuf {
 /// One poll's `vgs` and `lvs` results (`None`: not needed, not run).
 #[derive(Debug, Default)]
 struct LvmReports {
-    vgs: Option<Result<Vec<VgRecord>, String>>,
-    lvs: Option<Result<Vec<LvRecord>, String>>,
+    vgs: Option<Result<Vec<VgRecord>, LvmError>>,
+    lvs: Option<Result<Vec<LvRecord>, LvmError>>,
 }
 
 impl LvmReports {

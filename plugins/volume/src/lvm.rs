@@ -18,6 +18,38 @@ use std::time::{Duration, Instant};
 
 use crate::health::Health;
 
+/// Why a report could not be had or read. Its text becomes the reason of an
+/// unknown status.
+#[derive(Debug, thiserror::Error)]
+pub enum LvmError {
+    #[error("{tool} not found on PATH or in /usr/sbin, /sbin (install lvm2)")]
+    NotFound { tool: &'static str },
+    #[error("cannot run {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot wait for {tool}: {source}")]
+    Wait {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{tool} did not answer before the poll deadline")]
+    Timeout { tool: &'static str },
+    #[error("{tool} failed ({status}): {message}")]
+    Failed {
+        tool: &'static str,
+        status: std::process::ExitStatus,
+        message: String,
+    },
+    #[error("no JSON report in the output")]
+    NoReport,
+    #[error("unreadable JSON report: {0}")]
+    BadJson(#[from] serde_json::Error),
+    #[error("JSON report has no \"report\" array")]
+    NoReportArray,
+}
+
 /// `vgs` arguments: one row per VG with what judging needs.
 pub const VGS_ARGS: &[&str] = &[
     "--reportformat",
@@ -58,16 +90,13 @@ pub struct LvRecord {
 fn rows(
     text: &str,
     section: &str,
-) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
-    let start = text
-        .find('{')
-        .ok_or_else(|| "no JSON report in the output".to_owned())?;
-    let document: serde_json::Value =
-        serde_json::from_str(&text[start..]).map_err(|e| format!("unreadable JSON report: {e}"))?;
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, LvmError> {
+    let start = text.find('{').ok_or(LvmError::NoReport)?;
+    let document: serde_json::Value = serde_json::from_str(&text[start..])?;
     let reports = document
         .get("report")
         .and_then(|r| r.as_array())
-        .ok_or_else(|| "JSON report has no \"report\" array".to_owned())?;
+        .ok_or(LvmError::NoReportArray)?;
     let mut rows = Vec::new();
     for report in reports {
         if let Some(entries) = report.get(section).and_then(|s| s.as_array()) {
@@ -89,7 +118,7 @@ fn count_field(row: &serde_json::Map<String, serde_json::Value>, key: &str) -> u
     text_field(row, key).parse().unwrap_or(0)
 }
 
-pub fn parse_vgs(text: &str) -> Result<Vec<VgRecord>, String> {
+pub fn parse_vgs(text: &str) -> Result<Vec<VgRecord>, LvmError> {
     Ok(rows(text, "vg")?
         .iter()
         .map(|row| VgRecord {
@@ -101,7 +130,7 @@ pub fn parse_vgs(text: &str) -> Result<Vec<VgRecord>, String> {
         .collect())
 }
 
-pub fn parse_lvs(text: &str) -> Result<Vec<LvRecord>, String> {
+pub fn parse_lvs(text: &str) -> Result<Vec<LvRecord>, LvmError> {
     Ok(rows(text, "lv")?
         .iter()
         .map(|row| LvRecord {
@@ -199,14 +228,12 @@ fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
 impl Report {
     /// Starts `tool` with `args` in its own process group, reading its
     /// output on helper threads so a large report cannot block it.
-    pub fn spawn(tool: &'static str, args: &[&str]) -> Result<Self, String> {
-        let path = find_tool(tool).ok_or_else(|| {
-            format!("{tool} not found on PATH or in /usr/sbin, /sbin (install lvm2)")
-        })?;
+    pub fn spawn(tool: &'static str, args: &[&str]) -> Result<Self, LvmError> {
+        let path = find_tool(tool).ok_or(LvmError::NotFound { tool })?;
         Self::spawn_path(tool, &path, args)
     }
 
-    fn spawn_path(tool: &'static str, path: &Path, args: &[&str]) -> Result<Self, String> {
+    fn spawn_path(tool: &'static str, path: &Path, args: &[&str]) -> Result<Self, LvmError> {
         let mut child = Command::new(path)
             .args(args)
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
@@ -215,12 +242,19 @@ impl Report {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+            .map_err(|source| LvmError::Spawn {
+                path: path.to_owned(),
+                source,
+            })?;
         // Both pipes were requested above, so both are present.
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("{tool}: no output pipes"));
+            let source = std::io::Error::other("no output pipes");
+            return Err(LvmError::Spawn {
+                path: path.to_owned(),
+                source,
+            });
         };
         Ok(Self {
             tool,
@@ -232,7 +266,7 @@ impl Report {
 
     /// Waits until `deadline` for the tool to exit and returns its stdout;
     /// on timeout kills its process group and reaps it.
-    pub fn finish(mut self, deadline: Instant) -> Result<String, String> {
+    pub fn finish(mut self, deadline: Instant) -> Result<String, LvmError> {
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => break status,
@@ -240,13 +274,15 @@ impl Report {
                     let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
                     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                     let _ = self.child.wait();
-                    return Err(format!(
-                        "{} did not answer before the poll deadline",
-                        self.tool
-                    ));
+                    return Err(LvmError::Timeout { tool: self.tool });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(format!("cannot wait for {}: {e}", self.tool)),
+                Err(source) => {
+                    return Err(LvmError::Wait {
+                        tool: self.tool,
+                        source,
+                    });
+                }
             }
         };
         let stdout = self.stdout.join().unwrap_or_default();
@@ -261,7 +297,11 @@ impl Report {
             .map(str::trim)
             .find(|l| !l.is_empty())
             .unwrap_or("no message");
-        Err(format!("{} failed ({status}): {first}", self.tool))
+        Err(LvmError::Failed {
+            tool: self.tool,
+            status,
+            message: first.to_owned(),
+        })
     }
 }
 
@@ -390,19 +430,14 @@ mod tests {
 
     #[test]
     fn unreadable_reports_name_the_problem() {
+        let vgs_error = |text: &str| parse_vgs(text).expect_err("refused").to_string();
         assert_eq!(
-            parse_vgs("  WARNING: nothing\n"),
-            Err("no JSON report in the output".into())
+            vgs_error("  WARNING: nothing\n"),
+            "no JSON report in the output"
         );
-        assert!(
-            parse_vgs("{\"report\": [")
-                .unwrap_err()
-                .starts_with("unreadable JSON report")
-        );
-        assert_eq!(
-            parse_lvs("{}"),
-            Err("JSON report has no \"report\" array".into())
-        );
+        assert!(vgs_error("{\"report\": [").starts_with("unreadable JSON report"));
+        let lvs_error = parse_lvs("{}").expect_err("refused").to_string();
+        assert_eq!(lvs_error, "JSON report has no \"report\" array");
         // Stray text before the document is skipped.
         let vgs =
             parse_vgs(&format!("  WARNING: x\n{}", fixture("vgs-healthy.json"))).expect("parses");
@@ -414,10 +449,12 @@ mod tests {
         let started = Instant::now();
         let report =
             Report::spawn_path("sleep", Path::new("/bin/sleep"), &["30"]).expect("spawn sleep");
-        let result = report.finish(Instant::now() + Duration::from_millis(200));
+        let error = report
+            .finish(Instant::now() + Duration::from_millis(200))
+            .expect_err("killed");
         assert_eq!(
-            result,
-            Err("sleep did not answer before the poll deadline".into())
+            error.to_string(),
+            "sleep did not answer before the poll deadline"
         );
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -427,18 +464,15 @@ mod tests {
 
     #[test]
     fn a_failing_tool_reports_its_first_error_line() {
-        let report = Report::spawn_path(
-            "sh",
-            Path::new("/bin/sh"),
-            &["-c", "echo '  Volume group \"x\" not found' >&2; exit 5"],
-        )
-        .expect("spawn sh");
+        let script = "echo '  Volume group \"x\" not found' >&2; exit 5";
+        let report =
+            Report::spawn_path("sh", Path::new("/bin/sh"), &["-c", script]).expect("spawn sh");
         let error = report
             .finish(Instant::now() + Duration::from_secs(10))
             .expect_err("fails");
-        assert!(
-            error.starts_with("sh failed (exit status: 5): Volume group \"x\" not found"),
-            "{error}"
+        assert_eq!(
+            error.to_string(),
+            "sh failed (exit status: 5): Volume group \"x\" not found"
         );
     }
 
@@ -446,7 +480,9 @@ mod tests {
     fn a_missing_tool_is_named() {
         let error = Report::spawn("vigil-no-such-lvm-tool", &[]).expect_err("not found");
         assert!(
-            error.contains("vigil-no-such-lvm-tool not found"),
+            error
+                .to_string()
+                .contains("vigil-no-such-lvm-tool not found"),
             "{error}"
         );
     }
