@@ -150,23 +150,46 @@ fn unique_key(tag: u32) -> u32 {
     (0x76 << 24) | (tag << 22) | (std::process::id() & 0x3f_ffff)
 }
 
+fn conformance_segment() -> String {
+    format!("/vigil-conformance-{}", std::process::id())
+}
+
+/// The harness's event trigger: a POSIX segment appears while the monitor
+/// runs, so the run checks a real pushed change too.
+fn create_conformance_segment() {
+    let fd = nix::sys::mman::shm_open(
+        conformance_segment().as_str(),
+        OFlag::O_CREAT | OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .expect("shm_open");
+    drop(fd);
+}
+
 #[test]
 fn conformance_direct_and_through_the_abi() {
-    let posix = format!("vigil-conformance-{}", std::process::id());
-    let conformance = Conformance::new(json!({"posix": [posix], "sysv": ["0x00004a20", 19000]}))
-        .bad_params(json!({}))
-        .bad_params(json!({"posix": ["a/b"]}))
-        .bad_params(json!({"posix": [".."]}))
-        .bad_params(json!({"sysv": ["0"]}))
-        .bad_params(json!({"sysv": ["zz"]}))
-        .bad_params(json!({"sysv": [-1]}))
-        .bad_params(json!({"sysv": "0x4a20"}));
-    for report in [
-        conformance.check::<ShmMonitor>(),
-        conformance.check_abi(vigil_shm::vigil_vtable()),
-    ] {
+    let segment = PosixSegment {
+        name: conformance_segment(),
+    };
+    let posix_name = format!("/shm/posix{}/present", segment.name);
+    let conformance =
+        Conformance::new(json!({"posix": [segment.name], "sysv": ["0x00004a20", 19000]}))
+            .events(create_conformance_segment, Duration::from_millis(300))
+            .bad_params(json!({}))
+            .bad_params(json!({"posix": ["a/b"]}))
+            .bad_params(json!({"posix": [".."]}))
+            .bad_params(json!({"sysv": ["0"]}))
+            .bad_params(json!({"sysv": ["zz"]}))
+            .bad_params(json!({"sysv": [-1]}))
+            .bad_params(json!({"sysv": "0x4a20"}));
+    let runs: [&dyn Fn() -> vigil_sdk::testing::Report; 2] =
+        [&|| conformance.check::<ShmMonitor>(), &|| {
+            conformance.check_abi(vigil_shm::vigil_vtable())
+        }];
+    for run in runs {
+        let _ = nix::sys::mman::shm_unlink(segment.name.as_str());
+        let report = run();
         let names: Vec<&str> = report.declared.iter().map(|p| p.as_str()).collect();
-        let posix_name = format!("/shm/posix/{posix}/present");
         assert!(names.contains(&posix_name.as_str()), "{names:?}");
         assert!(
             names.contains(&"/shm/sysv/0x00004a20/attached"),
@@ -177,7 +200,15 @@ fn conformance_direct_and_through_the_abi() {
             "decimal 19000 is 0x4a38: {names:?}"
         );
         assert_eq!(value_of(&report.polled, &posix_name), "no");
-        assert!(!report.pushed.is_empty(), "start pushes the current state");
+        let pushed: Vec<String> = report
+            .pushed
+            .iter()
+            .filter(|s| s.name.as_str() == posix_name)
+            .map(|s| s.value.as_ref().map(|v| v.to_string()).unwrap_or_default())
+            .collect();
+        // The first push may already see the trigger's segment (it runs as
+        // soon as start returns); either way the last word must be "yes".
+        assert_eq!(pushed.last().map(String::as_str), Some("yes"), "{pushed:?}");
     }
 }
 
