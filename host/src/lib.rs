@@ -1,1 +1,2 @@
 //! vigil-host: the node daemon behind the `vigil` binary.
+pub mod placement;
