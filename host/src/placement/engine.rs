@@ -521,10 +521,12 @@ impl<'c, 'a> Pass<'c, 'a> {
                 out.push((name, None, vec![Rejection::UnknownNode]));
             }
         }
-        if let (Some(name), None) = (pk.state.requested_node.as_deref(), pk.requested) {
-            if !out.iter().any(|(m, _, _)| *m == name) {
-                out.push((name, None, vec![Rejection::UnknownNode]));
-            }
+        let unknown_request = match (pk.state.requested_node.as_deref(), pk.requested) {
+            (Some(name), None) => Some(name),
+            _ => None,
+        };
+        if let Some(name) = unknown_request.filter(|&n| !out.iter().any(|(m, _, _)| *m == n)) {
+            out.push((name, None, vec![Rejection::UnknownNode]));
         }
         out
     }
@@ -647,11 +649,9 @@ impl<'c, 'a> Pass<'c, 'a> {
             return Ok(Some((r, Choice::Requested)));
         }
         let pinned = self.handovers.iter().find(|h| h.follower == p);
-        if let Some(h) = pinned {
-            if candidates.contains(&h.node) {
-                let leader = self.ctx.pkgs[h.leader].spec.name.clone();
-                return Ok(Some((h.node, Choice::Handover { leader })));
-            }
+        if let Some(h) = pinned.filter(|h| candidates.contains(&h.node)) {
+            let leader = self.ctx.pkgs[h.leader].spec.name.clone();
+            return Ok(Some((h.node, Choice::Handover { leader })));
         }
         if let Some(l) = pk.follow {
             let lk = &self.ctx.pkgs[l];

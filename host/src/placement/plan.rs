@@ -306,12 +306,15 @@ impl fmt::Display for Explanation {
         if let Some(p) = self.priority {
             write!(f, ", priority {p}")?;
         }
-        writeln!(
-            f,
-            "): runs on {}, placed on {}",
-            node_list(&self.running_on),
-            node_list(&self.placed_on)
-        )?;
+        let running = match self.running_on.as_slice() {
+            [] => "not running".to_owned(),
+            nodes => format!("running on {}", nodes.join(", ")),
+        };
+        let placed = match self.placed_on.as_slice() {
+            [] => "runs nowhere".to_owned(),
+            nodes => format!("placed on {}", nodes.join(", ")),
+        };
+        writeln!(f, "): {running}; {placed}")?;
         if let Some(choice) = &self.choice {
             writeln!(f, "  chosen: {choice}")?;
         }

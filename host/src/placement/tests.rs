@@ -183,7 +183,7 @@ fn seed_node1_dies_ascs_takes_over_ers_node_and_ers_moves_away() {
         &plan,
         "ascs",
         expect![[r#"
-            ascs (failover, configured_node): runs on node1, placed on node2
+            ascs (failover, configured_node): running on node1; placed on node2
               chosen: takes over the node of ers, which it follows; ers avoids it and moves away
               node1: not eligible: node is down
               node2: eligible (placed here)
@@ -194,7 +194,7 @@ fn seed_node1_dies_ascs_takes_over_ers_node_and_ers_moves_away() {
         &plan,
         "ers",
         expect![[r#"
-            ers (failover, configured_node): runs on node2, placed on node3
+            ers (failover, configured_node): running on node2; placed on node3
               chosen: first eligible node in list order
               node1: not eligible: node is down
               node2: not eligible: handed over to its follower ascs, which it avoids
@@ -219,7 +219,7 @@ fn seed_node2_dies_only_ers_moves() {
         &plan,
         "ers",
         expect![[r#"
-            ers (failover, configured_node): runs on node2, placed on node3
+            ers (failover, configured_node): running on node2; placed on node3
               chosen: first eligible node in list order
               node1: not eligible: avoids ascs, which runs there
               node2: not eligible: node is down
@@ -299,12 +299,12 @@ fn follow_places_follower_with_its_leader() {
         &plan,
         "web",
         expect![[r#"
-        web (failover, configured_node): runs on nowhere, placed on node3
-          chosen: follows db, which runs there
-          node1: eligible
-          node2: eligible
-          node3: eligible (placed here)
-    "#]],
+            web (failover, configured_node): not running; placed on node3
+              chosen: follows db, which runs there
+              node1: eligible
+              node2: eligible
+              node3: eligible (placed here)
+        "#]],
     );
 }
 
@@ -335,13 +335,13 @@ fn rotating_standby_failed_package_goes_to_idle_node_and_stays() {
         &plan,
         "pkgB",
         expect![[r#"
-        pkgB (failover, min_package_node): runs on node2, placed on node4
-          chosen: eligible node running the fewest packages (0)
-          node1: eligible
-          node2: not eligible: node is down
-          node3: eligible
-          node4: eligible (placed here)
-    "#]],
+            pkgB (failover, min_package_node): running on node2; placed on node4
+              chosen: eligible node running the fewest packages (0)
+              node1: eligible
+              node2: not eligible: node is down
+              node3: eligible
+              node4: eligible (placed here)
+        "#]],
     );
 
     // node2 is repaired; pkgB keeps running on node4, node2 is the standby.
@@ -386,11 +386,11 @@ fn automatic_failback_returns_to_the_first_node() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on node2, placed on node1
-          chosen: failback to an earlier node of its list
-          node1: eligible (placed here)
-          node2: eligible
-    "#]],
+            pkgA (failover, configured_node): running on node2; placed on node1
+              chosen: failback to an earlier node of its list
+              node1: eligible (placed here)
+              node2: eligible
+        "#]],
     );
 }
 
@@ -409,11 +409,11 @@ fn manual_failback_stays_put() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on node2, placed on node2
-          chosen: already running there (sticky)
-          node1: eligible
-          node2: eligible (placed here)
-    "#]],
+            pkgA (failover, configured_node): running on node2; placed on node2
+              chosen: already running there (sticky)
+              node1: eligible
+              node2: eligible (placed here)
+        "#]],
     );
 }
 
@@ -440,11 +440,11 @@ fn before_start_resource_down_on_owner_moves_the_package() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on node1, placed on node2
-          chosen: first eligible node in list order
-          node1: not eligible: resource /net/interfaces/eth0/status is not up
-          node2: eligible (placed here)
-    "#]],
+            pkgA (failover, configured_node): running on node1; placed on node2
+              chosen: first eligible node in list order
+              node1: not eligible: resource /net/interfaces/eth0/status is not up
+              node2: eligible (placed here)
+        "#]],
     );
 }
 
@@ -485,11 +485,11 @@ fn after_start_resources_do_not_gate_placement_but_a_down_verdict_moves_it() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on node1, placed on node2
-          chosen: first eligible node in list order
-          node1: not eligible: resource /shm/sysv/0x00004a20/present went down (after_start)
-          node2: eligible (placed here)
-    "#]],
+            pkgA (failover, configured_node): running on node1; placed on node2
+              chosen: first eligible node in list order
+              node1: not eligible: resource /shm/sysv/0x00004a20/present went down (after_start)
+              node2: eligible (placed here)
+        "#]],
     );
 }
 
@@ -544,11 +544,11 @@ fn same_node_dependent_moves_with_its_predecessor_and_halts_first() {
         &plan,
         "app",
         expect![[r#"
-        app (failover, configured_node): runs on node1, placed on node2
-          chosen: first eligible node in list order
-          node1: not eligible: dependency not met: db must be up on this node
-          node2: eligible (placed here)
-    "#]],
+            app (failover, configured_node): running on node1; placed on node2
+              chosen: first eligible node in list order
+              node1: not eligible: dependency not met: db must be up on this node
+              node2: eligible (placed here)
+        "#]],
     );
 }
 
@@ -582,11 +582,11 @@ fn different_node_dependency_keeps_them_apart() {
         &plan,
         "app",
         expect![[r#"
-        app (failover, configured_node): runs on nowhere, placed on nowhere
-          not running: no eligible node
-          node1: not eligible: dependency not met: db must be up on a different node
-          node2: not eligible: node is down
-    "#]],
+            app (failover, configured_node): not running; runs nowhere
+              not running: no eligible node
+              node1: not eligible: dependency not met: db must be up on a different node
+              node2: not eligible: node is down
+        "#]],
     );
 }
 
@@ -634,11 +634,11 @@ fn down_dependency_runs_only_while_the_other_is_down() {
         &plan,
         "batch",
         expect![[r#"
-        batch (failover, configured_node): runs on node2, placed on node1
-          chosen: first eligible node in list order
-          node1: eligible (placed here)
-          node2: not eligible: dependency not met: prod must be down on this node
-    "#]],
+            batch (failover, configured_node): running on node2; placed on node1
+              chosen: first eligible node in list order
+              node1: eligible (placed here)
+              node2: not eligible: dependency not met: prod must be down on this node
+        "#]],
     );
 }
 
@@ -673,11 +673,11 @@ fn higher_priority_package_displaces_a_lower_one() {
         &plan,
         "batch",
         expect![[r#"
-        batch (failover, configured_node, priority 100): runs on node1, placed on node3
-          chosen: first eligible node in list order
-          node1: not eligible: displaced by higher priority package important
-          node3: eligible (placed here)
-    "#]],
+            batch (failover, configured_node, priority 100): running on node1; placed on node3
+              chosen: first eligible node in list order
+              node1: not eligible: displaced by higher priority package important
+              node3: eligible (placed here)
+        "#]],
     );
 }
 
@@ -697,11 +697,11 @@ fn equal_priority_package_does_not_displace() {
         &plan,
         "important",
         expect![[r#"
-        important (failover, configured_node): runs on node2, placed on nowhere
-          not running: no eligible node
-          node2: not eligible: node is down
-          node1: not eligible: avoids batch, which runs there
-    "#]],
+            important (failover, configured_node): running on node2; runs nowhere
+              not running: no eligible node
+              node2: not eligible: node is down
+              node1: not eligible: avoids batch, which runs there
+        "#]],
     );
 }
 
@@ -729,12 +729,12 @@ fn multi_node_runs_on_every_eligible_listed_node() {
         &plan,
         "nfs",
         expect![[r#"
-        nfs (multi_node): runs on node1, node2, placed on node1, node3
-          chosen: runs on every eligible node
-          node1: eligible (placed here)
-          node2: not eligible: resource /net/interfaces/eth0/status is not up
-          node3: eligible (placed here)
-    "#]],
+            nfs (multi_node): running on node1, node2; placed on node1, node3
+              chosen: runs on every eligible node
+              node1: eligible (placed here)
+              node2: not eligible: resource /net/interfaces/eth0/status is not up
+              node3: eligible (placed here)
+        "#]],
     );
 }
 
@@ -776,11 +776,11 @@ fn failed_marks_exclude_nodes_until_cleared() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on nowhere, placed on node2
-          chosen: first eligible node in list order
-          node1: not eligible: failed there since the last `vigil pkg clear`
-          node2: eligible (placed here)
-    "#]],
+            pkgA (failover, configured_node): not running; placed on node2
+              chosen: first eligible node in list order
+              node1: not eligible: failed there since the last `vigil pkg clear`
+              node2: eligible (placed here)
+        "#]],
     );
 
     snap.state_mut("pkgA").failed_on.insert("node2".to_owned());
@@ -818,11 +818,11 @@ fn node_switching_disabled_blocks_starts_but_not_running_packages() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on nowhere, placed on node2
-          chosen: first eligible node in list order
-          node1: not eligible: switching is disabled on the node
-          node2: eligible (placed here)
-    "#]],
+            pkgA (failover, configured_node): not running; placed on node2
+              chosen: first eligible node in list order
+              node1: not eligible: switching is disabled on the node
+              node2: eligible (placed here)
+        "#]],
     );
 }
 
@@ -851,12 +851,12 @@ fn package_switching_disabled_neither_starts_nor_fails_over() {
         &plan,
         "stranded",
         expect![[r#"
-        stranded (failover, configured_node): runs on node3, placed on nowhere
-          not running: package switching is disabled
-          node3: not eligible: node is down
-          node1: eligible
-          node2: eligible
-    "#]],
+            stranded (failover, configured_node): running on node3; runs nowhere
+              not running: package switching is disabled
+              node3: not eligible: node is down
+              node1: eligible
+              node2: eligible
+        "#]],
     );
 }
 
@@ -901,15 +901,15 @@ fn nothing_eligible_explains_every_node() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on nowhere, placed on nowhere
-          not running: no eligible node
-          node1: not eligible: failed there since the last `vigil pkg clear`
-          node2: not eligible: resource /net/interfaces/eth0/status is not up; dependency not met: db must be up on this node
-          node3: not eligible: dependency not met: db must be up on this node; avoids other, which runs there
-          node4: not eligible: switching is disabled on the node; dependency not met: db must be up on this node
-          node5: not eligible: node is down
-          node9: not eligible: not a cluster node
-    "#]],
+            pkgA (failover, configured_node): not running; runs nowhere
+              not running: no eligible node
+              node1: not eligible: failed there since the last `vigil pkg clear`
+              node2: not eligible: resource /net/interfaces/eth0/status is not up; dependency not met: db must be up on this node
+              node3: not eligible: dependency not met: db must be up on this node; avoids other, which runs there
+              node4: not eligible: switching is disabled on the node; dependency not met: db must be up on this node
+              node5: not eligible: node is down
+              node9: not eligible: not a cluster node
+        "#]],
     );
 }
 
@@ -944,11 +944,11 @@ fn admin_halt_run_and_auto_run() {
         &plan,
         "manual",
         expect![[r#"
-        manual (failover, configured_node): runs on nowhere, placed on nowhere
-          not running: auto_run is off and it is not running
-          node1: eligible
-          node2: eligible
-    "#]],
+            manual (failover, configured_node): not running; runs nowhere
+              not running: auto_run is off and it is not running
+              node1: eligible
+              node2: eligible
+        "#]],
     );
 }
 
@@ -1008,11 +1008,11 @@ fn node_removed_from_list_moves_the_package() {
         &plan,
         "pkgA",
         expect![[r#"
-        pkgA (failover, configured_node): runs on node1, placed on node2
-          chosen: first eligible node in list order
-          node2: eligible (placed here)
-          node1: not eligible: not in the package's node list
-    "#]],
+            pkgA (failover, configured_node): running on node1; placed on node2
+              chosen: first eligible node in list order
+              node2: eligible (placed here)
+              node1: not eligible: not in the package's node list
+        "#]],
     );
 }
 
@@ -1077,13 +1077,29 @@ fn synthetic_cluster_fails_over_a_dead_node() {
             .values()
             .all(|n| !n.iter().any(|n| n == "node007"))
     );
-    // Nothing that was fine moves: only packages leaving node007 (and their
-    // same-node dependents) act.
-    assert!(
-        second.actions.iter().all(|a| a.op == Op::Run),
-        "{:?}",
-        second.actions
-    );
+    // Stickiness: only packages that ran on node007, and dependents of
+    // those, act.
+    let on_dead: BTreeSet<&String> = first
+        .placement
+        .iter()
+        .filter(|(_, n)| n.iter().any(|n| n == "node007"))
+        .map(|(p, _)| p)
+        .collect();
+    for a in &second.actions {
+        let spec = snap
+            .packages
+            .iter()
+            .find(|s| s.name == a.package)
+            .expect("known package");
+        assert!(
+            on_dead.contains(&a.package)
+                || spec
+                    .dependencies
+                    .iter()
+                    .any(|d| on_dead.contains(&d.package)),
+            "{a} acts on a package unrelated to node007"
+        );
+    }
     assert!(second.actions.len() >= moved);
 }
 
@@ -1196,16 +1212,13 @@ fn state_file_cli_overrides_apply() {
 
 #[test]
 fn state_file_errors_name_the_culprit() {
-    let err = |text: &str| {
-        let msg = match StateFile::parse(text, "state.toml") {
-            Err(e) => e.to_string(),
-            Ok(s) => s
-                .to_snapshot(&nodes123(), state_specs(), judge)
-                .map(|_| ())
-                .expect_err("must fail")
-                .to_string(),
-        };
-        msg
+    let err = |text: &str| match StateFile::parse(text, "state.toml") {
+        Err(e) => e.to_string(),
+        Ok(s) => s
+            .to_snapshot(&nodes123(), state_specs(), judge)
+            .map(|_| ())
+            .expect_err("must fail")
+            .to_string(),
     };
     expect!["state file: node node9 is not a cluster node"]
         .assert_eq(&err("[nodes.node9]\nstate = \"up\"\n"));
