@@ -284,9 +284,9 @@ pub struct Explanation {
     pub blocked: Option<Blocked>,
 }
 
-fn node_list(nodes: &[String]) -> String {
+fn node_list(nodes: &[String], empty: &str) -> String {
     if nodes.is_empty() {
-        "nowhere".to_owned()
+        empty.to_owned()
     } else {
         nodes.join(", ")
     }
@@ -306,15 +306,12 @@ impl fmt::Display for Explanation {
         if let Some(p) = self.priority {
             write!(f, ", priority {p}")?;
         }
-        let running = match self.running_on.as_slice() {
-            [] => "not running".to_owned(),
-            nodes => format!("running on {}", nodes.join(", ")),
-        };
-        let placed = match self.placed_on.as_slice() {
-            [] => "runs nowhere".to_owned(),
-            nodes => format!("placed on {}", nodes.join(", ")),
-        };
-        writeln!(f, "): {running}; {placed}")?;
+        writeln!(
+            f,
+            "): running: {}; target: {}",
+            node_list(&self.running_on, "none"),
+            node_list(&self.placed_on, "none")
+        )?;
         if let Some(choice) = &self.choice {
             writeln!(f, "  chosen: {choice}")?;
         }
@@ -383,7 +380,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "placement:")?;
         for (pkg, nodes) in &self.placement {
-            writeln!(f, "  {pkg}: {}", node_list(nodes))?;
+            writeln!(f, "  {pkg}: {}", node_list(nodes, "nowhere"))?;
         }
         writeln!(f, "actions:")?;
         if self.actions.is_empty() {

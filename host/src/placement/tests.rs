@@ -183,7 +183,7 @@ fn seed_node1_dies_ascs_takes_over_ers_node_and_ers_moves_away() {
         &plan,
         "ascs",
         expect![[r#"
-            ascs (failover, configured_node): running on node1; placed on node2
+            ascs (failover, configured_node): running: node1; target: node2
               chosen: takes over the node of ers, which it follows; ers avoids it and moves away
               node1: not eligible: node is down
               node2: eligible (placed here)
@@ -194,7 +194,7 @@ fn seed_node1_dies_ascs_takes_over_ers_node_and_ers_moves_away() {
         &plan,
         "ers",
         expect![[r#"
-            ers (failover, configured_node): running on node2; placed on node3
+            ers (failover, configured_node): running: node2; target: node3
               chosen: first eligible node in list order
               node1: not eligible: node is down
               node2: not eligible: handed over to its follower ascs, which it avoids
@@ -219,7 +219,7 @@ fn seed_node2_dies_only_ers_moves() {
         &plan,
         "ers",
         expect![[r#"
-            ers (failover, configured_node): running on node2; placed on node3
+            ers (failover, configured_node): running: node2; target: node3
               chosen: first eligible node in list order
               node1: not eligible: avoids ascs, which runs there
               node2: not eligible: node is down
@@ -299,7 +299,7 @@ fn follow_places_follower_with_its_leader() {
         &plan,
         "web",
         expect![[r#"
-            web (failover, configured_node): not running; placed on node3
+            web (failover, configured_node): running: none; target: node3
               chosen: follows db, which runs there
               node1: eligible
               node2: eligible
@@ -335,7 +335,7 @@ fn rotating_standby_failed_package_goes_to_idle_node_and_stays() {
         &plan,
         "pkgB",
         expect![[r#"
-            pkgB (failover, min_package_node): running on node2; placed on node4
+            pkgB (failover, min_package_node): running: node2; target: node4
               chosen: eligible node running the fewest packages (0)
               node1: eligible
               node2: not eligible: node is down
@@ -386,7 +386,7 @@ fn automatic_failback_returns_to_the_first_node() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): running on node2; placed on node1
+            pkgA (failover, configured_node): running: node2; target: node1
               chosen: failback to an earlier node of its list
               node1: eligible (placed here)
               node2: eligible
@@ -409,7 +409,7 @@ fn manual_failback_stays_put() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): running on node2; placed on node2
+            pkgA (failover, configured_node): running: node2; target: node2
               chosen: already running there (sticky)
               node1: eligible
               node2: eligible (placed here)
@@ -440,7 +440,7 @@ fn before_start_resource_down_on_owner_moves_the_package() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): running on node1; placed on node2
+            pkgA (failover, configured_node): running: node1; target: node2
               chosen: first eligible node in list order
               node1: not eligible: resource /net/interfaces/eth0/status is not up
               node2: eligible (placed here)
@@ -485,7 +485,7 @@ fn after_start_resources_do_not_gate_placement_but_a_down_verdict_moves_it() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): running on node1; placed on node2
+            pkgA (failover, configured_node): running: node1; target: node2
               chosen: first eligible node in list order
               node1: not eligible: resource /shm/sysv/0x00004a20/present went down (after_start)
               node2: eligible (placed here)
@@ -544,7 +544,7 @@ fn same_node_dependent_moves_with_its_predecessor_and_halts_first() {
         &plan,
         "app",
         expect![[r#"
-            app (failover, configured_node): running on node1; placed on node2
+            app (failover, configured_node): running: node1; target: node2
               chosen: first eligible node in list order
               node1: not eligible: dependency not met: db must be up on this node
               node2: eligible (placed here)
@@ -582,7 +582,7 @@ fn different_node_dependency_keeps_them_apart() {
         &plan,
         "app",
         expect![[r#"
-            app (failover, configured_node): not running; runs nowhere
+            app (failover, configured_node): running: none; target: none
               not running: no eligible node
               node1: not eligible: dependency not met: db must be up on a different node
               node2: not eligible: node is down
@@ -634,7 +634,7 @@ fn down_dependency_runs_only_while_the_other_is_down() {
         &plan,
         "batch",
         expect![[r#"
-            batch (failover, configured_node): running on node2; placed on node1
+            batch (failover, configured_node): running: node2; target: node1
               chosen: first eligible node in list order
               node1: eligible (placed here)
               node2: not eligible: dependency not met: prod must be down on this node
@@ -673,7 +673,7 @@ fn higher_priority_package_displaces_a_lower_one() {
         &plan,
         "batch",
         expect![[r#"
-            batch (failover, configured_node, priority 100): running on node1; placed on node3
+            batch (failover, configured_node, priority 100): running: node1; target: node3
               chosen: first eligible node in list order
               node1: not eligible: displaced by higher priority package important
               node3: eligible (placed here)
@@ -697,7 +697,7 @@ fn equal_priority_package_does_not_displace() {
         &plan,
         "important",
         expect![[r#"
-            important (failover, configured_node): running on node2; runs nowhere
+            important (failover, configured_node): running: node2; target: none
               not running: no eligible node
               node2: not eligible: node is down
               node1: not eligible: avoids batch, which runs there
@@ -729,7 +729,7 @@ fn multi_node_runs_on_every_eligible_listed_node() {
         &plan,
         "nfs",
         expect![[r#"
-            nfs (multi_node): running on node1, node2; placed on node1, node3
+            nfs (multi_node): running: node1, node2; target: node1, node3
               chosen: runs on every eligible node
               node1: eligible (placed here)
               node2: not eligible: resource /net/interfaces/eth0/status is not up
@@ -776,7 +776,7 @@ fn failed_marks_exclude_nodes_until_cleared() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): not running; placed on node2
+            pkgA (failover, configured_node): running: none; target: node2
               chosen: first eligible node in list order
               node1: not eligible: failed there since the last `vigil pkg clear`
               node2: eligible (placed here)
@@ -818,7 +818,7 @@ fn node_switching_disabled_blocks_starts_but_not_running_packages() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): not running; placed on node2
+            pkgA (failover, configured_node): running: none; target: node2
               chosen: first eligible node in list order
               node1: not eligible: switching is disabled on the node
               node2: eligible (placed here)
@@ -851,7 +851,7 @@ fn package_switching_disabled_neither_starts_nor_fails_over() {
         &plan,
         "stranded",
         expect![[r#"
-            stranded (failover, configured_node): running on node3; runs nowhere
+            stranded (failover, configured_node): running: node3; target: none
               not running: package switching is disabled
               node3: not eligible: node is down
               node1: eligible
@@ -901,7 +901,7 @@ fn nothing_eligible_explains_every_node() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): not running; runs nowhere
+            pkgA (failover, configured_node): running: none; target: none
               not running: no eligible node
               node1: not eligible: failed there since the last `vigil pkg clear`
               node2: not eligible: resource /net/interfaces/eth0/status is not up; dependency not met: db must be up on this node
@@ -944,7 +944,7 @@ fn admin_halt_run_and_auto_run() {
         &plan,
         "manual",
         expect![[r#"
-            manual (failover, configured_node): not running; runs nowhere
+            manual (failover, configured_node): running: none; target: none
               not running: auto_run is off and it is not running
               node1: eligible
               node2: eligible
@@ -1008,7 +1008,7 @@ fn node_removed_from_list_moves_the_package() {
         &plan,
         "pkgA",
         expect![[r#"
-            pkgA (failover, configured_node): running on node1; placed on node2
+            pkgA (failover, configured_node): running: node1; target: node2
               chosen: first eligible node in list order
               node2: eligible (placed here)
               node1: not eligible: not in the package's node list
@@ -1242,4 +1242,82 @@ fn state_file_errors_name_the_culprit() {
         unknown field `colour`, expected one of `state`, `resources`, `switching`
     "#]]
     .assert_eq(&err("[nodes.node1]\nstate = \"up\"\ncolour = 1\n"));
+}
+#[test]
+fn any_node_and_all_nodes_dependencies_on_a_multi_node_package() {
+    let mut snap = cluster(&["node1", "node2", "node3"], &[]);
+    let mut storage = PackageSpec::failover("storage", &["*"]);
+    storage.kind = PackageKind::MultiNode;
+    needs(&mut storage, ETH0, Evaluate::BeforeStart);
+    let mut anywhere = PackageSpec::failover("anywhere", &["node3"]);
+    depends(
+        &mut anywhere,
+        "storage",
+        DependencyCondition::Up,
+        DependencyLocation::AnyNode,
+    );
+    let mut everywhere = PackageSpec::failover("everywhere", &["node3"]);
+    depends(
+        &mut everywhere,
+        "storage",
+        DependencyCondition::Up,
+        DependencyLocation::AllNodes,
+    );
+    snap.packages = vec![anywhere, everywhere, storage];
+    snap.set_all_resources_up();
+    // storage cannot run on node3: any_node still holds there, all_nodes not.
+    snap.set_resource("storage", "node3", ETH0, false);
+    let plan = check(
+        &snap,
+        expect![[r#"
+        placement:
+          anywhere: node3
+          everywhere: nowhere
+          storage: node1, node2
+        actions:
+          run storage on node1 (startup)
+          run storage on node2 (startup)
+          run anywhere on node3 (startup)
+    "#]],
+    );
+    check_why(
+        &plan,
+        "everywhere",
+        expect![[r#"
+            everywhere (failover, configured_node): running: none; target: none
+              not running: no eligible node
+              node3: not eligible: dependency not met: storage must be up on all nodes
+        "#]],
+    );
+
+    // Once storage runs on every up node, all_nodes holds too.
+    snap.set_resource("storage", "node3", ETH0, true);
+    check(
+        &snap,
+        expect![[r#"
+        placement:
+          anywhere: node3
+          everywhere: node3
+          storage: node1, node2, node3
+        actions:
+          run storage on node1 (startup)
+          run storage on node2 (startup)
+          run storage on node3 (startup)
+          run anywhere on node3 (startup)
+          run everywhere on node3 (startup)
+    "#]],
+    );
+}
+
+#[test]
+fn snapshot_and_plan_round_trip_through_json() {
+    let mut snap = seed("node1");
+    snap.set_resource("ascs", "node2", ETH0, true);
+    let text = serde_json::to_string(&snap).expect("snapshot serializes");
+    let back: ClusterSnapshot = serde_json::from_str(&text).expect("snapshot deserializes");
+    assert_eq!(back, snap);
+    let plan = plan(&snap);
+    let text = serde_json::to_string(&plan).expect("plan serializes");
+    let back: Plan = serde_json::from_str(&text).expect("plan deserializes");
+    assert_eq!(back, plan);
 }
