@@ -661,6 +661,8 @@ impl<'c, 'a> Pass<'c, 'a> {
                     let handover = !candidates.contains(&t)
                         && lk.spec.kind == PackageKind::Failover
                         && lk.current_live.contains(&t)
+                        // A leader an operator froze is not evicted.
+                        && lk.state.switching_enabled
                         && self.ctx.avoids_each_other(p, l)
                         && lk.priority >= pk.priority
                         && pk.list.iter().any(|s| s.node == Some(t))

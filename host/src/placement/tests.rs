@@ -277,6 +277,66 @@ fn seed_handover_not_taken_from_a_more_important_leader() {
 }
 
 #[test]
+fn seed_startup_places_the_leader_first_and_the_follower_beside_it() {
+    let mut snap = seed("none");
+    snap.package_states.clear();
+    check(
+        &snap,
+        expect![[r#"
+        placement:
+          ascs: node2
+          ers: node1
+        actions:
+          run ers on node1 (startup)
+          run ascs on node2 (startup)
+    "#]],
+    );
+}
+
+#[test]
+fn seed_handover_not_taken_from_a_leader_with_switching_disabled() {
+    let mut snap = seed("node1");
+    snap.state_mut("ers").switching_enabled = false;
+    check(
+        &snap,
+        expect![[r#"
+        placement:
+          ascs: node3
+          ers: node2
+        actions:
+          run ascs on node3 (failover)
+    "#]],
+    );
+}
+
+#[test]
+fn seed_handover_skipped_when_the_follower_failed_on_the_leader_node() {
+    let mut snap = seed("node1");
+    snap.state_mut("ascs").failed_on.insert("node2".to_owned());
+    let plan = check(
+        &snap,
+        expect![[r#"
+        placement:
+          ascs: node3
+          ers: node2
+        actions:
+          run ascs on node3 (failover)
+    "#]],
+    );
+    check_why(
+        &plan,
+        "ascs",
+        expect![[r#"
+        ascs (failover, configured_node): running: node1; target: node3
+          chosen: first eligible node in list order
+          node1: not eligible: node is down
+          node2: not eligible: failed there since the last `vigil pkg clear`; ers runs there and avoids this package
+          node3: eligible (placed here)
+    "#]],
+    );
+}
+
+#[test]
 fn follow_places_follower_with_its_leader() {
     let mut snap = cluster(&["node1", "node2", "node3"], &[]);
     let mut web = PackageSpec::failover("web", &["node1", "node2", "node3"]);
