@@ -27,4 +27,4 @@ pub use model::{
 pub use plan::{
     Action, ActionReason, Blocked, Choice, Explanation, NodeVerdict, Op, Plan, Rejection,
 };
-pub use synthetic::synthetic_cluster;
+pub use synthetic::{SYNTHETIC_RESOURCE, synthetic_cluster};
