@@ -6,5 +6,6 @@ pub mod config;
 pub mod criteria;
 pub mod daemon;
 pub mod hub;
+pub mod placement;
 pub mod registry;
 pub mod runtime;
