@@ -55,6 +55,22 @@ pub enum Command {
     },
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn display_value_rounds_for_people() {
+        use serde_json::json;
+        assert_eq!(
+            super::display_value(&json!(94.96708891446002), Some("%")),
+            "94.97%"
+        );
+        assert_eq!(super::display_value(&json!(3.0), None), "3");
+        assert_eq!(super::display_value(&json!(0.5), Some("s")), "0.5s");
+        assert_eq!(super::display_value(&json!("up"), None), "up");
+        assert_eq!(super::display_value(&json!(null), None), "-");
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ReslsArgs {
     /// A resource or class path such as /net or /fs/data/used_percent.
@@ -205,7 +221,12 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
     let exact = out.resources.len() == 1 && out.resources[0].name == out.path;
     if !args.recursive && !exact {
         for class in &out.classes {
-            writeln!(stdout, "{}/  ({} resources)", class.name, class.resources)?;
+            let plural = if class.resources == 1 { "" } else { "s" };
+            writeln!(
+                stdout,
+                "{}/  ({} resource{plural})",
+                class.name, class.resources
+            )?;
         }
     }
     let depth = out.path.split('/').filter(|s| !s.is_empty()).count();
@@ -225,12 +246,7 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
             "NAME", "VALUE", "STATE", "AGE", "MONITOR"
         )?;
         for r in rows {
-            let value = match (&r.value, &r.unit) {
-                (serde_json::Value::Null, _) => "-".to_owned(),
-                (serde_json::Value::String(s), _) => s.clone(),
-                (v, Some(u)) => format!("{v}{u}"),
-                (v, None) => v.to_string(),
-            };
+            let value = display_value(&r.value, r.unit.as_deref());
             let age = r.age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}s"));
             let used = if r.used_by.is_empty() {
                 "-".to_owned()
@@ -260,6 +276,23 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
         writeln!(stdout, "no resources at or below {}", out.path)?;
     }
     Ok(0)
+}
+
+/// A value for people: numbers with at most two decimals, then the unit.
+fn display_value(value: &serde_json::Value, unit: Option<&str>) -> String {
+    match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let mut text = format!("{f:.2}");
+            while text.contains('.') && (text.ends_with('0') || text.ends_with('.')) {
+                text.pop();
+            }
+            format!("{text}{}", unit.unwrap_or_default())
+        }
+        other => other.to_string(),
+    }
 }
 
 fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {

@@ -12,7 +12,9 @@ use vigil_sdk::{ResourceName, ResourcePattern, Sample, Value};
 const T: u64 = 1_700_000_000_000;
 
 fn golden(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -28,8 +30,16 @@ fn at(mut s: Sample) -> Sample {
 /// `message` encodes to the golden file and the golden file parses back to it.
 fn check_monitor_line(file: &str, message: MonitorMessage) {
     let text = golden(file);
-    assert_eq!(proto::encode_line(&message), text, "{file}: encoding changed");
-    assert_eq!(proto::parse_monitor_line(text.trim_end()).unwrap(), message, "{file}: parsing changed");
+    assert_eq!(
+        proto::encode_line(&message),
+        text,
+        "{file}: encoding changed"
+    );
+    assert_eq!(
+        proto::parse_monitor_line(text.trim_end()).unwrap(),
+        message,
+        "{file}: parsing changed"
+    );
 }
 
 #[test]
@@ -55,9 +65,18 @@ fn monitor_messages() {
     ];
     check_monitor_line("monitor_hello.json", proto::monitor_hello(&publishes));
     let one = |s: Sample| MonitorMessage::Sample(WireSample::from(&at(s)));
-    check_monitor_line("sample_text.json", one(Sample::down(name("/app/web/status"), "connection refused")));
-    check_monitor_line("sample_number.json", one(Sample::number(name("/app/queue/depth"), 42.5, Some("msgs"))));
-    check_monitor_line("sample_unknown.json", one(Sample::unknown(name("/app/db/status"), "probe timed out")));
+    check_monitor_line(
+        "sample_text.json",
+        one(Sample::down(name("/app/web/status"), "connection refused")),
+    );
+    check_monitor_line(
+        "sample_number.json",
+        one(Sample::number(name("/app/queue/depth"), 42.5, Some("msgs"))),
+    );
+    check_monitor_line(
+        "sample_unknown.json",
+        one(Sample::unknown(name("/app/db/status"), "probe timed out")),
+    );
     check_monitor_line(
         "samples.json",
         MonitorMessage::Samples {
@@ -67,10 +86,18 @@ fn monitor_messages() {
             ],
         },
     );
-    check_monitor_line("error.json", MonitorMessage::Error { message: "params: targets must be a list".into() });
+    check_monitor_line(
+        "error.json",
+        MonitorMessage::Error {
+            message: "params: targets must be a list".into(),
+        },
+    );
     check_monitor_line(
         "log.json",
-        MonitorMessage::Log { level: Some("warn".into()), message: "slow probe".into() },
+        MonitorMessage::Log {
+            level: Some("warn".into()),
+            message: "slow probe".into(),
+        },
     );
 }
 
@@ -82,7 +109,10 @@ fn abi_buffers() {
         at(Sample::unknown(name("/app/db/status"), "probe timed out")),
     ];
     let text = golden("abi_poll_samples.json");
-    assert_eq!(String::from_utf8(wire::encode_samples(&samples)).unwrap(), text.trim_end());
+    assert_eq!(
+        String::from_utf8(wire::encode_samples(&samples)).unwrap(),
+        text.trim_end()
+    );
     assert_eq!(wire::decode_samples(text.as_bytes()).unwrap(), samples);
     assert_eq!(samples[1].value, Some(Value::number(42.5, Some("msgs"))));
     let patterns = vec![
@@ -90,6 +120,9 @@ fn abi_buffers() {
         ResourcePattern::new("/system/load/1min").unwrap(),
     ];
     let text = golden("abi_declare.json");
-    assert_eq!(String::from_utf8(wire::encode_patterns(&patterns)).unwrap(), text.trim_end());
+    assert_eq!(
+        String::from_utf8(wire::encode_patterns(&patterns)).unwrap(),
+        text.trim_end()
+    );
     assert_eq!(wire::decode_patterns(text.as_bytes()).unwrap(), patterns);
 }
