@@ -431,3 +431,56 @@ fn monitor_test_runs_one_monitor_without_the_daemon() {
         "{out:?}"
     );
 }
+
+#[test]
+fn rust_monitor_served_over_stdio_works_oneshot_and_streaming() {
+    let cfg = ConfigDir::new();
+    let exe = target_dir().join("vigil_testkit_exec");
+    assert!(
+        exe.is_file(),
+        "{} missing: run `cargo build --workspace`",
+        exe.display()
+    );
+    cfg.monitor(
+        "once",
+        &format!(
+            "name = \"once\"\ntype = \"exec\"\ncommand = [\"{}\"]\ninterval_seconds = 0.3\n[params]\ninstance = \"once\"\ncount = 3\n",
+            exe.display()
+        ),
+    );
+    cfg.monitor(
+        "streamed",
+        &format!(
+            "name = \"streamed\"\ntype = \"exec\"\nmode = \"stream\"\ncommand = [\"{}\"]\ninterval_seconds = 60\n[params]\ninstance = \"streamed\"\npush_ms = 50\n",
+            exe.display()
+        ),
+    );
+    cfg.monitor(
+        "refused",
+        &format!(
+            "name = \"refused\"\ntype = \"exec\"\ncommand = [\"{}\"]\n[params]\ninstance = \"x\"\ncount = 0\n",
+            exe.display()
+        ),
+    );
+    let _host = cfg.start_host();
+    wait_for(WAIT, "oneshot samples", || known(&cfg, "/testkit/once/r2"));
+    // Polled every 60 s, yet the value climbs: the pushes arrive on their own.
+    let first = wait_for(WAIT, "streamed samples", || {
+        known(&cfg, "/testkit/streamed/r0")
+    });
+    wait_for(WAIT, "pushed samples", || {
+        let now = known(&cfg, "/testkit/streamed/r0")?;
+        if now["value"].as_f64() > first["value"].as_f64() && now["unit"] == "pushes" {
+            Ok(())
+        } else {
+            Err(now.to_string())
+        }
+    });
+    wait_for(WAIT, "bad params to be reported", || {
+        monitor_failed_with(
+            &cfg,
+            "refused",
+            "configure: params: count must be 1..=100000",
+        )
+    });
+}

@@ -31,8 +31,16 @@ fn main() {
             let samples = instance.poll(Duration::from_secs(1)).expect("poll");
             assert_eq!(samples.len(), count);
         });
-        println!("{:<52} {:>12.0}", format!("vtable call + JSON of {count} sample(s)"), ns);
-        println!("{:<52} {:>12.0}", format!("  per sample ({count})"), ns / count as f64);
+        println!(
+            "{:<52} {:>12.0}",
+            format!("vtable call + JSON of {count} sample(s)"),
+            ns
+        );
+        println!(
+            "{:<52} {:>12.0}",
+            format!("  per sample ({count})"),
+            ns / count as f64
+        );
     }
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -45,9 +53,16 @@ fn main() {
         let n = 50_000u32;
         let start = Instant::now();
         for _ in 0..n {
-            started.worker.poll(Duration::from_secs(1)).await.expect("poll");
+            started
+                .worker
+                .poll(Duration::from_secs(1))
+                .await
+                .expect("poll");
         }
         let ns = start.elapsed().as_nanos() as f64 / n as f64;
-        println!("{:<52} {:>12.0}", "host path: worker thread hop + vtable + JSON (1)", ns);
+        println!(
+            "{:<52} {:>12.0}",
+            "host path: worker thread hop + vtable + JSON (1)", ns
+        );
     });
 }

@@ -18,7 +18,10 @@ fn main() {
         .skip_while(|a| a != "--seconds")
         .nth(1)
         .map_or(60, |s| s.parse().expect("--seconds N"));
-    assert!(std::path::Path::new(CHECK).exists(), "{CHECK} missing: install monitoring-plugins-basic");
+    assert!(
+        std::path::Path::new(CHECK).exists(),
+        "{CHECK} missing: install monitoring-plugins-basic"
+    );
     let vigil = vigil_bench::artifact("vigil");
     vigil_bench::artifact("libvigil_testkit.so");
 
@@ -28,7 +31,10 @@ fn main() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, text).expect("write");
     };
-    write("cluster.toml", "[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n".into());
+    write(
+        "cluster.toml",
+        "[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n".into(),
+    );
     for i in 0..DYLIB_MONITORS {
         write(
             &format!("monitors.d/tk{i}.toml"),
@@ -79,10 +85,18 @@ fn main() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = host.wait();
 
-    println!("host load: {DYLIB_MONITORS}x{RESOURCES_EACH} dylib resources @1s + {NAGIOS_CHECKS} nagios checks @10s, {wall:.0} s");
+    println!(
+        "host load: {DYLIB_MONITORS}x{RESOURCES_EACH} dylib resources @1s + {NAGIOS_CHECKS} nagios checks @10s, {wall:.0} s"
+    );
     println!("resources listed        {resources} ({known} known)");
-    println!("host CPU                {:.2} % of one core", (cpu1 - cpu0) / wall * 100.0);
-    println!("checks' own CPU         {:.2} % of one core (reaped children)", (child1 - child0) / wall * 100.0);
+    println!(
+        "host CPU                {:.2} % of one core",
+        (cpu1 - cpu0) / wall * 100.0
+    );
+    println!(
+        "checks' own CPU         {:.2} % of one core (reaped children)",
+        (child1 - child0) / wall * 100.0
+    );
     println!("peak RSS (VmHWM)        {hwm:.1} MiB");
     println!("RSS at end              {rss:.1} MiB");
 }
