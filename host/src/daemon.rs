@@ -135,6 +135,13 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     let socket = config.cluster.api.socket.clone();
     let listener = api::bind(&socket)?;
     let (calls_tx, mut calls_rx) = mpsc::unbounded_channel::<ApiCall>();
+    if let Some(addr) = &config.cluster.api.http_listen {
+        let http = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding http_listen {addr}"))?;
+        info!(addr = %addr, "http api listening");
+        tokio::spawn(crate::http::serve(http, calls_tx.clone()));
+    }
     tokio::spawn(api::serve(listener, calls_tx));
     {
         let events = events.clone();
