@@ -293,3 +293,83 @@ impl DylibWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn permission_check_refuses_writable_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libx.so");
+        std::fs::write(&lib, b"not really a library").unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+        check_permissions(&lib).unwrap();
+        for mode in [0o775, 0o757, 0o666] {
+            std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = check_permissions(&lib).unwrap_err().to_string();
+            assert!(
+                err.contains("is writable by group or others"),
+                "{mode:o}: {err}"
+            );
+        }
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("VIGIL_SKIP_PRIVILEGED").as_deref() == Ok("1"),
+                "the owner check needs root to chown; set VIGIL_SKIP_PRIVILEGED=1 to skip"
+            );
+            return;
+        }
+        // Owned by nobody (65534): neither root nor us.
+        nix::unistd::chown(&lib, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = check_permissions(&lib).unwrap_err().to_string();
+        assert!(
+            err.contains("is owned by uid 65534, not root or the daemon's uid 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libjunk.so");
+        std::fs::write(&lib, b"junk").unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Plugin::load(&lib).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("plugin {}: cannot open", lib.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn names_are_searched_in_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::write(b.path().join("libmon.so"), b"").unwrap();
+        let search = vec![a.path().to_owned(), b.path().to_owned()];
+        assert_eq!(
+            resolve("mon", Path::new("/etc/vigil"), &search).unwrap(),
+            b.path().join("libmon.so")
+        );
+        std::fs::write(a.path().join("mon.so"), b"").unwrap();
+        assert_eq!(
+            resolve("mon", Path::new("/etc/vigil"), &search).unwrap(),
+            a.path().join("mon.so")
+        );
+        assert_eq!(
+            resolve("./x/lib.so", Path::new("/etc/vigil"), &search).unwrap(),
+            Path::new("/etc/vigil/./x/lib.so")
+        );
+        let err = resolve("nope", Path::new("/etc/vigil"), &search)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("plugin \"nope\" not found (looked in "),
+            "{err}"
+        );
+    }
+}
