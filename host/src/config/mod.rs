@@ -10,6 +10,7 @@
 //! This module reads files and nothing else: it does not load plugins or
 //! start processes (see [`crate::runtime`]).
 
+pub mod package;
 mod source;
 
 use std::collections::BTreeMap;
