@@ -7,3 +7,4 @@ pub mod criteria;
 pub mod daemon;
 pub mod registry;
 pub mod runtime;
+pub mod store;
