@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod criteria;
 pub mod daemon;
+pub mod package;
 pub mod registry;
 pub mod runtime;
 pub mod store;
