@@ -849,7 +849,21 @@ pub fn check_packages(
         packages.iter().map(|p| (p.name.as_str(), p)).collect();
     let at = |p: &PackageConfig, line: usize, msg: String| ConfigError::at(&p.source, line, msg);
 
-    for p in packages {
+    for (i, p) in packages.iter().enumerate() {
+        // `load_packages` already drops a second package of the same name;
+        // this catches lists put together some other way.
+        if let Some(first) = packages[..i].iter().find(|o| o.name == p.name) {
+            errors.push(at(
+                p,
+                p.lines.name,
+                format!(
+                    "package name {:?} is already used by {}",
+                    p.name,
+                    first.source.display()
+                ),
+            ));
+            continue;
+        }
         for (node, line) in p.nodes.iter().zip(&p.lines.nodes) {
             if !cluster_nodes.contains(node) {
                 errors.push(at(

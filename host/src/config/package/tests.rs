@@ -455,3 +455,86 @@ fn cycles_are_named() {
         "#]],
     );
 }
+
+/// `vigil template package` must print a file this loader accepts, both as
+/// printed and with every commented-out key switched on.
+#[test]
+fn the_package_template_loads() {
+    let template = crate::cli::PACKAGE_TEMPLATE;
+    let uncommented: String = template
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(uncommented.contains("\n[[service]]\n"));
+    let dir = tempfile::tempdir().unwrap();
+    for text in [template, uncommented.as_str()] {
+        let file = SourceFile::from_text(&dir.path().join("app.toml"), text);
+        let package = load_package_text(&file, &cluster(dir.path()))
+            .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(package.name, "app");
+    }
+    let file = SourceFile::from_text(&dir.path().join("app.toml"), &uncommented);
+    let package = load_package_text(&file, &cluster(dir.path())).unwrap();
+    assert_eq!(package.services.len(), 1);
+    assert_eq!(package.resources[0].fall, 2);
+    assert_eq!(package.dependencies[0].package, "db");
+    assert_eq!(package.follow.as_deref(), Some("other"));
+}
+
+#[test]
+fn config_load_includes_packages_and_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cluster.toml"),
+        "[cluster]\nname = \"demo\"\nnodes = [\"node1\", \"node2\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("packages.d")).unwrap();
+    std::fs::write(dir.path().join("packages.d/ers.toml"), ERS).unwrap();
+    std::fs::write(
+        dir.path().join("packages.d/bad.toml"),
+        "name = \"bad\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"r\"]\nhalt = [\"h\"]\nrestarts = 1\n",
+    )
+    .unwrap();
+    let config = crate::config::load(dir.path()).unwrap();
+    let names: Vec<&str> = config.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["ers"]);
+    let errors: Vec<String> = config
+        .errors
+        .iter()
+        .map(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("DIR/packages.d/bad.toml:6: unknown field `restarts`"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn check_reports_duplicates_in_a_list_not_from_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let load = |file: &str, text: &str| {
+        load_package_text(&SourceFile::from_text(Path::new(file), text), &cluster).unwrap()
+    };
+    let packages = [load("one.toml", ERS), load("two.toml", ERS)];
+    let errors: Vec<String> = check_packages(&packages, &cluster.nodes, |_| true)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "one.toml:6: avoid names unknown package \"ascs\"",
+            "two.toml:1: package name \"ers\" is already used by one.toml",
+        ]
+    );
+}
