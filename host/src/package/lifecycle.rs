@@ -362,6 +362,9 @@ pub struct PackageRunner {
     ctx: Arc<RunnerContext>,
     events: mpsc::UnboundedSender<LifecycleEvent>,
     running: Option<Running>,
+    /// The token of the last start or adoption, for a `halt` after a
+    /// failed `run`.
+    last_fence: FenceToken,
 }
 
 impl fmt::Debug for PackageRunner {
@@ -390,6 +393,7 @@ impl PackageRunner {
             ctx: Arc::new(ctx),
             events,
             running: None,
+            last_fence: FenceToken::default(),
         }
     }
 
@@ -414,6 +418,7 @@ impl PackageRunner {
         if self.running.is_some() {
             return Err(StartError::AlreadyRunning(self.spec.name.clone()));
         }
+        self.last_fence = fence;
         let output = self
             .script("run", &self.spec.run, self.spec.run_timeout, reason, fence)
             .await
@@ -495,6 +500,7 @@ impl PackageRunner {
             });
         }
         let fence = record.fence_token;
+        self.last_fence = fence;
         let shared = Arc::new(Mutex::new(record.clone()));
         let (stop, stop_rx) = watch::channel(false);
         let reason = Reason::Other("adopted".into());
@@ -526,16 +532,13 @@ impl PackageRunner {
     /// period, reaped), then runs `halt`. Runs `halt` even when nothing was
     /// running, so that it also cleans up after a failed `run`.
     pub async fn halt(&mut self, reason: &Reason) -> Result<(), HaltError> {
-        let fence = match self.running.take() {
-            Some(running) => {
-                let _ = running.stop.send(true);
-                for supervisor in running.supervisors {
-                    let _ = supervisor.await;
-                }
-                lock(&running.record).fence_token
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(true);
+            for supervisor in running.supervisors {
+                let _ = supervisor.await;
             }
-            None => FenceToken::default(),
-        };
+        }
+        let fence = self.last_fence;
         let output = self
             .script(
                 "halt",

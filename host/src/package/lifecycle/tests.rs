@@ -182,12 +182,12 @@ async fn failing_run_and_halt_are_reported_with_their_output() {
     let spec = package(
         "bad",
         "echo starting; echo no such volume >&2; exit 3",
-        "echo cannot unmount >&2; exit 4",
+        "echo $VIGIL_FENCE_TOKEN > halt.token; echo cannot unmount >&2; exit 4",
         Vec::new(),
     );
     let (mut runner, _events) = runner(spec, dir.path());
     let err = runner
-        .start(&Reason::Startup, FenceToken(1))
+        .start(&Reason::Startup, FenceToken(9))
         .await
         .unwrap_err();
     let StartError::Run(ScriptError::Failed { exit, output, .. }) = &err else {
@@ -199,10 +199,15 @@ async fn failing_run_and_halt_are_reported_with_their_output() {
         err.to_string(),
         "run of package bad exited with status 3: no such volume"
     );
+    // A halt after the failed run cleans up under the same token.
     let err = runner.halt(&Reason::Manual).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "halt of package bad exited with status 4: cannot unmount"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("halt.token")).unwrap(),
+        "9\n"
     );
 }
 
