@@ -983,8 +983,9 @@ pub fn check_packages(
 /// An edge of the package graph: the target package and the line that says so.
 type Edge = (String, usize);
 
-/// Reports each elementary cycle once, at the edge that closes it from the
-/// first package (in the given order) on the cycle.
+/// Reports the cycles a depth-first search meets (at least one in every
+/// group of packages that reach each other), each at the line of the edge
+/// that closes it, named from where the search entered it.
 fn find_cycles(
     packages: &[PackageConfig],
     by_name: &BTreeMap<&str, &PackageConfig>,

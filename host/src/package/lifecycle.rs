@@ -135,7 +135,9 @@ impl fmt::Display for ServiceExit {
     }
 }
 
-/// What a runner reports while a package runs.
+/// What a runner reports while a package runs. A service that exits just
+/// as a halt begins may still be reported; events for a package the caller
+/// is halting can be ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
     /// A service exited on its own (not stopped by a halt).
