@@ -455,7 +455,7 @@ timeout_seconds = 2
 [params]
 "#;
 
-const PACKAGE_TEMPLATE: &str = r#"# packages.d/<name>.toml — one package.
+pub(crate) const PACKAGE_TEMPLATE: &str = r#"# packages.d/<name>.toml — one package.
 
 name = "app"
 type = "failover"                   # failover | multi_node | system_multi_node

@@ -7,6 +7,8 @@ pub mod criteria;
 pub mod daemon;
 pub mod http;
 pub mod hub;
+pub mod package;
 pub mod placement;
 pub mod registry;
 pub mod runtime;
+pub mod store;

@@ -1,15 +1,17 @@
-//! Configuration: `cluster.toml` and `monitors.d/*.toml`, loaded in two
-//! phases — raw serde structs that refuse unknown keys, then a validated,
-//! resolved model. Every error carries `file:line`; validation collects all
-//! errors instead of stopping at the first.
+//! Configuration: `cluster.toml`, `monitors.d/*.toml` and `packages.d/*.toml`
+//! (see [`package`]), loaded in two phases — raw serde structs that refuse
+//! unknown keys, then a validated, resolved model. Every error carries
+//! `file:line`; validation collects all errors instead of stopping at the
+//! first.
 //!
-//! One broken monitor file disables that monitor only: [`load`] returns the
-//! monitors that validated beside the errors of the others. A broken
+//! One broken monitor or package file disables that monitor or package only:
+//! [`load`] returns those that validated beside the errors of the others. A broken
 //! `cluster.toml` is fatal, since nothing can run without it.
 //!
 //! This module reads files and nothing else: it does not load plugins or
 //! start processes (see [`crate::runtime`]).
 
+pub mod package;
 mod source;
 
 use std::collections::BTreeMap;
@@ -190,7 +192,11 @@ pub struct MonitorConfig {
 pub struct Config {
     pub cluster: ClusterConfig,
     pub monitors: Vec<MonitorConfig>,
-    /// Errors of monitor files that were left out.
+    /// `packages.d/*.toml` that validated on their own; the cross-check
+    /// ([`package::check_packages`]) needs the declared resources and is the
+    /// caller's.
+    pub packages: Vec<package::PackageConfig>,
+    /// Errors of monitor and package files that were left out.
     pub errors: Vec<ConfigError>,
 }
 
@@ -203,14 +209,18 @@ impl Config {
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Loads `cluster.toml` and every `monitors.d/*.toml` below `dir`.
+/// Loads `cluster.toml`, every `monitors.d/*.toml` and every
+/// `packages.d/*.toml` below `dir`.
 /// `Err` when `cluster.toml` itself is unusable.
 pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let cluster = load_cluster(dir)?;
-    let (monitors, errors) = load_monitors(&dir.join("monitors.d"));
+    let (monitors, mut errors) = load_monitors(&dir.join("monitors.d"));
+    let (packages, mut package_errors) = package::load_packages(&dir.join("packages.d"), &cluster);
+    errors.append(&mut package_errors);
     Ok(Config {
         cluster,
         monitors,
+        packages,
         errors,
     })
 }

@@ -73,14 +73,25 @@ pub struct SpawnError {
 
 /// Starts `argv` in its own process group with piped stdio.
 pub fn spawn(argv: &[String], stdin: bool) -> Result<Child, SpawnError> {
+    spawn_command(command(argv, stdin))
+}
+
+/// The command [`spawn`] runs, for callers that add environment or a
+/// working directory before running it with [`run_command`].
+pub fn command(argv: &[String], stdin: bool) -> Command {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
-    cmd.args(&argv[1..])
+    cmd.args(argv.get(1..).unwrap_or_default())
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    cmd
+}
+
+fn spawn_command(mut cmd: Command) -> Result<Child, SpawnError> {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     cmd.spawn().map_err(|source| SpawnError { program, source })
 }
 
@@ -121,7 +132,19 @@ pub async fn run_once(
     input: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<RunOutput, SpawnError> {
-    let mut child = spawn(argv, input.is_some())?;
+    run_command(command(argv, input.is_some()), input, timeout).await
+}
+
+/// [`run_once`] for a command built with [`command`] (and then given an
+/// environment or a working directory). Its stdio must be piped as
+/// [`command`] sets it up.
+pub async fn run_command(
+    cmd: Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<RunOutput, SpawnError> {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = spawn_command(cmd)?;
     if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
         let input = input.to_vec();
         // A child that never reads stdin must not block us: write in the
@@ -130,9 +153,15 @@ pub async fn run_once(
             let _ = stdin.write_all(&input).await;
         });
     }
-    // Both were requested as pipes in `spawn`, so `take` cannot return None.
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    // Both are pipes as `command` sets them up; a caller that changed
+    // that gets an error instead of a panic.
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        kill_and_reap(&mut child).await;
+        return Err(SpawnError {
+            program,
+            source: std::io::Error::other("stdout and stderr must be piped"),
+        });
+    };
     let stderr_task = tokio::spawn(read_tail(stderr, MAX_STDERR_BYTES));
     let mut chunks = read_chunks(stdout);
 

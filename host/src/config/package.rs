@@ -1,0 +1,1060 @@
+//! Package configuration: `packages.d/*.toml` (DESIGN §5), loaded in the
+//! same two phases as monitors — raw serde structs that refuse unknown keys,
+//! then a validated [`PackageConfig`] — with every error at `file:line`.
+//!
+//! [`load_packages`] checks each file on its own (shapes, values, a package
+//! naming itself, `follow` and `avoid` of the same package, keys that do not
+//! apply to the package type) and drops a broken file, like a broken monitor.
+//! [`check_packages`] then checks the packages against each other, the
+//! cluster's nodes and the declared resources: unknown names, dependency and
+//! follow cycles, contradictory combinations. Both only report; what to do
+//! with a package that fails the cross-check is the caller's decision
+//! (`vigil check` exits 1).
+//!
+//! Decisions: `run` and `halt` are required for every package type, as
+//! Serviceguard requires a control script (`["/bin/true"]` is a fine halt
+//! for a package that only has services). A relative program path with a `/`
+//! is resolved against the config directory; a bare name is looked up in
+//! `PATH` when run, as for monitors. `system_multi_node` packages run on
+//! every node, so their `nodes` is `["*"]` or left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use vigil_sdk::ResourceName;
+
+use super::{ClusterConfig, ConfigError, Seconds, SourceFile, valid_node_name};
+use crate::criteria::Criteria;
+
+// ---------------------------------------------------------------- raw phase
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    #[serde(default)]
+    nodes: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    failover_policy: Option<Spanned<String>>,
+    #[serde(default)]
+    failback_policy: Option<Spanned<String>>,
+    #[serde(default)]
+    auto_run: Option<bool>,
+    #[serde(default)]
+    priority: Option<Spanned<i64>>,
+    #[serde(default)]
+    run: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    halt: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    run_timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    halt_timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    follow: Option<Spanned<String>>,
+    #[serde(default)]
+    avoid: Vec<Spanned<String>>,
+    #[serde(default)]
+    service: Vec<RawService>,
+    #[serde(default)]
+    resource: Vec<RawResource>,
+    #[serde(default)]
+    dependency: Vec<RawDependency>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    restarts: Option<Spanned<RawRestarts>>,
+    #[serde(default)]
+    fail_fast: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRestarts {
+    Count(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    name: Spanned<String>,
+    #[serde(default)]
+    up: Option<Spanned<OneOrMany>>,
+    #[serde(default)]
+    evaluate: Option<Spanned<String>>,
+    #[serde(default)]
+    rise: Option<Spanned<i64>>,
+    #[serde(default)]
+    fall: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDependency {
+    package: Spanned<String>,
+    #[serde(default)]
+    condition: Option<Spanned<String>>,
+    #[serde(default)]
+    location: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------- validated model
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageType {
+    /// Runs on one node at a time and fails over.
+    Failover,
+    /// Runs on every eligible node of its list at once.
+    MultiNode,
+    /// Runs on every node of the cluster (storage, fencing helpers).
+    SystemMultiNode,
+}
+
+impl PackageType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageType::Failover => "failover",
+            PackageType::MultiNode => "multi_node",
+            PackageType::SystemMultiNode => "system_multi_node",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverPolicy {
+    /// The first eligible node in list order.
+    ConfiguredNode,
+    /// The eligible node running the fewest packages, ties by list order.
+    MinPackageNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailbackPolicy {
+    Manual,
+    /// Move back when a node earlier in the list becomes eligible.
+    Automatic,
+}
+
+/// How often a service is restarted before the package fails on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restarts {
+    Limited(u32),
+    Unlimited,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// argv; a relative program path is already resolved.
+    pub command: Vec<String>,
+    pub restarts: Restarts,
+    /// Fail the package as soon as the service exits, without restarts.
+    pub fail_fast: bool,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluate {
+    /// Gates start: the package starts only where the resource is up.
+    BeforeStart,
+    /// Watched once the package runs; does not gate start.
+    AfterStart,
+}
+
+/// A `[[resource]]` the package needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRequirement {
+    pub name: ResourceName,
+    pub up: Criteria,
+    pub evaluate: Evaluate,
+    pub rise: u32,
+    pub fall: u32,
+    /// Line of `name`.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Up,
+    Down,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Up => "up",
+            Condition::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    SameNode,
+    DifferentNode,
+    AnyNode,
+    AllNodes,
+}
+
+impl Location {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::SameNode => "same_node",
+            Location::DifferentNode => "different_node",
+            Location::AnyNode => "any_node",
+            Location::AllNodes => "all_nodes",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DependencyConfig {
+    pub package: String,
+    pub condition: Condition,
+    pub location: Location,
+    /// Line of `package`.
+    pub line: usize,
+}
+
+/// Lines of keys that the cross-check may complain about.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PackageLines {
+    pub name: usize,
+    /// One per entry of [`PackageConfig::nodes`].
+    pub nodes: Vec<usize>,
+    pub failover_policy: Option<usize>,
+    pub follow: Option<usize>,
+    /// One per entry of [`PackageConfig::avoid`].
+    pub avoid: Vec<usize>,
+}
+
+/// One validated package.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackageConfig {
+    pub name: String,
+    pub kind: PackageType,
+    /// In priority order; `["*"]` is resolved to the cluster's nodes.
+    pub nodes: Vec<String>,
+    /// True when written as `["*"]`.
+    pub all_nodes: bool,
+    pub failover_policy: FailoverPolicy,
+    pub failback_policy: FailbackPolicy,
+    pub auto_run: bool,
+    /// Lower number = more important; `None` = least important.
+    pub priority: Option<u32>,
+    /// argv of the control scripts; a relative program path is resolved.
+    pub run: Vec<String>,
+    pub halt: Vec<String>,
+    pub run_timeout: Duration,
+    pub halt_timeout: Duration,
+    pub follow: Option<String>,
+    pub avoid: Vec<String>,
+    pub services: Vec<ServiceConfig>,
+    pub resources: Vec<ResourceRequirement>,
+    pub dependencies: Vec<DependencyConfig>,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+    pub lines: PackageLines,
+}
+
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HALT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Loads every `*.toml` in `dir` (normally `<config>/packages.d`), sorted by
+/// file name. A missing directory means no packages. A file with errors is
+/// left out; a second package with a name already taken is left out too.
+pub fn load_packages(
+    dir: &Path,
+    cluster: &ClusterConfig,
+) -> (Vec<PackageConfig>, Vec<ConfigError>) {
+    let mut packages: Vec<PackageConfig> = Vec::new();
+    let mut errors = Vec::new();
+    let mut paths = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(ConfigError::file(
+                dir,
+                format!("cannot read directory: {e}"),
+            ));
+            Vec::new()
+        }
+    };
+    paths.sort();
+    for path in paths {
+        let loaded = SourceFile::read(&path)
+            .map_err(|e| vec![e])
+            .and_then(|file| load_package_text(&file, cluster));
+        match loaded {
+            Ok(package) => {
+                if let Some(first) = packages.iter().find(|p| p.name == package.name) {
+                    errors.push(ConfigError::at(
+                        &path,
+                        package.lines.name,
+                        format!(
+                            "package name {:?} is already used by {}",
+                            package.name,
+                            first.source.display()
+                        ),
+                    ));
+                } else {
+                    packages.push(package);
+                }
+            }
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    (packages, errors)
+}
+
+/// Validates one package file's text on its own.
+pub fn load_package_text(
+    file: &SourceFile,
+    cluster: &ClusterConfig,
+) -> Result<PackageConfig, Vec<ConfigError>> {
+    let raw: RawPackage = file.parse().map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let err = |errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>, msg: String| {
+        errors.push(file.error_at(span, msg));
+    };
+    let line = |span: std::ops::Range<usize>| file.line_of(span.start);
+
+    let name = raw.name.get_ref().clone();
+    if !valid_node_name(&name) {
+        err(
+            &mut errors,
+            raw.name.span(),
+            format!("package name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+        );
+    }
+
+    let kind = match raw.kind.get_ref().as_str() {
+        "failover" => PackageType::Failover,
+        "multi_node" => PackageType::MultiNode,
+        "system_multi_node" => PackageType::SystemMultiNode,
+        other => {
+            err(
+                &mut errors,
+                raw.kind.span(),
+                format!(
+                    "type {other:?} is not one of \"failover\", \"multi_node\", \"system_multi_node\""
+                ),
+            );
+            PackageType::Failover
+        }
+    };
+
+    // Nodes.
+    let mut lines = PackageLines {
+        name: line(raw.name.span()),
+        ..PackageLines::default()
+    };
+    let mut nodes = Vec::new();
+    let mut all_nodes = false;
+    match &raw.nodes {
+        None if kind == PackageType::SystemMultiNode => {
+            all_nodes = true;
+            nodes = cluster.nodes.clone();
+            lines.nodes = vec![lines.name; nodes.len()];
+        }
+        None => err(
+            &mut errors,
+            raw.kind.span(),
+            "nodes is missing: list the nodes in priority order, or [\"*\"] for every node"
+                .to_owned(),
+        ),
+        Some(list) if list.get_ref().is_empty() => err(
+            &mut errors,
+            list.span(),
+            "nodes must list at least one node, or [\"*\"] for every node".to_owned(),
+        ),
+        Some(list) if list.get_ref().iter().any(|n| n.get_ref() == "*") => {
+            if list.get_ref().len() > 1 {
+                err(
+                    &mut errors,
+                    list.span(),
+                    "nodes = [\"*\"] means every node and cannot be combined with names".to_owned(),
+                );
+            }
+            all_nodes = true;
+            nodes = cluster.nodes.clone();
+            lines.nodes = vec![line(list.span()); nodes.len()];
+        }
+        Some(list) => {
+            if kind == PackageType::SystemMultiNode {
+                err(
+                    &mut errors,
+                    list.span(),
+                    "a system_multi_node package runs on every node: nodes must be [\"*\"] or left out"
+                        .to_owned(),
+                );
+            }
+            for node in list.get_ref() {
+                let n = node.get_ref();
+                if !valid_node_name(n) {
+                    err(
+                        &mut errors,
+                        node.span(),
+                        format!("node name {n:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+                    );
+                } else if nodes.contains(n) {
+                    err(
+                        &mut errors,
+                        node.span(),
+                        format!("node {n:?} is listed twice"),
+                    );
+                } else {
+                    nodes.push(n.clone());
+                    lines.nodes.push(line(node.span()));
+                }
+            }
+        }
+    }
+
+    // Policies: only a failover package moves between nodes.
+    let moves = kind == PackageType::Failover;
+    let failover_policy = match &raw.failover_policy {
+        None => FailoverPolicy::ConfiguredNode,
+        Some(p) => {
+            lines.failover_policy = Some(line(p.span()));
+            if !moves {
+                err(
+                    &mut errors,
+                    p.span(),
+                    format!(
+                        "failover_policy does not apply to type = {:?}: it runs on every eligible node",
+                        kind.as_str()
+                    ),
+                );
+            }
+            match p.get_ref().as_str() {
+                "configured_node" => FailoverPolicy::ConfiguredNode,
+                "min_package_node" => FailoverPolicy::MinPackageNode,
+                other => {
+                    err(
+                        &mut errors,
+                        p.span(),
+                        format!(
+                            "failover_policy {other:?} is not one of \"configured_node\", \"min_package_node\""
+                        ),
+                    );
+                    FailoverPolicy::ConfiguredNode
+                }
+            }
+        }
+    };
+    let failback_policy = match &raw.failback_policy {
+        None => FailbackPolicy::Manual,
+        Some(p) => {
+            if !moves {
+                err(
+                    &mut errors,
+                    p.span(),
+                    format!(
+                        "failback_policy does not apply to type = {:?}: it runs on every eligible node",
+                        kind.as_str()
+                    ),
+                );
+            }
+            match p.get_ref().as_str() {
+                "manual" => FailbackPolicy::Manual,
+                "automatic" => FailbackPolicy::Automatic,
+                other => {
+                    err(
+                        &mut errors,
+                        p.span(),
+                        format!(
+                            "failback_policy {other:?} is not one of \"manual\", \"automatic\""
+                        ),
+                    );
+                    FailbackPolicy::Manual
+                }
+            }
+        }
+    };
+
+    let priority = raw.priority.as_ref().and_then(|p| {
+        u32::try_from(*p.get_ref()).ok().or_else(|| {
+            err(
+                &mut errors,
+                p.span(),
+                format!("priority must be 0 or more, got {}", p.get_ref()),
+            );
+            None
+        })
+    });
+
+    // Control scripts.
+    let mut script = |field: &Option<Spanned<Vec<String>>>, key: &str| -> Vec<String> {
+        match field {
+            Some(argv) if argv.get_ref().first().is_some_and(|p| !p.is_empty()) => {
+                resolve_program(argv.get_ref().clone(), &cluster.dir)
+            }
+            Some(argv) => {
+                err(
+                    &mut errors,
+                    argv.span(),
+                    format!("{key} must name a program"),
+                );
+                Vec::new()
+            }
+            None => {
+                err(
+                    &mut errors,
+                    raw.name.span(),
+                    format!(
+                        "{key} is missing: every package needs a {key} control script, e.g. {key} = [\"pkg/{name}/{key}.sh\"]"
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    };
+    let run = script(&raw.run, "run");
+    let halt = script(&raw.halt, "halt");
+    let mut timeout = |field: &Option<Spanned<Seconds>>, key: &str, default: Duration| match field {
+        None => default,
+        Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+            err(&mut errors, s.span(), format!("{key} {e}"));
+            default
+        }),
+    };
+    let run_timeout = timeout(
+        &raw.run_timeout_seconds,
+        "run_timeout_seconds",
+        DEFAULT_RUN_TIMEOUT,
+    );
+    let halt_timeout = timeout(
+        &raw.halt_timeout_seconds,
+        "halt_timeout_seconds",
+        DEFAULT_HALT_TIMEOUT,
+    );
+
+    // follow / avoid.
+    let follow = raw.follow.as_ref().map(|f| {
+        lines.follow = Some(line(f.span()));
+        if !moves {
+            err(
+                &mut errors,
+                f.span(),
+                format!(
+                    "follow does not apply to type = {:?}: it runs on every eligible node",
+                    kind.as_str()
+                ),
+            );
+        }
+        if f.get_ref() == &name {
+            err(
+                &mut errors,
+                f.span(),
+                format!("package {name:?} cannot follow itself"),
+            );
+        }
+        f.get_ref().clone()
+    });
+    let mut avoid: Vec<String> = Vec::new();
+    for a in &raw.avoid {
+        let other = a.get_ref();
+        if other == &name {
+            err(
+                &mut errors,
+                a.span(),
+                format!("package {name:?} cannot avoid itself"),
+            );
+        } else if avoid.contains(other) {
+            err(
+                &mut errors,
+                a.span(),
+                format!("avoid lists {other:?} twice"),
+            );
+        } else if follow.as_ref() == Some(other) {
+            err(
+                &mut errors,
+                a.span(),
+                format!(
+                    "package {name:?} both follows and avoids {other:?}: it cannot prefer and refuse the same node"
+                ),
+            );
+        } else {
+            avoid.push(other.clone());
+            lines.avoid.push(line(a.span()));
+        }
+    }
+
+    // Services.
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    for s in &raw.service {
+        let sname = s.name.get_ref().clone();
+        if !valid_node_name(&sname) {
+            err(
+                &mut errors,
+                s.name.span(),
+                format!("service name {sname:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+            );
+        } else if services.iter().any(|o| o.name == sname) {
+            err(
+                &mut errors,
+                s.name.span(),
+                format!("service {sname:?} is defined twice"),
+            );
+        }
+        let command = if s.command.get_ref().first().is_some_and(|p| !p.is_empty()) {
+            resolve_program(s.command.get_ref().clone(), &cluster.dir)
+        } else {
+            err(
+                &mut errors,
+                s.command.span(),
+                format!("service {sname:?}: command must name a program"),
+            );
+            Vec::new()
+        };
+        let restarts = match s.restarts.as_ref() {
+            None => Restarts::Limited(0),
+            Some(r) => match r.get_ref() {
+                RawRestarts::Count(n) => match u32::try_from(*n) {
+                    Ok(n) => Restarts::Limited(n),
+                    Err(_) => {
+                        err(
+                            &mut errors,
+                            r.span(),
+                            format!("restarts must be 0 or more, or \"unlimited\", got {n}"),
+                        );
+                        Restarts::Limited(0)
+                    }
+                },
+                RawRestarts::Word(w) if w == "unlimited" => Restarts::Unlimited,
+                RawRestarts::Word(w) => {
+                    err(
+                        &mut errors,
+                        r.span(),
+                        format!("restarts must be 0 or more, or \"unlimited\", got {w:?}"),
+                    );
+                    Restarts::Limited(0)
+                }
+            },
+        };
+        services.push(ServiceConfig {
+            name: sname,
+            command,
+            restarts,
+            fail_fast: s.fail_fast.unwrap_or(false),
+            line: line(s.name.span()),
+        });
+    }
+
+    // Resources.
+    let mut resources: Vec<ResourceRequirement> = Vec::new();
+    for r in &raw.resource {
+        let rname = match ResourceName::new(r.name.get_ref().clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                err(
+                    &mut errors,
+                    r.name.span(),
+                    format!("resource name {:?}: {e}", r.name.get_ref()),
+                );
+                continue;
+            }
+        };
+        if resources.iter().any(|o| o.name == rname) {
+            err(
+                &mut errors,
+                r.name.span(),
+                format!("resource {rname} is listed twice"),
+            );
+        }
+        let up = match &r.up {
+            None => Criteria::default(),
+            Some(up) => {
+                let parsed = match up.get_ref() {
+                    OneOrMany::One(e) => Criteria::parse(e),
+                    OneOrMany::Many(list) => Criteria::parse_any(list),
+                };
+                parsed.unwrap_or_else(|e| {
+                    err(&mut errors, up.span(), format!("resource {rname}: up {e}"));
+                    Criteria::default()
+                })
+            }
+        };
+        let evaluate = match &r.evaluate {
+            None => Evaluate::BeforeStart,
+            Some(e) => match e.get_ref().as_str() {
+                "before_start" => Evaluate::BeforeStart,
+                "after_start" => Evaluate::AfterStart,
+                other => {
+                    err(
+                        &mut errors,
+                        e.span(),
+                        format!(
+                            "evaluate {other:?} is not one of \"before_start\", \"after_start\""
+                        ),
+                    );
+                    Evaluate::BeforeStart
+                }
+            },
+        };
+        let mut count = |field: &Option<Spanned<i64>>, key: &str| match field {
+            None => 1,
+            Some(c) => match u32::try_from(*c.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    err(
+                        &mut errors,
+                        c.span(),
+                        format!("{key} must be 1 or more samples, got {}", c.get_ref()),
+                    );
+                    1
+                }
+            },
+        };
+        let rise = count(&r.rise, "rise");
+        let fall = count(&r.fall, "fall");
+        resources.push(ResourceRequirement {
+            name: rname,
+            up,
+            evaluate,
+            rise,
+            fall,
+            line: line(r.name.span()),
+        });
+    }
+
+    // Dependencies.
+    let mut dependencies: Vec<DependencyConfig> = Vec::new();
+    for d in &raw.dependency {
+        let other = d.package.get_ref().clone();
+        if other == name {
+            err(
+                &mut errors,
+                d.package.span(),
+                format!("package {name:?} cannot depend on itself"),
+            );
+        } else if dependencies.iter().any(|o| o.package == other) {
+            err(
+                &mut errors,
+                d.package.span(),
+                format!("dependency on {other:?} is listed twice"),
+            );
+        }
+        let condition = match &d.condition {
+            None => Condition::Up,
+            Some(c) => match c.get_ref().as_str() {
+                "up" => Condition::Up,
+                "down" => Condition::Down,
+                o => {
+                    err(
+                        &mut errors,
+                        c.span(),
+                        format!("condition {o:?} is not one of \"up\", \"down\""),
+                    );
+                    Condition::Up
+                }
+            },
+        };
+        let location = match &d.location {
+            None => Location::SameNode,
+            Some(l) => match l.get_ref().as_str() {
+                "same_node" => Location::SameNode,
+                "different_node" => Location::DifferentNode,
+                "any_node" => Location::AnyNode,
+                "all_nodes" => Location::AllNodes,
+                o => {
+                    err(
+                        &mut errors,
+                        l.span(),
+                        format!(
+                            "location {o:?} is not one of \"same_node\", \"different_node\", \"any_node\", \"all_nodes\""
+                        ),
+                    );
+                    Location::SameNode
+                }
+            },
+        };
+        dependencies.push(DependencyConfig {
+            package: other,
+            condition,
+            location,
+            line: line(d.package.span()),
+        });
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PackageConfig {
+        name,
+        kind,
+        nodes,
+        all_nodes,
+        failover_policy,
+        failback_policy,
+        auto_run: raw.auto_run.unwrap_or(true),
+        priority,
+        run,
+        halt,
+        run_timeout,
+        halt_timeout,
+        follow,
+        avoid,
+        services,
+        resources,
+        dependencies,
+        source: file.path.clone(),
+        lines,
+    })
+}
+
+/// A relative program path with a `/` is relative to the config directory.
+fn resolve_program(mut argv: Vec<String>, dir: &Path) -> Vec<String> {
+    if let Some(program) = argv.first_mut()
+        && program.contains('/')
+        && !program.starts_with('/')
+    {
+        *program = dir.join(&*program).display().to_string();
+    }
+    argv
+}
+
+/// Checks packages against each other, the cluster's nodes and the declared
+/// resources (`declared` answers whether some monitor declares a name).
+/// Errors come package by package, in the order given.
+pub fn check_packages(
+    packages: &[PackageConfig],
+    cluster_nodes: &[String],
+    declared: impl Fn(&ResourceName) -> bool,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let by_name: BTreeMap<&str, &PackageConfig> =
+        packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    let at = |p: &PackageConfig, line: usize, msg: String| ConfigError::at(&p.source, line, msg);
+
+    for (i, p) in packages.iter().enumerate() {
+        // `load_packages` already drops a second package of the same name;
+        // this catches lists put together some other way.
+        if let Some(first) = packages[..i].iter().find(|o| o.name == p.name) {
+            errors.push(at(
+                p,
+                p.lines.name,
+                format!(
+                    "package name {:?} is already used by {}",
+                    p.name,
+                    first.source.display()
+                ),
+            ));
+            continue;
+        }
+        for (node, line) in p.nodes.iter().zip(&p.lines.nodes) {
+            if !cluster_nodes.contains(node) {
+                errors.push(at(
+                    p,
+                    *line,
+                    format!("node {node:?} is not a node of the cluster"),
+                ));
+            }
+        }
+        for r in &p.resources {
+            if !declared(&r.name) {
+                errors.push(at(
+                    p,
+                    r.line,
+                    format!("resource {} is not declared by any monitor", r.name),
+                ));
+            }
+        }
+        if let (Some(follow), Some(line)) = (&p.follow, p.lines.follow)
+            && !by_name.contains_key(follow.as_str())
+        {
+            errors.push(at(
+                p,
+                line,
+                format!("follow names unknown package {follow:?}"),
+            ));
+        }
+        for (other, line) in p.avoid.iter().zip(&p.lines.avoid) {
+            if !by_name.contains_key(other.as_str()) {
+                errors.push(at(
+                    p,
+                    *line,
+                    format!("avoid names unknown package {other:?}"),
+                ));
+            }
+        }
+        for d in &p.dependencies {
+            let Some(other) = by_name.get(d.package.as_str()) else {
+                errors.push(at(
+                    p,
+                    d.line,
+                    format!("dependency on unknown package {:?}", d.package),
+                ));
+                continue;
+            };
+            match d.condition {
+                Condition::Down => {
+                    // Exclusion only works when both sides know about it:
+                    // otherwise the other package could start onto this one.
+                    let mutual = other.dependencies.iter().any(|o| {
+                        o.package == p.name
+                            && o.condition == Condition::Down
+                            && o.location == d.location
+                    });
+                    if !mutual {
+                        errors.push(at(
+                            p,
+                            d.line,
+                            format!(
+                                "down dependency on {:?} must be mutual: {:?} needs a dependency on {:?} with condition = \"down\" and location = {:?}",
+                                d.package,
+                                d.package,
+                                p.name,
+                                d.location.as_str()
+                            ),
+                        ));
+                    }
+                    if p.failover_policy == FailoverPolicy::MinPackageNode {
+                        errors.push(at(
+                            p,
+                            p.lines.failover_policy.unwrap_or(d.line),
+                            format!(
+                                "failover_policy = \"min_package_node\" cannot be combined with a down dependency (on {:?}); use \"configured_node\"",
+                                d.package
+                            ),
+                        ));
+                    }
+                }
+                Condition::Up if d.location == Location::SameNode => {
+                    if !p.nodes.iter().any(|n| other.nodes.contains(n)) {
+                        errors.push(at(
+                            p,
+                            d.line,
+                            format!(
+                                "same_node dependency on {:?} can never hold: the two packages share no node",
+                                d.package
+                            ),
+                        ));
+                    }
+                }
+                Condition::Up => {}
+            }
+        }
+    }
+
+    // Cycles: up dependencies must form a DAG so predecessors can start
+    // first; follow chains must end so leaders can be placed first. Mutual
+    // down dependencies are symmetric by design and not an order.
+    let deps = |p: &PackageConfig| -> Vec<(String, usize)> {
+        p.dependencies
+            .iter()
+            .filter(|d| d.condition == Condition::Up)
+            .map(|d| (d.package.clone(), d.line))
+            .collect()
+    };
+    find_cycles(packages, &by_name, deps, "dependency cycle", &mut errors);
+    let follows = |p: &PackageConfig| -> Vec<(String, usize)> {
+        p.follow
+            .iter()
+            .map(|f| (f.clone(), p.lines.follow.unwrap_or(p.lines.name)))
+            .collect()
+    };
+    find_cycles(packages, &by_name, follows, "follow cycle", &mut errors);
+    errors
+}
+
+/// An edge of the package graph: the target package and the line that says so.
+type Edge = (String, usize);
+
+/// Reports the cycles a depth-first search meets (at least one in every
+/// group of packages that reach each other), each at the line of the edge
+/// that closes it, named from where the search entered it.
+fn find_cycles(
+    packages: &[PackageConfig],
+    by_name: &BTreeMap<&str, &PackageConfig>,
+    edges: impl Fn(&PackageConfig) -> Vec<(String, usize)>,
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut marks: BTreeMap<&str, Mark> = by_name.keys().map(|k| (*k, Mark::New)).collect();
+    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+
+    // Iterative depth-first search keeping the current path, so that the
+    // cycle can be named from the path when a back edge is found.
+    for start in packages {
+        if marks.get(start.name.as_str()) != Some(&Mark::New) {
+            continue;
+        }
+        let mut path: Vec<(&PackageConfig, Vec<Edge>, usize)> = vec![(start, edges(start), 0)];
+        marks.insert(start.name.as_str(), Mark::OnPath);
+        while let Some(top) = path.len().checked_sub(1) {
+            let (node, edge) = {
+                let (node, out, next) = &mut path[top];
+                let edge = out.get(*next).cloned();
+                *next += 1;
+                (*node, edge)
+            };
+            let Some((target, line)) = edge else {
+                marks.insert(node.name.as_str(), Mark::Done);
+                path.pop();
+                continue;
+            };
+            let Some(target_pkg) = by_name.get(target.as_str()).copied() else {
+                continue;
+            };
+            match marks.get(target.as_str()) {
+                Some(Mark::New) => {
+                    marks.insert(target_pkg.name.as_str(), Mark::OnPath);
+                    path.push((target_pkg, edges(target_pkg), 0));
+                }
+                Some(Mark::OnPath) => {
+                    let from = path
+                        .iter()
+                        .position(|(p, _, _)| p.name == target)
+                        .unwrap_or(0);
+                    let mut names: Vec<String> = path[from..]
+                        .iter()
+                        .map(|(p, _, _)| p.name.clone())
+                        .collect();
+                    let mut key = names.clone();
+                    key.sort();
+                    names.push(target.clone());
+                    if reported.insert(key) {
+                        errors.push(ConfigError::at(
+                            &node.source,
+                            line,
+                            format!("{what}: {}", names.join(" -> ")),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
