@@ -48,6 +48,8 @@ pub enum Command {
     /// Work with monitors.
     #[command(subcommand)]
     Monitor(MonitorCommand),
+    /// Place packages offline from a state file, as the daemon would; no daemon needed.
+    Simulate(SimulateArgs),
     /// Print a commented template.
     Template {
         #[arg(value_parser = ["monitor", "package"])]
@@ -69,6 +71,24 @@ mod tests {
         assert_eq!(super::display_value(&json!("up"), None), "up");
         assert_eq!(super::display_value(&json!(null), None), "-");
     }
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// TOML with [nodes.NAME] state/resources and [packages.NAME] running_on.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Take a node down before placing (repeatable).
+    #[arg(long = "node-down", value_name = "NODE")]
+    pub node_down: Vec<String>,
+    /// Set a resource value on a node: NODE:RESOURCE=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NODE:RESOURCE=VALUE")]
+    pub set: Vec<String>,
+    /// Show why each package is placed where it is.
+    #[arg(long)]
+    pub explain: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             monitor_test(&cli.config, &monitor, json)
         }
         Command::Monitor(MonitorCommand::List { json }) => monitor_list(&cli.config, json),
+        Command::Simulate(args) => simulate(&cli.config, &args),
         Command::Template { kind } => {
             print!(
                 "{}",
@@ -173,18 +194,28 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
             errors.extend(config.errors.iter().cloned());
             let ctx = runtime_context(config_dir);
             let runtime = tokio::runtime::Runtime::new()?;
+            let mut declared = Vec::new();
             for monitor in &config.monitors {
                 monitors += 1;
                 for event in runtime.block_on(runtime::probe(monitor, &ctx, false)) {
-                    if let MonitorEvent::Failed { reason, .. } = event {
-                        errors.push(ConfigError::at(
+                    match event {
+                        MonitorEvent::Failed { reason, .. } => errors.push(ConfigError::at(
                             &monitor.source,
                             monitor.line,
                             format!("monitor {}: {reason}", monitor.name),
-                        ));
+                        )),
+                        MonitorEvent::Declared { mut patterns, .. } => {
+                            declared.append(&mut patterns)
+                        }
+                        MonitorEvent::Samples { .. } => {}
                     }
                 }
             }
+            errors.extend(config::package::check_packages(
+                &config.packages,
+                &config.cluster.nodes,
+                |name| declared.iter().any(|p| p.matches(name)),
+            ));
         }
     }
     if json {
@@ -202,6 +233,73 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+/// `vigil simulate`: the placement engine on a state file, offline.
+fn simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<i32> {
+    use crate::placement::state_file::{ResourceValue, StateFile};
+    let config = config::load(config_dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    if let Some(e) = config
+        .errors
+        .iter()
+        .find(|e| e.file.starts_with(config_dir.join("packages.d")))
+    {
+        bail!("{e} (fix packages.d before simulating)");
+    }
+    let text = std::fs::read_to_string(&args.state)
+        .with_context(|| format!("reading {}", args.state.display()))?;
+    let mut state = StateFile::parse(&text, &args.state.display().to_string())?;
+    for node in &args.node_down {
+        if !config.cluster.nodes.contains(node) {
+            bail!(
+                "--node-down {node}: not in cluster.nodes ({})",
+                config.cluster.nodes.join(", ")
+            );
+        }
+        state.set_node_down(node);
+    }
+    for set in &args.set {
+        state.apply_set(set)?;
+    }
+    let specs = config.packages.iter().map(|p| p.to_spec()).collect();
+    let judge = |spec: &crate::placement::PackageSpec, resource: &str, value: &ResourceValue| {
+        let value = match value {
+            ResourceValue::Number(n) => vigil_sdk::Value::number(*n, None),
+            ResourceValue::Text(t) => vigil_sdk::Value::text(t.clone()),
+        };
+        config
+            .packages
+            .iter()
+            .find(|p| p.name == spec.name)
+            .and_then(|p| p.requirement(resource))
+            .is_some_and(|r| r.up.is_satisfied_by(Some(&value)))
+    };
+    let snapshot = state.to_snapshot(&config.cluster.nodes, specs, judge)?;
+    let plan = crate::placement::plan(&snapshot);
+    if args.json {
+        let mut out = plan.simulate_json();
+        if args.explain {
+            out["explanations"] = serde_json::to_value(&plan.explanations)?;
+        }
+        print_json(&out)?;
+    } else {
+        print!("{plan}");
+        if args.explain {
+            for explanation in plan.explanations.values() {
+                println!("\n{explanation}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {

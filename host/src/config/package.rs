@@ -118,40 +118,10 @@ struct RawDependency {
 
 // ---------------------------------------------------------- validated model
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackageType {
-    /// Runs on one node at a time and fails over.
-    Failover,
-    /// Runs on every eligible node of its list at once.
-    MultiNode,
-    /// Runs on every node of the cluster (storage, fencing helpers).
-    SystemMultiNode,
-}
-
-impl PackageType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PackageType::Failover => "failover",
-            PackageType::MultiNode => "multi_node",
-            PackageType::SystemMultiNode => "system_multi_node",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailoverPolicy {
-    /// The first eligible node in list order.
-    ConfiguredNode,
-    /// The eligible node running the fewest packages, ties by list order.
-    MinPackageNode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailbackPolicy {
-    Manual,
-    /// Move back when a node earlier in the list becomes eligible.
-    Automatic,
-}
+// The vocabulary shared with the placement engine is defined once, there.
+pub use crate::placement::{
+    DependencyCondition, DependencyLocation, Evaluate, FailbackPolicy, FailoverPolicy, PackageKind,
+};
 
 /// How often a service is restarted before the package fails on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,14 +141,6 @@ pub struct ServiceConfig {
     pub line: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Evaluate {
-    /// Gates start: the package starts only where the resource is up.
-    BeforeStart,
-    /// Watched once the package runs; does not gate start.
-    AfterStart,
-}
-
 /// A `[[resource]]` the package needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceRequirement {
@@ -191,45 +153,11 @@ pub struct ResourceRequirement {
     pub line: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    Up,
-    Down,
-}
-
-impl Condition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::Up => "up",
-            Condition::Down => "down",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    SameNode,
-    DifferentNode,
-    AnyNode,
-    AllNodes,
-}
-
-impl Location {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Location::SameNode => "same_node",
-            Location::DifferentNode => "different_node",
-            Location::AnyNode => "any_node",
-            Location::AllNodes => "all_nodes",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct DependencyConfig {
     pub package: String,
-    pub condition: Condition,
-    pub location: Location,
+    pub condition: DependencyCondition,
+    pub location: DependencyLocation,
     /// Line of `package`.
     pub line: usize,
 }
@@ -250,7 +178,7 @@ pub struct PackageLines {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackageConfig {
     pub name: String,
-    pub kind: PackageType,
+    pub kind: PackageKind,
     /// In priority order; `["*"]` is resolved to the cluster's nodes.
     pub nodes: Vec<String>,
     /// True when written as `["*"]`.
@@ -350,9 +278,9 @@ pub fn load_package_text(
     }
 
     let kind = match raw.kind.get_ref().as_str() {
-        "failover" => PackageType::Failover,
-        "multi_node" => PackageType::MultiNode,
-        "system_multi_node" => PackageType::SystemMultiNode,
+        "failover" => PackageKind::Failover,
+        "multi_node" => PackageKind::MultiNode,
+        "system_multi_node" => PackageKind::SystemMultiNode,
         other => {
             err(
                 &mut errors,
@@ -361,7 +289,7 @@ pub fn load_package_text(
                     "type {other:?} is not one of \"failover\", \"multi_node\", \"system_multi_node\""
                 ),
             );
-            PackageType::Failover
+            PackageKind::Failover
         }
     };
 
@@ -373,7 +301,7 @@ pub fn load_package_text(
     let mut nodes = Vec::new();
     let mut all_nodes = false;
     match &raw.nodes {
-        None if kind == PackageType::SystemMultiNode => {
+        None if kind == PackageKind::SystemMultiNode => {
             all_nodes = true;
             nodes = cluster.nodes.clone();
             lines.nodes = vec![lines.name; nodes.len()];
@@ -402,7 +330,7 @@ pub fn load_package_text(
             lines.nodes = vec![line(list.span()); nodes.len()];
         }
         Some(list) => {
-            if kind == PackageType::SystemMultiNode {
+            if kind == PackageKind::SystemMultiNode {
                 err(
                     &mut errors,
                     list.span(),
@@ -433,7 +361,7 @@ pub fn load_package_text(
     }
 
     // Policies: only a failover package moves between nodes.
-    let moves = kind == PackageType::Failover;
+    let moves = kind == PackageKind::Failover;
     let failover_policy = match &raw.failover_policy {
         None => FailoverPolicy::ConfiguredNode,
         Some(p) => {
@@ -758,27 +686,27 @@ pub fn load_package_text(
             );
         }
         let condition = match &d.condition {
-            None => Condition::Up,
+            None => DependencyCondition::Up,
             Some(c) => match c.get_ref().as_str() {
-                "up" => Condition::Up,
-                "down" => Condition::Down,
+                "up" => DependencyCondition::Up,
+                "down" => DependencyCondition::Down,
                 o => {
                     err(
                         &mut errors,
                         c.span(),
                         format!("condition {o:?} is not one of \"up\", \"down\""),
                     );
-                    Condition::Up
+                    DependencyCondition::Up
                 }
             },
         };
         let location = match &d.location {
-            None => Location::SameNode,
+            None => DependencyLocation::SameNode,
             Some(l) => match l.get_ref().as_str() {
-                "same_node" => Location::SameNode,
-                "different_node" => Location::DifferentNode,
-                "any_node" => Location::AnyNode,
-                "all_nodes" => Location::AllNodes,
+                "same_node" => DependencyLocation::SameNode,
+                "different_node" => DependencyLocation::DifferentNode,
+                "any_node" => DependencyLocation::AnyNode,
+                "all_nodes" => DependencyLocation::AllNodes,
                 o => {
                     err(
                         &mut errors,
@@ -787,7 +715,7 @@ pub fn load_package_text(
                             "location {o:?} is not one of \"same_node\", \"different_node\", \"any_node\", \"all_nodes\""
                         ),
                     );
-                    Location::SameNode
+                    DependencyLocation::SameNode
                 }
             },
         };
@@ -839,6 +767,49 @@ fn resolve_program(mut argv: Vec<String>, dir: &Path) -> Vec<String> {
 /// Checks packages against each other, the cluster's nodes and the declared
 /// resources (`declared` answers whether some monitor declares a name).
 /// Errors come package by package, in the order given.
+impl PackageConfig {
+    /// What the placement engine needs of this package.
+    pub fn to_spec(&self) -> crate::placement::PackageSpec {
+        crate::placement::PackageSpec {
+            name: self.name.clone(),
+            kind: self.kind,
+            nodes: if self.all_nodes {
+                vec!["*".to_owned()]
+            } else {
+                self.nodes.clone()
+            },
+            failover_policy: self.failover_policy,
+            failback_policy: self.failback_policy,
+            auto_run: self.auto_run,
+            priority: self.priority,
+            resources: self
+                .resources
+                .iter()
+                .map(|r| crate::placement::ResourceRequirement {
+                    name: r.name.to_string(),
+                    evaluate: r.evaluate,
+                })
+                .collect(),
+            dependencies: self
+                .dependencies
+                .iter()
+                .map(|d| crate::placement::Dependency {
+                    package: d.package.clone(),
+                    condition: d.condition,
+                    location: d.location,
+                })
+                .collect(),
+            follow: self.follow.clone(),
+            avoid: self.avoid.clone(),
+        }
+    }
+
+    /// The requirement on `resource`, if the package has one.
+    pub fn requirement(&self, resource: &str) -> Option<&ResourceRequirement> {
+        self.resources.iter().find(|r| r.name.as_str() == resource)
+    }
+}
+
 pub fn check_packages(
     packages: &[PackageConfig],
     cluster_nodes: &[String],
@@ -910,12 +881,12 @@ pub fn check_packages(
                 continue;
             };
             match d.condition {
-                Condition::Down => {
+                DependencyCondition::Down => {
                     // Exclusion only works when both sides know about it:
                     // otherwise the other package could start onto this one.
                     let mutual = other.dependencies.iter().any(|o| {
                         o.package == p.name
-                            && o.condition == Condition::Down
+                            && o.condition == DependencyCondition::Down
                             && o.location == d.location
                     });
                     if !mutual {
@@ -942,7 +913,7 @@ pub fn check_packages(
                         ));
                     }
                 }
-                Condition::Up if d.location == Location::SameNode => {
+                DependencyCondition::Up if d.location == DependencyLocation::SameNode => {
                     if !p.nodes.iter().any(|n| other.nodes.contains(n)) {
                         errors.push(at(
                             p,
@@ -954,7 +925,7 @@ pub fn check_packages(
                         ));
                     }
                 }
-                Condition::Up => {}
+                DependencyCondition::Up => {}
             }
         }
     }
@@ -965,7 +936,7 @@ pub fn check_packages(
     let deps = |p: &PackageConfig| -> Vec<(String, usize)> {
         p.dependencies
             .iter()
-            .filter(|d| d.condition == Condition::Up)
+            .filter(|d| d.condition == DependencyCondition::Up)
             .map(|d| (d.package.clone(), d.line))
             .collect()
     };

@@ -33,6 +33,17 @@ pub enum FailoverPolicy {
     MinPackageNode,
 }
 
+impl PackageKind {
+    /// The name used in `packages.d/` (`failover`, `multi_node`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageKind::Failover => "failover",
+            PackageKind::MultiNode => "multi_node",
+            PackageKind::SystemMultiNode => "system_multi_node",
+        }
+    }
+}
+
 /// Whether a running failover package moves back to an earlier node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +93,26 @@ pub enum DependencyLocation {
     DifferentNode,
     AnyNode,
     AllNodes,
+}
+
+impl DependencyCondition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyCondition::Up => "up",
+            DependencyCondition::Down => "down",
+        }
+    }
+}
+
+impl DependencyLocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyLocation::SameNode => "same_node",
+            DependencyLocation::DifferentNode => "different_node",
+            DependencyLocation::AnyNode => "any_node",
+            DependencyLocation::AllNodes => "all_nodes",
+        }
+    }
 }
 
 /// One `[[dependency]]`: the package it belongs to (the dependent) may run on

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::config::package::{FailbackPolicy, FailoverPolicy, PackageLines, PackageType, Restarts};
+use crate::config::package::{FailbackPolicy, FailoverPolicy, PackageKind, PackageLines, Restarts};
 
 fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
@@ -11,7 +11,7 @@ fn sh(script: &str) -> Vec<String> {
 fn package(name: &str, run: &str, halt: &str, services: Vec<ServiceConfig>) -> PackageConfig {
     PackageConfig {
         name: name.into(),
-        kind: PackageType::Failover,
+        kind: PackageKind::Failover,
         nodes: vec!["node1".into()],
         all_nodes: false,
         failover_policy: FailoverPolicy::ConfiguredNode,
