@@ -15,8 +15,12 @@
 //! cluster: that is the host's job.
 
 pub mod abi;
+// `events` and `mountinfo` wait on file descriptors, so they are Unix only;
+// the rest of the SDK builds anywhere.
+#[cfg(unix)]
 pub mod events;
 pub mod monitor;
+#[cfg(unix)]
 pub mod mountinfo;
 pub mod nagios;
 pub mod proto;
