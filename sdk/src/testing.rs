@@ -43,8 +43,11 @@
 //!     .check::<Flag>();
 //! assert_eq!(report.polled[0].name.as_str(), "/example/flag/a");
 //! ```
+//!
+//! For a monitor's own event tests, [`PushCollector`] is a sink that keeps
+//! what is pushed and waits for the sample a real change should bring.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::abi::{AbiInstance, VigilMonitorVtable};
@@ -208,6 +211,99 @@ impl Conformance {
     }
 }
 
+/// A sink for tests that keeps every pushed sample and lets the test wait for
+/// one: hand [`PushCollector::sink`] to `Monitor::start`, make a real change,
+/// then [`PushCollector::wait_for`] the sample it should bring.
+///
+/// Waits read the pushes in order, like a channel: each one looks only at
+/// samples pushed after those an earlier wait went through, so waiting for
+/// `down` and then `up` proves they came in that order.
+#[derive(Debug, Clone, Default)]
+pub struct PushCollector {
+    shared: Arc<(Mutex<Pushed>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct Pushed {
+    samples: Vec<Sample>,
+    /// Where the next wait starts reading.
+    next: usize,
+}
+
+impl PushCollector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A sink that records into this collector.
+    pub fn sink(&self) -> SampleSink {
+        let shared = Arc::clone(&self.shared);
+        SampleSink::new(move |samples: &[Sample]| {
+            let (pushed, arrived) = &*shared;
+            pushed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .samples
+                .extend_from_slice(samples);
+            arrived.notify_all();
+        })
+    }
+
+    /// Waits up to `within` for a pushed sample of `name` that satisfies
+    /// `want`, and returns it with how long the wait took. Panics, listing
+    /// what was pushed, when none comes in time.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        within: Duration,
+        want: impl Fn(&Sample) -> bool,
+    ) -> (Sample, Duration) {
+        let started = Instant::now();
+        let (pushed, arrived) = &*self.shared;
+        let mut guard = pushed.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            while guard.next < guard.samples.len() {
+                let index = guard.next;
+                guard.next += 1;
+                let sample = &guard.samples[index];
+                if sample.name.as_str() == name && want(sample) {
+                    return (sample.clone(), started.elapsed());
+                }
+            }
+            let left = within.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                let seen: Vec<String> = guard.samples.iter().map(describe).collect();
+                panic!("no pushed sample of {name} as wanted within {within:?}; pushed: {seen:#?}");
+            }
+            guard = arrived
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Every sample pushed so far, in order.
+    pub fn all(&self) -> Vec<Sample> {
+        let (pushed, _) = &*self.shared;
+        pushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .samples
+            .clone()
+    }
+}
+
+fn describe(sample: &Sample) -> String {
+    let value = sample
+        .value
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+    match &sample.reason {
+        Some(reason) => format!("{} = {value} ({reason})", sample.name),
+        None => format!("{} = {value}", sample.name),
+    }
+}
+
 /// Panics unless `sample` is valid and matches one of `declared`.
 pub fn assert_declared(declared: &[ResourcePattern], sample: &Sample) {
     if let Err(e) = sample.validate() {
@@ -230,17 +326,8 @@ fn collect_pushes(
     start: impl FnOnce(SampleSink) -> Result<(), String>,
     stop: impl FnOnce(),
 ) -> Vec<Sample> {
-    let pushed: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let sink = {
-        let pushed = Arc::clone(&pushed);
-        SampleSink::new(move |samples: &[Sample]| {
-            pushed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(samples);
-        })
-    };
-    if let Err(e) = start(sink) {
+    let pushed = PushCollector::new();
+    if let Err(e) = start(pushed.sink()) {
         panic!("conformance: start failed: {e}");
     }
     if let Some(trigger) = run.during_events {
@@ -254,13 +341,59 @@ fn collect_pushes(
         stop_time < Duration::from_secs(2),
         "conformance: stop took {stop_time:?}"
     );
-    let at_stop = pushed.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let at_stop = pushed.all().len();
     std::thread::sleep(Duration::from_millis(50));
-    let after = pushed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let after = pushed.all();
     assert_eq!(
         after.len(),
         at_stop,
         "conformance: samples pushed after stop returned"
     );
     after
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::ResourceName;
+
+    fn sample(name: &str, value: &str) -> Sample {
+        // Test names are written valid.
+        Sample::text(ResourceName::new(name).expect("valid name"), value)
+    }
+
+    fn text(sample: &Sample) -> Option<&str> {
+        sample.value.as_ref().and_then(|v| v.as_text())
+    }
+
+    #[test]
+    fn waits_read_pushes_in_order() {
+        let collector = PushCollector::new();
+        let sink = collector.sink();
+        sink.push(&[sample("/t/a", "up"), sample("/t/b", "up")]);
+        sink.push(&[sample("/t/a", "down")]);
+        let within = Duration::from_secs(10);
+        let (down, _) = collector.wait_for("/t/a", within, |s| text(s) == Some("down"));
+        assert_eq!(text(&down), Some("down"));
+        let pusher =
+            std::thread::spawn(move || sink.push(&[sample("/t/a", "up").with_reason("again")]));
+        // The earlier "up" was read past on the way to "down": only the
+        // later push can satisfy this wait.
+        let (up, _) = collector.wait_for("/t/a", within, |s| text(s) == Some("up"));
+        assert_eq!(up.reason.as_deref(), Some("again"));
+        pusher.join().expect("pusher");
+        assert_eq!(collector.all().len(), 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "no pushed sample of /t/a as wanted")]
+    fn a_wait_that_is_never_satisfied_panics_naming_the_resource() {
+        let collector = PushCollector::new();
+        collector
+            .sink()
+            .push(&[sample("/t/a", "up"), sample("/t/b", "down")]);
+        collector.wait_for("/t/a", Duration::from_millis(50), |s| {
+            text(s) == Some("down")
+        });
+    }
 }

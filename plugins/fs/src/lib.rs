@@ -4,9 +4,10 @@
 //! is a mount point mounted read-write, else `down` with why).
 //!
 //! Mount, remount and umount are pushed as they happen: a thread started in
-//! [`Monitor::start`] waits for `POLLPRI` on `/proc/self/mountinfo`, which
-//! the kernel raises on every change to the mount table. Usage numbers are
-//! read on polls only; the kernel has no event for "the disk filled up".
+//! [`Monitor::start`] waits for `POLLPRI` on `/proc/self/mountinfo` (the
+//! SDK's [`MountWatch`]), which the kernel raises on every change to the
+//! mount table. Usage numbers are read on polls only; the kernel has no
+//! event for "the disk filled up".
 //!
 //! This monitor does not judge thresholds (that is a package's `[[resource]]`
 //! criterion) and does not mount or repair anything.
@@ -18,24 +19,19 @@
 //! rather than refusing to start. A path that does not exist at all is
 //! refused, since it is almost certainly a typo.
 
-pub mod mountinfo;
 pub mod usage;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{PipeReader, PipeWriter};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Deserialize;
+use vigil_sdk::events::{EventThread, StopSignal};
+use vigil_sdk::mountinfo::{self, MountState, MountWatch};
 use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink};
 
-use crate::mountinfo::MountState;
 use crate::usage::{FsStats, Usage};
 
 /// Why the params were refused.
@@ -174,14 +170,7 @@ pub struct FsMonitor {
     /// can block it for minutes); no second one is started for that mount
     /// until it returns.
     pending: BTreeMap<usize, mpsc::Receiver<StatResult>>,
-    watcher: Option<Watcher>,
-}
-
-#[derive(Debug)]
-struct Watcher {
-    /// Dropping it wakes the thread (its poll sees the pipe hang up).
-    stop: PipeWriter,
-    thread: JoinHandle<()>,
+    watcher: Option<EventThread>,
 }
 
 impl FsMonitor {
@@ -283,37 +272,30 @@ impl Monitor for FsMonitor {
         // Opened here, before start returns, so that no change made after
         // start is missed: the kernel compares against the table's event
         // counter as of this open.
-        let mountinfo = File::open(mountinfo::MOUNTINFO)
+        let mounts = MountWatch::open()
             .map_err(|e| MonitorError::new(format!("cannot open {}: {e}", mountinfo::MOUNTINFO)))?;
-        let (stop_reader, stop) =
-            std::io::pipe().map_err(|e| MonitorError::new(format!("cannot create pipe: {e}")))?;
         let instances = self.instances.clone();
-        let thread = std::thread::Builder::new()
-            .name("vigil-fs-mounts".into())
-            .spawn(move || watch_mounts(&instances, &mountinfo, &stop_reader, &sink))
-            .map_err(|e| MonitorError::new(format!("cannot start mount watcher: {e}")))?;
-        self.watcher = Some(Watcher { stop, thread });
+        let thread = EventThread::spawn("vigil-fs-mounts", move |stop: &StopSignal| {
+            watch_mounts(&instances, &mounts, stop, &sink);
+        })
+        .map_err(|e| MonitorError::new(format!("cannot start mount watcher: {e}")))?;
+        self.watcher = Some(thread);
         Ok(())
     }
 
     fn stop(&mut self) {
-        if let Some(Watcher { stop, thread }) = self.watcher.take() {
-            drop(stop);
-            let _ = thread.join();
+        // Dropping the event thread (here or with the monitor) stops and
+        // joins it.
+        if let Some(thread) = self.watcher.take() {
+            thread.stop();
         }
-    }
-}
-
-impl Drop for FsMonitor {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
 /// Pushes the status of every instance once, then again for each instance
 /// whose state changed, whenever the mount table changes; returns when
-/// `stop` hangs up.
-fn watch_mounts(instances: &[Instance], mountinfo: &File, stop: &PipeReader, sink: &SampleSink) {
+/// `stop` is signalled.
+fn watch_mounts(instances: &[Instance], mounts: &MountWatch, stop: &StopSignal, sink: &SampleSink) {
     let mut last: Vec<Option<MountState>> = vec![None; instances.len()];
     let push_changes = |last: &mut [Option<MountState>]| match mountinfo::read() {
         Ok(table) => {
@@ -339,13 +321,13 @@ fn watch_mounts(instances: &[Instance], mountinfo: &File, stop: &PipeReader, sin
     };
     push_changes(&mut last);
     loop {
-        let mut fds = [
-            PollFd::new(mountinfo.as_fd(), PollFlags::POLLPRI),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
+        match stop.wait(&[mounts.watch()], None) {
+            Ok(None) => return,
+            Ok(Some(ready)) => {
+                if ready[0] {
+                    push_changes(&mut last);
+                }
+            }
             Err(e) => {
                 let reason = format!("mount event watch failed: {e}");
                 let unknown: Vec<_> = instances
@@ -355,13 +337,6 @@ fn watch_mounts(instances: &[Instance], mountinfo: &File, stop: &PipeReader, sin
                 sink.push(&unknown);
                 return;
             }
-        }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        let changed = PollFlags::POLLPRI | PollFlags::POLLERR;
-        if fds[0].revents().is_some_and(|r| r.intersects(changed)) {
-            push_changes(&mut last);
         }
     }
 }

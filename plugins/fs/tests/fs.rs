@@ -3,14 +3,13 @@
 //! changes arriving as pushed samples.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
 use serde_json::json;
 use vigil_fs::FsMonitor;
-use vigil_sdk::testing::Conformance;
-use vigil_sdk::{Monitor, Sample, SampleSink};
+use vigil_sdk::testing::{Conformance, PushCollector};
+use vigil_sdk::{Monitor, Sample};
 
 /// True when the test may go on; panics when it lacks root, unless the
 /// person running it asked to skip privileged tests.
@@ -70,38 +69,8 @@ impl Drop for Tmpfs {
     }
 }
 
-fn channel_sink() -> (SampleSink, mpsc::Receiver<Sample>) {
-    let (sender, receiver) = mpsc::channel();
-    let sender = std::sync::Mutex::new(sender);
-    let sink = SampleSink::new(move |samples: &[Sample]| {
-        let sender = sender.lock().unwrap_or_else(|p| p.into_inner());
-        for sample in samples {
-            let _ = sender.send(sample.clone());
-        }
-    });
-    (sink, receiver)
-}
-
-/// Waits up to 10 s for a pushed sample of `name` that satisfies `want`;
-/// returns it and how long it took.
-fn wait_pushed(
-    receiver: &mpsc::Receiver<Sample>,
-    name: &str,
-    want: impl Fn(&Sample) -> bool,
-) -> (Sample, Duration) {
-    let started = Instant::now();
-    let limit = started + Duration::from_secs(10);
-    loop {
-        let left = limit.saturating_duration_since(Instant::now());
-        match receiver.recv_timeout(left) {
-            Ok(sample) if sample.name.as_str() == name && want(&sample) => {
-                return (sample, started.elapsed());
-            }
-            Ok(_) => {}
-            Err(_) => panic!("no pushed sample of {name} as wanted within 10 s"),
-        }
-    }
-}
+/// How long a mount change may take to be pushed.
+const PUSH_WAIT: Duration = Duration::from_secs(10);
 
 fn find<'a>(samples: &'a [Sample], name: &str) -> &'a Sample {
     samples
@@ -228,10 +197,10 @@ fn tmpfs_fill_remount_read_only_and_unmount() {
     let tmpfs = Tmpfs::mount("cycle", "size=1m,nr_inodes=64");
     let mut monitor =
         FsMonitor::configure(json!({"mounts": {"scratch": tmpfs.dir}})).expect("configure");
-    let (sink, pushed) = channel_sink();
-    monitor.start(sink).expect("start");
+    let pushed = PushCollector::new();
+    monitor.start(pushed.sink()).expect("start");
     let status = "/fs/scratch/status";
-    wait_pushed(&pushed, status, |s| text(s) == Some("up"));
+    pushed.wait_for(status, PUSH_WAIT, |s| text(s) == Some("up"));
 
     let samples = poll(&mut monitor);
     assert_eq!(text(find(&samples, status)), Some("up"));
@@ -268,7 +237,7 @@ fn tmpfs_fill_remount_read_only_and_unmount() {
     assert!(emptied < 10.0, "emptied tmpfs used {emptied}%");
 
     tmpfs.remount(MsFlags::MS_RDONLY);
-    let (sample, took) = wait_pushed(&pushed, status, |s| text(s) == Some("down"));
+    let (sample, took) = pushed.wait_for(status, PUSH_WAIT, |s| text(s) == Some("down"));
     eprintln!("fs: read-only remount pushed after {took:?}");
     assert!(
         sample
@@ -279,11 +248,11 @@ fn tmpfs_fill_remount_read_only_and_unmount() {
     );
 
     tmpfs.remount(MsFlags::empty());
-    let (_, took) = wait_pushed(&pushed, status, |s| text(s) == Some("up"));
+    let (_, took) = pushed.wait_for(status, PUSH_WAIT, |s| text(s) == Some("up"));
     eprintln!("fs: read-write remount pushed after {took:?}");
 
     tmpfs.unmount();
-    let (sample, took) = wait_pushed(&pushed, status, |s| text(s) == Some("down"));
+    let (sample, took) = pushed.wait_for(status, PUSH_WAIT, |s| text(s) == Some("down"));
     eprintln!("fs: umount pushed after {took:?}");
     assert!(
         sample
@@ -302,7 +271,7 @@ fn tmpfs_fill_remount_read_only_and_unmount() {
     eprintln!("fs: stop took {:?}", stopping.elapsed());
     drop(tmpfs);
     assert!(
-        pushed.try_iter().all(|s| s.name.as_str() == status),
+        pushed.all().iter().all(|s| s.name.as_str() == status),
         "only status is pushed"
     );
 }

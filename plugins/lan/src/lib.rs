@@ -21,7 +21,9 @@ use vigil_sdk::{
     Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink, encode_segment,
 };
 
-use crate::links::{EventThread, Selection};
+use vigil_sdk::events::EventThread;
+
+use crate::links::Selection;
 use crate::params::{LanParams, Target};
 use crate::reach::{Hysteresis, Verdict};
 
@@ -157,20 +159,16 @@ impl Monitor for LanMonitor {
 
     fn start(&mut self, sink: SampleSink) -> Result<(), MonitorError> {
         self.stop();
-        self.events = Some(EventThread::start(self.selection.clone(), sink)?);
+        self.events = Some(links::start_events(self.selection.clone(), sink)?);
         Ok(())
     }
 
     fn stop(&mut self) {
+        // Dropping the event thread (here or with the monitor) stops and
+        // joins it.
         if let Some(events) = self.events.take() {
             events.stop();
         }
-    }
-}
-
-impl Drop for LanMonitor {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

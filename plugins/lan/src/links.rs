@@ -1,20 +1,19 @@
 //! Which links the monitor watches, how a link becomes a sample, and the
 //! event thread that pushes link changes as they happen.
 //!
-//! The thread blocks in `poll(2)` on the rtnetlink socket and an eventfd; it
-//! does no periodic work, so a link change reaches the sink within the time
-//! it takes the kernel to send one message. It pushes only changes (the
+//! The thread (the SDK's [`EventThread`]) blocks in `poll(2)` on the
+//! rtnetlink socket and its stop signal; it does no periodic work, so a link
+//! change reaches the sink within the time it takes the kernel to send one
+//! message. It pushes only changes (the
 //! kernel also sends `RTM_NEWLINK` for MTU, statistics and other updates).
 //! After a socket overrun (`ENOBUFS`) it re-reads every link instead of
 //! guessing what it missed.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use vigil_sdk::events::{EventThread, StopSignal, Watch};
 use vigil_sdk::{ResourceName, ResourcePattern, Sample, SampleSink, encode_segment};
 
 use crate::netlink::{self, Link, LinkEvent, LinkStatus};
@@ -181,24 +180,6 @@ impl Tracker {
     }
 }
 
-/// The running event thread; dropping it without [`EventThread::stop`] leaves
-/// the thread running, so the monitor always stops it.
-#[derive(Debug)]
-pub struct EventThread {
-    wake: Arc<OwnedFd>,
-    handle: JoinHandle<()>,
-}
-
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain eventfd(2) call; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is fresh and owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Bound on a full link dump inside the event thread, which cannot see the
 /// wake-up while it waits for the dump; keeps `stop` prompt.
 const RESYNC_DEADLINE: Duration = Duration::from_secs(1);
@@ -206,73 +187,27 @@ const RESYNC_DEADLINE: Duration = Duration::from_secs(1);
 /// How long the thread waits before re-opening a failed netlink socket.
 const RETRY: Duration = Duration::from_secs(1);
 
-impl EventThread {
-    /// Subscribes in the caller's network namespace (so an error is reported
-    /// to the caller), then watches on a new thread.
-    pub fn start(selection: Selection, sink: SampleSink) -> Result<Self, String> {
-        let socket = netlink::subscribe().map_err(|e| format!("cannot watch link events: {e}"))?;
-        let wake = Arc::new(eventfd().map_err(|e| format!("cannot create eventfd: {e}"))?);
-        let thread_wake = Arc::clone(&wake);
-        let handle = std::thread::Builder::new()
-            .name("vigil-lan-links".into())
-            .spawn(move || watch(selection, socket, &thread_wake, &sink))
-            .map_err(|e| format!("cannot start the link event thread: {e}"))?;
-        Ok(Self { wake, handle })
-    }
-
-    /// Wakes the thread and joins it; it never pushes after this returns.
-    pub fn stop(self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 readable bytes to a valid eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        // A panic in the thread has already been reported through its
-        // missing samples; there is nothing more to do with it here.
-        let _ = self.handle.join();
-    }
+/// Subscribes in the caller's network namespace (so an error is reported to
+/// the caller), then watches on a new thread, which inherits that namespace.
+/// Stopping or dropping the returned thread joins it; it never pushes after
+/// that returns.
+pub fn start_events(selection: Selection, sink: SampleSink) -> Result<EventThread, String> {
+    let socket = netlink::subscribe().map_err(|e| format!("cannot watch link events: {e}"))?;
+    EventThread::spawn("vigil-lan-links", move |stop: &StopSignal| {
+        watch(selection, socket, stop, &sink);
+    })
+    .map_err(|e| format!("cannot start the link event thread: {e}"))
 }
 
-enum Wait {
-    Readable,
-    Woken,
-    TimedOut,
-}
-
-/// Waits for `fd` (when given) or the wake eventfd.
-fn wait(fd: Option<&OwnedFd>, wake: &OwnedFd, timeout: Option<Duration>) -> Wait {
-    let mut fds = [
-        libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: fd.map_or(-1, |f| f.as_raw_fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    // SAFETY: two valid pollfds (a negative fd is ignored by poll).
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
-    if fds[0].revents != 0 {
-        Wait::Woken
-    } else if rc > 0 {
-        Wait::Readable
-    } else {
-        // Timeouts and EINTR both lead back to the caller's loop.
-        Wait::TimedOut
-    }
-}
-
-fn watch(selection: Selection, socket: OwnedFd, wake: &OwnedFd, sink: &SampleSink) {
+fn watch(selection: Selection, socket: OwnedFd, stop: &StopSignal, sink: &SampleSink) {
     let mut tracker = Tracker::new(selection.clone());
     let mut socket = Some(socket);
     loop {
         let result = match socket.take() {
-            Some(fd) => session(&mut tracker, fd, wake, sink),
+            Some(fd) => session(&mut tracker, fd, stop, sink),
             None => netlink::subscribe()
                 .map_err(|e| e.to_string())
-                .and_then(|fd| session(&mut tracker, fd, wake, sink)),
+                .and_then(|fd| session(&mut tracker, fd, stop, sink)),
         };
         let reason = match result {
             Ok(()) => return,
@@ -287,17 +222,17 @@ fn watch(selection: Selection, socket: OwnedFd, wake: &OwnedFd, sink: &SampleSin
             .collect();
         tracker.pushed.clear();
         sink.push(&unknown);
-        if let Wait::Woken = wait(None, wake, Some(RETRY)) {
+        if stop.sleep(RETRY) {
             return;
         }
     }
 }
 
-/// Watches until woken (`Ok`) or the socket fails (`Err`).
+/// Watches until stopped (`Ok`) or the socket fails (`Err`).
 fn session(
     tracker: &mut Tracker,
     socket: OwnedFd,
-    wake: &OwnedFd,
+    stop: &StopSignal,
     sink: &SampleSink,
 ) -> Result<(), String> {
     let resync = |tracker: &mut Tracker| -> Result<(), String> {
@@ -309,10 +244,10 @@ fn session(
     resync(tracker)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match wait(Some(&socket), wake, None) {
-            Wait::Woken => return Ok(()),
-            Wait::TimedOut => continue,
-            Wait::Readable => {}
+        match stop.wait(&[Watch::readable(socket.as_fd())], None) {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(format!("poll: {e}")),
         }
         loop {
             match netlink::recv(&socket, &mut buf) {

@@ -20,16 +20,13 @@
 pub mod sysvipc;
 
 use std::collections::BTreeMap;
-use std::io::{PipeReader, PipeWriter};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::Deserialize;
+use vigil_sdk::events::{EventThread, StopSignal, Watch};
 use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink};
 
 use crate::sysvipc::{SysvError, SysvTable};
@@ -184,14 +181,7 @@ impl SysvSegment {
 pub struct ShmMonitor {
     posix: Vec<PosixSegment>,
     sysv: Vec<SysvSegment>,
-    watcher: Option<Watcher>,
-}
-
-#[derive(Debug)]
-struct Watcher {
-    /// Dropping it wakes the thread (its poll sees the pipe hang up).
-    stop: PipeWriter,
-    thread: JoinHandle<()>,
+    watcher: Option<EventThread>,
 }
 
 impl ShmMonitor {
@@ -268,29 +258,22 @@ impl Monitor for ShmMonitor {
         } else {
             watch_posix_dir()
         };
-        let (stop_reader, stop) =
-            std::io::pipe().map_err(|e| MonitorError::new(format!("cannot create pipe: {e}")))?;
         let posix = self.posix.clone();
         let sysv = self.sysv.clone();
-        let thread = std::thread::Builder::new()
-            .name("vigil-shm-events".into())
-            .spawn(move || watch(&posix, &sysv, inotify.as_ref(), &stop_reader, &sink))
-            .map_err(|e| MonitorError::new(format!("cannot start shm watcher: {e}")))?;
-        self.watcher = Some(Watcher { stop, thread });
+        let thread = EventThread::spawn("vigil-shm-events", move |stop: &StopSignal| {
+            watch(&posix, &sysv, inotify.as_ref(), stop, &sink);
+        })
+        .map_err(|e| MonitorError::new(format!("cannot start shm watcher: {e}")))?;
+        self.watcher = Some(thread);
         Ok(())
     }
 
     fn stop(&mut self) {
-        if let Some(Watcher { stop, thread }) = self.watcher.take() {
-            drop(stop);
-            let _ = thread.join();
+        // Dropping the event thread (here or with the monitor) stops and
+        // joins it.
+        if let Some(thread) = self.watcher.take() {
+            thread.stop();
         }
-    }
-}
-
-impl Drop for ShmMonitor {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -309,12 +292,12 @@ fn watch_posix_dir() -> Option<Inotify> {
 }
 
 /// Pushes every sample once, then each one whose value changed, on inotify
-/// events and on the [`SYSV_PERIOD`] tick; returns when `stop` hangs up.
+/// events and on the [`SYSV_PERIOD`] tick; returns when `stop` is signalled.
 fn watch(
     posix: &[PosixSegment],
     sysv: &[SysvSegment],
     inotify: Option<&Inotify>,
-    stop: &PipeReader,
+    stop: &StopSignal,
     sink: &SampleSink,
 ) {
     let mut last: BTreeMap<ResourceName, (Option<vigil_sdk::Value>, Option<String>)> =
@@ -331,20 +314,15 @@ fn watch(
     };
     push_changes(ShmMonitor::snapshot(posix, sysv));
     let tick = !sysv.is_empty() || (inotify.is_none() && !posix.is_empty());
-    let timeout = if tick {
-        // 200 ms always fits in a u16 of milliseconds.
-        PollTimeout::from(SYSV_PERIOD.as_millis() as u16)
-    } else {
-        PollTimeout::NONE
-    };
+    let timeout = tick.then_some(SYSV_PERIOD);
     loop {
-        let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
-        if let Some(inotify) = inotify {
-            fds.push(PollFd::new(inotify.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
+        let watches: Vec<Watch> = inotify
+            .iter()
+            .map(|inotify| Watch::readable(inotify.as_fd()))
+            .collect();
+        let ready = match stop.wait(&watches, timeout) {
+            Ok(None) => return,
+            Ok(Some(ready)) => ready,
             Err(e) => {
                 let reason = format!("shm event watch failed: {e}");
                 let names = posix.iter().map(|p| &p.present);
@@ -356,14 +334,8 @@ fn watch(
                 );
                 return;
             }
-        }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        let posix_event = fds
-            .get(1)
-            .and_then(PollFd::revents)
-            .is_some_and(|r| !r.is_empty());
+        };
+        let posix_event = ready.first().copied().unwrap_or(false);
         if posix_event && let Some(inotify) = inotify {
             // The names in the events are not needed: every watched name is
             // re-checked, which also covers a queue overflow.

@@ -2,44 +2,20 @@
 //! unlinked, a System V segment created, attached, detached and removed,
 //! with the changes arriving as pushed samples.
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use serde_json::json;
-use vigil_sdk::testing::Conformance;
-use vigil_sdk::{Monitor, Sample, SampleSink};
+use vigil_sdk::testing::{Conformance, PushCollector};
+use vigil_sdk::{Monitor, Sample};
 use vigil_shm::ShmMonitor;
 
-fn channel_sink() -> (SampleSink, mpsc::Receiver<Sample>) {
-    let (sender, receiver) = mpsc::channel();
-    let sender = std::sync::Mutex::new(sender);
-    let sink = SampleSink::new(move |samples: &[Sample]| {
-        let sender = sender.lock().unwrap_or_else(|p| p.into_inner());
-        for sample in samples {
-            let _ = sender.send(sample.clone());
-        }
-    });
-    (sink, receiver)
-}
-
 /// Waits up to 10 s for a pushed sample of `name` whose value reads `want`.
-fn wait_pushed(receiver: &mpsc::Receiver<Sample>, name: &str, want: &str) -> (Sample, Duration) {
-    let started = Instant::now();
-    let limit = started + Duration::from_secs(10);
-    loop {
-        match receiver.recv_timeout(limit.saturating_duration_since(Instant::now())) {
-            Ok(s)
-                if s.name.as_str() == name
-                    && s.value.as_ref().map(|v| v.to_string()).as_deref() == Some(want) =>
-            {
-                return (s, started.elapsed());
-            }
-            Ok(_) => {}
-            Err(_) => panic!("no pushed sample {name} = {want} within 10 s"),
-        }
-    }
+fn wait_pushed(pushed: &PushCollector, name: &str, want: &str) -> (Sample, Duration) {
+    pushed.wait_for(name, Duration::from_secs(10), |s| {
+        s.value.as_ref().map(|v| v.to_string()).as_deref() == Some(want)
+    })
 }
 
 fn value_of(samples: &[Sample], name: &str) -> String {
@@ -247,8 +223,8 @@ fn posix_segment_created_and_unlinked_is_pushed() {
     let resource = format!("/shm/posix/{name}/present");
     let mut monitor =
         ShmMonitor::configure(json!({"posix": [format!("/{name}")]})).expect("configure");
-    let (sink, pushed) = channel_sink();
-    monitor.start(sink).expect("start");
+    let pushed = PushCollector::new();
+    monitor.start(pushed.sink()).expect("start");
     wait_pushed(&pushed, &resource, "no");
 
     let segment = PosixSegment::create(&format!("/{name}"));
@@ -273,8 +249,8 @@ fn sysv_segment_attach_detach_remove_is_pushed() {
     let mut monitor =
         ShmMonitor::configure(json!({"sysv": [hex.to_uppercase().replace("0X", "0x")]}))
             .expect("configure");
-    let (sink, pushed) = channel_sink();
-    monitor.start(sink).expect("start");
+    let pushed = PushCollector::new();
+    monitor.start(pushed.sink()).expect("start");
     wait_pushed(&pushed, &present, "no");
 
     let segment = SysvSegment::create(key);

@@ -9,7 +9,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::mountinfo::{self, MountEntry};
+use vigil_sdk::mountinfo::{self, MountEntry};
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq)]

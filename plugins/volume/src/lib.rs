@@ -26,25 +26,21 @@
 
 pub mod health;
 pub mod lvm;
-pub mod mountinfo;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{PipeReader, PipeWriter};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Deserialize;
+use vigil_sdk::events::{EventThread, StopSignal, Watch};
+use vigil_sdk::mountinfo::{self, MountEntry, MountWatch};
 use vigil_sdk::{Monitor, MonitorError, ResourceName, ResourcePattern, Sample, SampleSink, Value};
 
 use crate::health::Health;
 use crate::lvm::{LvRecord, LvmError, VgRecord};
-use crate::mountinfo::MountEntry;
 
 /// How often the event thread re-checks devices, mounts and md arrays
 /// even without an event.
@@ -291,14 +287,7 @@ type LvmCache = Arc<Mutex<Vec<Option<Vec<Health>>>>>;
 pub struct VolumeMonitor {
     volumes: Arc<Vec<Volume>>,
     lvm_cache: LvmCache,
-    watcher: Option<Watcher>,
-}
-
-#[derive(Debug)]
-struct Watcher {
-    /// Dropping it wakes the thread (its poll sees the pipe hang up).
-    stop: PipeWriter,
-    thread: JoinHandle<()>,
+    watcher: Option<EventThread>,
 }
 
 impl VolumeMonitor {
@@ -359,41 +348,25 @@ impl Monitor for VolumeMonitor {
         }
         // Opened before start returns so that no later mount change is
         // missed (the kernel compares against the table as of this open).
-        let mounts = File::open(mountinfo::MOUNTINFO)
+        let mounts = MountWatch::open()
             .map_err(|e| MonitorError::new(format!("cannot open {}: {e}", mountinfo::MOUNTINFO)))?;
         let uevents = uevent_socket();
-        let (stop_reader, stop) =
-            std::io::pipe().map_err(|e| MonitorError::new(format!("cannot create pipe: {e}")))?;
         let volumes = Arc::clone(&self.volumes);
         let cache = Arc::clone(&self.lvm_cache);
-        let thread = std::thread::Builder::new()
-            .name("vigil-volume-events".into())
-            .spawn(move || {
-                watch(
-                    &volumes,
-                    &cache,
-                    &mounts,
-                    uevents.as_ref(),
-                    &stop_reader,
-                    &sink,
-                );
-            })
-            .map_err(|e| MonitorError::new(format!("cannot start volume watcher: {e}")))?;
-        self.watcher = Some(Watcher { stop, thread });
+        let thread = EventThread::spawn("vigil-volume-events", move |stop: &StopSignal| {
+            watch(&volumes, &cache, &mounts, uevents.as_ref(), stop, &sink);
+        })
+        .map_err(|e| MonitorError::new(format!("cannot start volume watcher: {e}")))?;
+        self.watcher = Some(thread);
         Ok(())
     }
 
     fn stop(&mut self) {
-        if let Some(Watcher { stop, thread }) = self.watcher.take() {
-            drop(stop);
-            let _ = thread.join();
+        // Dropping the event thread (here or with the monitor) stops and
+        // joins it.
+        if let Some(thread) = self.watcher.take() {
+            thread.stop();
         }
-    }
-}
-
-impl Drop for VolumeMonitor {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -435,14 +408,14 @@ fn drain_uevents(fd: &OwnedFd) {
 }
 
 /// Pushes each volume's status once, then whenever it changes; returns when
-/// `stop` hangs up. Volumes with LVM checks are pushed only once a poll has
+/// `stop` is signalled. Volumes with LVM checks are pushed only once a poll has
 /// produced an LVM verdict for them.
 fn watch(
     volumes: &[Volume],
     cache: &Mutex<Vec<Option<Vec<Health>>>>,
-    mounts: &File,
+    mounts: &MountWatch,
     uevents: Option<&OwnedFd>,
-    stop: &PipeReader,
+    stop: &StopSignal,
     sink: &SampleSink,
 ) {
     let mut last: Vec<Option<(Option<Value>, Option<String>)>> = vec![None; volumes.len()];
@@ -467,18 +440,14 @@ fn watch(
         sink.push(&changed);
     };
     recheck(&mut last);
-    let period = PollTimeout::try_from(RECHECK_PERIOD).unwrap_or(PollTimeout::NONE);
     loop {
-        let mut fds = vec![
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-            PollFd::new(mounts.as_fd(), PollFlags::POLLPRI),
-        ];
+        let mut watches = vec![mounts.watch()];
         if let Some(uevents) = uevents {
-            fds.push(PollFd::new(uevents.as_fd(), PollFlags::POLLIN));
+            watches.push(Watch::readable(uevents.as_fd()));
         }
-        match poll(&mut fds, period) {
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
+        let ready = match stop.wait(&watches, Some(RECHECK_PERIOD)) {
+            Ok(None) => return,
+            Ok(Some(ready)) => ready,
             Err(e) => {
                 let reason = format!("volume event watch failed: {e}");
                 let unknown: Vec<_> = volumes
@@ -488,15 +457,9 @@ fn watch(
                 sink.push(&unknown);
                 return;
             }
-        }
-        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
+        };
         if let Some(uevents) = uevents
-            && fds
-                .get(2)
-                .and_then(PollFd::revents)
-                .is_some_and(|r| !r.is_empty())
+            && ready.get(1).copied().unwrap_or(false)
         {
             drain_uevents(uevents);
         }

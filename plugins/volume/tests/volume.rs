@@ -4,13 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
 use serde_json::json;
-use vigil_sdk::testing::Conformance;
-use vigil_sdk::{Monitor, Sample, SampleSink};
+use vigil_sdk::testing::{Conformance, PushCollector};
+use vigil_sdk::{Monitor, Sample};
 use vigil_volume::VolumeMonitor;
 
 /// True when the test may go on: root, `/dev/loop-control` and `tools`
@@ -187,18 +186,6 @@ impl Drop for VolumeGroup {
     }
 }
 
-fn channel_sink() -> (SampleSink, mpsc::Receiver<Sample>) {
-    let (sender, receiver) = mpsc::channel();
-    let sender = std::sync::Mutex::new(sender);
-    let sink = SampleSink::new(move |samples: &[Sample]| {
-        let sender = sender.lock().unwrap_or_else(|p| p.into_inner());
-        for sample in samples {
-            let _ = sender.send(sample.clone());
-        }
-    });
-    (sink, receiver)
-}
-
 fn status_of(sample: &Sample) -> &str {
     sample
         .value
@@ -208,18 +195,8 @@ fn status_of(sample: &Sample) -> &str {
 }
 
 /// Waits up to 10 s for a pushed status of `name` reading `want`.
-fn wait_pushed(receiver: &mpsc::Receiver<Sample>, name: &str, want: &str) -> (Sample, Duration) {
-    let started = Instant::now();
-    let limit = started + Duration::from_secs(10);
-    loop {
-        match receiver.recv_timeout(limit.saturating_duration_since(Instant::now())) {
-            Ok(s) if s.name.as_str() == name && status_of(&s) == want => {
-                return (s, started.elapsed());
-            }
-            Ok(_) => {}
-            Err(_) => panic!("no pushed {name} = {want} within 10 s"),
-        }
-    }
+fn wait_pushed(pushed: &PushCollector, name: &str, want: &str) -> (Sample, Duration) {
+    pushed.wait_for(name, Duration::from_secs(10), |s| status_of(s) == want)
 }
 
 fn poll(monitor: &mut VolumeMonitor) -> Vec<Sample> {
@@ -357,8 +334,8 @@ fn ext4_on_loop_read_only_unmounted_and_detached() {
         "disk": {"device": disk.device},
     }}))
     .expect("configure");
-    let (sink, pushed) = channel_sink();
-    monitor.start(sink).expect("start");
+    let pushed = PushCollector::new();
+    monitor.start(pushed.sink()).expect("start");
     let (data, raw) = ("/volume/data/status", "/volume/disk/status");
     wait_pushed(&pushed, data, "up");
     let samples = poll(&mut monitor);

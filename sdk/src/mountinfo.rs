@@ -1,14 +1,19 @@
-//! The mount table as `/proc/self/mountinfo` shows it, and the state of one
-//! mount point in it.
+//! The mount table as Linux's `/proc/self/mountinfo` shows it, the state of
+//! one mount point in it, and [`MountWatch`], which wakes an event thread
+//! when the table changes.
 //!
 //! Parsing is a pure function of the file's text so it can be tested on
-//! recorded tables. This module does not wait for changes (the event thread
-//! in the crate root polls the file for `POLLPRI`) and does not look at the
-//! file system behind a mount.
+//! recorded tables. This module does not look at the file system behind a
+//! mount (`statvfs` and device checks stay with the monitor), and it does
+//! not say what changed: on a wake-up, read the table again and compare.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+
+use crate::events::Watch;
 
 /// Where the kernel publishes the mount table of the caller's namespace.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -25,6 +30,34 @@ pub struct MountEntry {
     pub read_only: bool,
     pub fs_type: String,
     pub source: String,
+}
+
+/// An open mountinfo file, for an event thread to wait on: the kernel
+/// raises `POLLPRI` on it at every mount, remount and unmount in the
+/// caller's mount namespace after it was opened (and after each wake-up
+/// reported since).
+///
+/// Open it before reading the table for the first time, in
+/// [`Monitor::start`](crate::Monitor::start) rather than on the thread, so
+/// that no change made after `start` returns goes unnoticed.
+#[derive(Debug)]
+pub struct MountWatch {
+    file: File,
+}
+
+impl MountWatch {
+    pub fn open() -> std::io::Result<Self> {
+        Ok(Self {
+            file: File::open(MOUNTINFO)?,
+        })
+    }
+
+    /// What to pass to [`events::wait`](crate::events::wait) or
+    /// [`StopSignal::wait`](crate::events::StopSignal::wait); ready once
+    /// the mount table has changed.
+    pub fn watch(&self) -> Watch<'_> {
+        Watch::priority(self.file.as_fd())
+    }
 }
 
 /// What a configured path looks like in the mount table.
@@ -103,6 +136,7 @@ pub fn find<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> 
     table.iter().rev().find(|entry| entry.mount_point == path)
 }
 
+/// Whether `path` is a mount point, and mounted read-only or read-write.
 pub fn state(table: &[MountEntry], path: &Path) -> MountState {
     match find(table, path) {
         None => MountState::NotMounted,
@@ -159,5 +193,55 @@ garbage line without separator
         assert_eq!(unescape("/a\\134b"), PathBuf::from("/a\\b"));
         assert_eq!(unescape("/a\\9"), PathBuf::from("/a\\9"));
         assert_eq!(unescape("/a\\"), PathBuf::from("/a\\"));
+    }
+
+    /// A tmpfs mounted for the test; unmounted and removed on drop, even
+    /// when an assertion fails first.
+    struct Tmpfs(PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", "--"])
+                .arg(&self.0)
+                .status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn watch_wakes_on_a_mount_made_after_it_was_opened() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            if std::env::var("VIGIL_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+                eprintln!("mountinfo watch test skipped: needs root (VIGIL_SKIP_PRIVILEGED=1)");
+                return;
+            }
+            panic!("this test needs root to mount tmpfs; set VIGIL_SKIP_PRIVILEGED=1 to skip");
+        }
+        let watch = MountWatch::open().expect("open mountinfo");
+        let dir = std::env::temp_dir().join(format!("vigil-sdk-mountinfo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create mount point");
+        let dir = std::fs::canonicalize(&dir).expect("canonical mount point");
+        let guard = Tmpfs(dir.clone());
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs", "--"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        // Other tests mount and unmount concurrently, so an earlier wake-up
+        // may be theirs: wait until one shows this mount.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            let ready = crate::events::wait(&[watch.watch()], Some(left)).expect("wait");
+            assert!(ready[0], "no mount change reported within 10 s");
+            let table = read().expect("read mountinfo");
+            if state(&table, &dir) == MountState::ReadWrite {
+                break;
+            }
+        }
+        drop(guard);
     }
 }
