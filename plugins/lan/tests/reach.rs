@@ -87,12 +87,22 @@ fn tcp_target_goes_down_after_misses_when_the_listener_closes() {
     check_status(&samples, &target, "up", None);
     assert!(rtt_ms(&samples, &target).is_some_and(|ms| ms >= 0.0));
 
-    drop(listener);
+    // Stop listening but keep the port bound: on Linux, shutting a listening
+    // socket down closes it for connections (they are refused) while it still
+    // holds the port, so no other test process can take the port and answer
+    // in its place (a plain drop let that happen once).
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a socket this test owns and keeps open.
+        let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        assert_eq!(rc, 0, "shutdown: {}", std::io::Error::last_os_error());
+    }
     let samples = poll(&mut monitor);
     check_status(&samples, &target, "up", Some("1 of 2 misses"));
     assert_eq!(rtt_ms(&samples, &target), None, "no reply, no rtt");
     let samples = poll(&mut monitor);
     check_status(&samples, &target, "down", Some("refused"));
+    drop(listener);
 }
 
 #[test]
