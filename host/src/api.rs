@@ -36,6 +36,19 @@ pub enum Request {
         path: String,
     },
     Monitors,
+    Status,
+    Why {
+        package: String,
+    },
+    Pkg {
+        action: crate::package::manager::AdminOp,
+        package: String,
+        node: Option<String>,
+    },
+    Node {
+        halt: bool,
+        node: String,
+    },
 }
 
 /// The daemon's answer: `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::{self, Request, ReslsOutput};
 use crate::config::{self, ConfigError, DEFAULT_CONFIG_DIR, MonitorConfig};
 use crate::daemon::{self, HostOptions};
+use crate::package::manager::{AdminOp, StatusOutput, WhyOutput};
 use crate::runtime::{self, MonitorEvent, RuntimeContext};
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,35 @@ pub enum Command {
     /// Work with monitors.
     #[command(subcommand)]
     Monitor(MonitorCommand),
+    /// Cluster, nodes, packages, and the resources of each package.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operate a package: run, halt, move, enable, disable, clear.
+    Pkg {
+        #[arg(value_parser = ["run", "halt", "move", "enable", "disable", "clear"])]
+        action: String,
+        package: String,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join (run) or drain (halt) a node.
+    Node {
+        #[arg(value_parser = ["run", "halt"])]
+        action: String,
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a package runs where it does, or why it cannot run anywhere.
+    Why {
+        package: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Place packages offline from a state file, as the daemon would; no daemon needed.
     Simulate(SimulateArgs),
     /// Print a commented template.
@@ -138,6 +168,40 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Monitor(MonitorCommand::List { json }) => monitor_list(&cli.config, json),
         Command::Simulate(args) => simulate(&cli.config, &args),
+        Command::Status { json } => status(&cli.config, json),
+        Command::Pkg {
+            action,
+            package,
+            node,
+            json,
+        } => {
+            let action = match action.as_str() {
+                "run" => AdminOp::Run,
+                "halt" => AdminOp::Halt,
+                "move" => AdminOp::Move,
+                "enable" => AdminOp::Enable,
+                "disable" => AdminOp::Disable,
+                _ => AdminOp::Clear,
+            };
+            admin(
+                &cli.config,
+                Request::Pkg {
+                    action,
+                    package,
+                    node,
+                },
+                json,
+            )
+        }
+        Command::Node { action, node, json } => admin(
+            &cli.config,
+            Request::Node {
+                halt: action == "halt",
+                node,
+            },
+            json,
+        ),
+        Command::Why { package, json } => why(&cli.config, &package, json),
         Command::Template { kind } => {
             print!(
                 "{}",
@@ -233,6 +297,70 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let result = api::call(&socket_path(config_dir)?, &Request::Status)?;
+    let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
+    if json {
+        print_json(&out)?;
+        return Ok(0);
+    }
+    println!("cluster {} (this node: {})", out.cluster, out.node);
+    println!("\nNODE             STATE");
+    for n in &out.nodes {
+        println!("{:<16} {}", n.name, n.state);
+    }
+    println!("\nPACKAGE          STATE     RUNNING ON       SWITCHING  TOKEN  REASON");
+    for p in &out.packages {
+        let on = if p.running_on.is_empty() {
+            "-".to_owned()
+        } else {
+            p.running_on.join(",")
+        };
+        println!(
+            "{:<16} {:<9} {:<16} {:<10} {:>5}  {}",
+            p.name,
+            p.state,
+            on,
+            if p.switching { "enabled" } else { "disabled" },
+            p.fence_token,
+            p.reason
+        );
+        for r in &p.resources {
+            println!("    {:<44} {:<8} ({})", r.name, r.state, r.evaluate);
+        }
+    }
+    Ok(0)
+}
+
+fn admin(config_dir: &Path, request: Request, json: bool) -> anyhow::Result<i32> {
+    let result = api::call(&socket_path(config_dir)?, &request)?;
+    if json {
+        print_json(&result)?;
+    } else {
+        println!("{}", result["done"].as_str().unwrap_or_default());
+    }
+    Ok(0)
+}
+
+fn why(config_dir: &Path, package: &str, json: bool) -> anyhow::Result<i32> {
+    let result = api::call(
+        &socket_path(config_dir)?,
+        &Request::Why {
+            package: package.to_owned(),
+        },
+    )?;
+    let out: WhyOutput = serde_json::from_value(result).context("decoding the why answer")?;
+    if json {
+        print_json(&out)?;
+    } else {
+        print!("{}", out.text);
+        if !out.text.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(0)
 }
 
 /// `vigil simulate`: the placement engine on a state file, offline.

@@ -23,14 +23,24 @@ use vigil_sdk::now_ms;
 use crate::api::{self, ApiCall, Request, Response};
 use crate::config::{self, Config, MonitorConfig};
 use crate::hub::ResourceHub;
+use crate::package::agent::AgentReport;
+use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
+use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
+use crate::store::ClusterStore;
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 pub enum Event {
     Monitor(MonitorEvent),
     Api(ApiCall),
+    /// The node agent finished a run, halt or adoption.
+    Agent(AgentReport),
+    /// A package's service exited, restarted or failed.
+    Lifecycle(LifecycleEvent),
+    /// Once a second: retry package work that a store error interrupted.
+    Tick,
     /// Re-read the configuration directory (SIGHUP).
     Reload,
     /// Stop (SIGTERM, SIGINT).
@@ -164,19 +174,38 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     topology.reconcile(&config.monitors, &mut hub.registry);
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
+    let manager = start_packages(&config, &node, &mut hub, &events).await?;
+    {
+        let events = events.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                if events.send(Event::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     let mut state = DaemonState {
         node,
         config,
         hub,
         topology,
+        manager,
     };
+    state.manager.step(&state.hub).await;
     while let Some(event) = inbox.recv().await {
         match event {
-            Event::Monitor(e) => state.on_monitor_event(e),
+            Event::Monitor(e) => state.on_monitor_event(e).await,
             Event::Api(call) => {
-                let response = state.on_request(call.request);
+                let response = state.on_request(call.request).await;
                 let _ = call.reply.send(response);
             }
+            Event::Agent(report) => state.manager.on_report(report, &state.hub).await,
+            Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
+            Event::Tick => state.manager.step(&state.hub).await,
             Event::Reload => state.reload(&options),
             Event::Shutdown => break,
         }
@@ -187,25 +216,91 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the store and starts the package manager on it.
+async fn start_packages(
+    config: &Config,
+    node: &str,
+    hub: &mut ResourceHub,
+    events: &mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<PackageManager> {
+    let store: Arc<dyn ClusterStore> = match &config.cluster.store {
+        config::StoreConfig::Embedded { path } => {
+            Arc::new(crate::store::embedded::EmbeddedStore::open(path)?)
+        }
+        config::StoreConfig::Etcd { .. } => anyhow::bail!(
+            "{}: store.type = \"etcd\" is not available in this version; use \"embedded\"",
+            config.cluster.dir.join("cluster.toml").display()
+        ),
+    };
+    let run = config.cluster.dir.join("run");
+    let mut ctx = RunnerContext::new(node, &config.cluster.dir);
+    ctx.log_dir = Some(run.join("logs"));
+    if let Some(dir) = &ctx.log_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (lifecycle_tx, mut lifecycle_rx) = mpsc::unbounded_channel::<LifecycleEvent>();
+    {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some(e) = lifecycle_rx.recv().await {
+                if events.send(Event::Lifecycle(e)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let reports = {
+        let events = events.clone();
+        Box::new(move |r| {
+            let _ = events.send(Event::Agent(r));
+        })
+    };
+    let setup = ManagerSetup {
+        cluster: config.cluster.name.clone(),
+        node: node.to_owned(),
+        cluster_nodes: config.cluster.nodes.clone(),
+        packages: config.packages.clone(),
+        store,
+        ctx,
+        run_dir: run.join("packages"),
+    };
+    let manager = PackageManager::start(
+        setup,
+        hub,
+        ManagerChannels {
+            reports,
+            lifecycle: lifecycle_tx,
+        },
+    )
+    .await
+    .context("starting the package manager")?;
+    info!(packages = config.packages.len(), "package manager running");
+    Ok(manager)
+}
+
 struct DaemonState {
     node: String,
     config: Config,
     hub: ResourceHub,
     topology: Topology,
+    manager: PackageManager,
 }
 
 impl DaemonState {
-    fn on_monitor_event(&mut self, event: MonitorEvent) {
+    async fn on_monitor_event(&mut self, event: MonitorEvent) {
         let (applied, transitions) = self.hub.apply(event, now_ms());
         for refusal in applied.refused {
             warn!(%refusal, "sample refused");
         }
-        for t in transitions {
+        for t in &transitions {
             info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
+        }
+        for t in &transitions {
+            self.manager.on_transition(t, &self.hub).await;
         }
     }
 
-    fn on_request(&mut self, request: Request) -> Response {
+    async fn on_request(&mut self, request: Request) -> Response {
         match request {
             Request::Ping => Response::ok(serde_json::json!({"node": self.node})),
             Request::Resls { path } => {
@@ -213,6 +308,34 @@ impl DaemonState {
                 Response::ok(api::resls_output(&self.node, &listing, now_ms(), |r| {
                     self.hub.used_by(r)
                 }))
+            }
+            Request::Status => match self.manager.status(&self.hub).await {
+                Ok(status) => Response::ok(status),
+                Err(e) => Response::error(e.to_string()),
+            },
+            Request::Why { package } => match self.manager.why(&package, &self.hub).await {
+                Ok(why) => Response::ok(why),
+                Err(e) => Response::error(e),
+            },
+            Request::Pkg {
+                action,
+                package,
+                node,
+            } => {
+                match self
+                    .manager
+                    .admin(action, &package, node.as_deref(), &self.hub)
+                    .await
+                {
+                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Node { halt, node } => {
+                match self.manager.node_admin(halt, &node, &self.hub).await {
+                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                    Err(e) => Response::error(e),
+                }
             }
             Request::Monitors => Response::ok(
                 self.hub
@@ -238,6 +361,11 @@ impl DaemonState {
                 }
                 self.topology
                     .reconcile(&config.monitors, &mut self.hub.registry);
+                if config.packages != self.config.packages {
+                    warn!(
+                        "package configuration changed: restart `vigil host` to apply it (packages keep running and are re-adopted)"
+                    );
+                }
                 info!(monitors = config.monitors.len(), "configuration reloaded");
                 self.config = config;
             }

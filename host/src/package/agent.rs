@@ -1,0 +1,136 @@
+//! The node agent: owns this node's [`PackageRunner`]s on a task of its own,
+//! carries out one command at a time, and reports each result back.
+//!
+//! The main loop never waits on a control script: it sends an
+//! [`AgentCommand`] and goes on handling events; the [`AgentReport`] comes
+//! back as an event. Run records are saved to `<run_dir>/<package>.json`
+//! after every start, restart and adoption, and removed after a halt, so a
+//! restarted host can re-adopt what still runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::lifecycle::{LifecycleEvent, PackageRunner, Reason, RunRecord, RunnerContext};
+use crate::config::package::PackageConfig;
+use crate::store::FenceToken;
+
+#[derive(Debug)]
+pub enum AgentCommand {
+    Run {
+        package: String,
+        reason: Reason,
+        fence: FenceToken,
+    },
+    Halt {
+        package: String,
+        reason: Reason,
+    },
+    /// Take over what an earlier host left running, from its run record.
+    Adopt {
+        package: String,
+    },
+    /// Save the package's run record again (a service was restarted).
+    SaveRecord {
+        package: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentReport {
+    Ran {
+        package: String,
+        fence: FenceToken,
+        result: Result<(), String>,
+    },
+    Halted {
+        package: String,
+        result: Result<(), String>,
+    },
+    Adopted {
+        package: String,
+        result: Result<(), String>,
+    },
+}
+
+/// Where a package's run record is kept.
+pub fn record_path(run_dir: &Path, package: &str) -> PathBuf {
+    run_dir.join(format!("{package}.json"))
+}
+
+/// Starts the agent for `packages`; lifecycle events go to `lifecycle`,
+/// command results to `reports`.
+pub fn spawn(
+    packages: &[PackageConfig],
+    ctx: RunnerContext,
+    run_dir: PathBuf,
+    lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
+    reports: impl Fn(AgentReport) + Send + 'static,
+) -> mpsc::UnboundedSender<AgentCommand> {
+    let mut runners: BTreeMap<String, PackageRunner> = packages
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone()),
+            )
+        })
+        .collect();
+    let (tx, mut rx) = mpsc::unbounded_channel::<AgentCommand>();
+    tokio::spawn(async move {
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            warn!(dir = %run_dir.display(), error = %e, "cannot create run record directory");
+        }
+        while let Some(command) = rx.recv().await {
+            let package = match &command {
+                AgentCommand::Run { package, .. }
+                | AgentCommand::Halt { package, .. }
+                | AgentCommand::Adopt { package }
+                | AgentCommand::SaveRecord { package } => package.clone(),
+            };
+            let Some(runner) = runners.get_mut(&package) else {
+                warn!(%package, "agent: no such package");
+                continue;
+            };
+            let path = record_path(&run_dir, &package);
+            match command {
+                AgentCommand::Run { reason, fence, .. } => {
+                    let result = runner
+                        .start(&reason, fence)
+                        .await
+                        .map_err(|e| e.to_string());
+                    save(runner, &path);
+                    reports(AgentReport::Ran {
+                        package,
+                        fence,
+                        result,
+                    });
+                }
+                AgentCommand::Halt { reason, .. } => {
+                    let result = runner.halt(&reason).await.map_err(|e| e.to_string());
+                    let _ = std::fs::remove_file(&path);
+                    reports(AgentReport::Halted { package, result });
+                }
+                AgentCommand::Adopt { .. } => {
+                    let result = RunRecord::load(&path)
+                        .map_err(|e| format!("no run record {}: {e}", path.display()))
+                        .and_then(|record| runner.adopt(record).map_err(|e| e.to_string()));
+                    if result.is_ok() {
+                        save(runner, &path);
+                    }
+                    reports(AgentReport::Adopted { package, result });
+                }
+                AgentCommand::SaveRecord { .. } => save(runner, &path),
+            }
+        }
+    });
+    tx
+}
+
+fn save(runner: &PackageRunner, path: &Path) {
+    if let Some(Err(e)) = runner.record().map(|record| record.save(path)) {
+        warn!(package = runner.package(), error = %e, "cannot save run record");
+    }
+}

@@ -1,0 +1,776 @@
+//! The package manager in the daemon: the coordinator that asks the
+//! placement engine what should run where, and carries out this node's
+//! share of the answer through the [`agent`](super::agent).
+//!
+//! It works in small steps, each from fresh facts: build a
+//! [`ClusterSnapshot`] from the store, the resource hub and operator
+//! requests; plan; dispatch the first action; when that action is done (or
+//! anything relevant changes: a resource transition, a service failure, an
+//! operator command), plan again. One action is in flight at a time, so the
+//! engine's ordering (predecessors before dependents, halts before the runs
+//! that need the node) is kept without a separate scheduler, and a plan is
+//! never carried out against stale facts.
+//!
+//! Every ownership change goes through the store's compare-and-swap, which
+//! bumps the package's fence token; `run` gets the new token.
+//!
+//! This version coordinates the nodes that the store shows up; with the
+//! embedded store that is this node alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::agent::{self, AgentCommand, AgentReport};
+use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
+use crate::config::package::PackageConfig;
+use crate::criteria::{ResourceState, Transition};
+use crate::hub::ResourceHub;
+use crate::placement::{self, ActionReason, ClusterSnapshot, NodeState as PlacementNode, Op, Plan};
+use crate::store::{
+    ClusterStore, NodeRecord, NodeState, PackageRecord, PackageState, PackageUpdate, Snapshot,
+    StoreError, Versioned,
+};
+
+/// What is being carried out now.
+#[derive(Debug, Clone, PartialEq)]
+struct InFlight {
+    package: String,
+    op: Op,
+    reason: String,
+    /// After this halt, mark the package failed here with this reason.
+    then_fail: Option<String>,
+}
+
+/// An operator command (`vigil pkg …`, `vigil node …`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminOp {
+    Run,
+    Halt,
+    Move,
+    Enable,
+    Disable,
+    Clear,
+}
+
+/// `vigil status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusOutput {
+    pub cluster: String,
+    pub node: String,
+    pub nodes: Vec<NodeStatus>,
+    pub packages: Vec<PackageStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `up`, `down` or `halted`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageStatus {
+    pub name: String,
+    /// `up`, `down`, `starting`, `halting` or `failed`.
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub switching: bool,
+    pub reason: String,
+    pub fence_token: u64,
+    pub failed_on: Vec<String>,
+    /// This node's view of the package's resources.
+    pub resources: Vec<ResourceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
+    pub state: String,
+    pub evaluate: String,
+}
+
+/// `vigil why --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyOutput {
+    pub package: String,
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub explanation: placement::Explanation,
+    /// The same, as `vigil why` prints it.
+    pub text: String,
+}
+
+pub struct PackageManager {
+    cluster: String,
+    node: String,
+    cluster_nodes: Vec<String>,
+    packages: BTreeMap<String, PackageConfig>,
+    store: Arc<dyn ClusterStore>,
+    agent: mpsc::UnboundedSender<AgentCommand>,
+    in_flight: Option<InFlight>,
+    /// Packages still being re-adopted after a host restart.
+    adopting: BTreeSet<String>,
+    /// Halted by an operator: placement must halt, not restart, them.
+    admin_halted: BTreeSet<String>,
+    /// `pkg run|move`: start now (on this node, if given).
+    requests: BTreeMap<String, Option<String>>,
+    /// Service failures waiting for their halt.
+    failures: BTreeMap<String, String>,
+}
+
+/// Events the manager needs delivered back into the main loop.
+pub struct ManagerChannels {
+    pub reports: Box<dyn Fn(AgentReport) + Send>,
+    pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
+}
+
+/// What the manager works with.
+pub struct ManagerSetup {
+    pub cluster: String,
+    pub node: String,
+    pub cluster_nodes: Vec<String>,
+    pub packages: Vec<PackageConfig>,
+    pub store: Arc<dyn ClusterStore>,
+    pub ctx: RunnerContext,
+    /// Where run records are kept for re-adoption.
+    pub run_dir: PathBuf,
+}
+
+impl PackageManager {
+    /// Opens the manager: records this node as up, creates missing package
+    /// records, starts watching every package resource in `hub`, and asks
+    /// the agent to re-adopt packages the store says run here.
+    pub async fn start(
+        setup: ManagerSetup,
+        hub: &mut ResourceHub,
+        channels: ManagerChannels,
+    ) -> Result<Self, StoreError> {
+        let ManagerSetup {
+            cluster,
+            node,
+            cluster_nodes,
+            packages,
+            store,
+            ctx,
+            run_dir,
+        } = setup;
+        let node = node.as_str();
+        for p in &packages {
+            for r in &p.resources {
+                hub.watch(&p.name, r.name.clone(), r.up.clone(), r.rise, r.fall);
+            }
+        }
+        let agent = agent::spawn(
+            &packages,
+            ctx,
+            run_dir,
+            channels.lifecycle,
+            channels.reports,
+        );
+        store
+            .put_node(NodeRecord {
+                name: node.to_owned(),
+                state: NodeState::Up,
+                updated_ms: vigil_sdk::now_ms(),
+            })
+            .await?;
+        let snapshot = store.snapshot().await?;
+        let mut adopting = BTreeSet::new();
+        for p in &packages {
+            match snapshot.packages.get(&p.name) {
+                None => {
+                    store
+                        .update_package(p.name.clone(), 0, PackageUpdate::down("configured"))
+                        .await?;
+                }
+                Some(record) if record.value.owners.iter().any(|o| o == node) => {
+                    info!(package = %p.name, "re-adopting a package the store says runs here");
+                    adopting.insert(p.name.clone());
+                    let _ = agent.send(AgentCommand::Adopt {
+                        package: p.name.clone(),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Self {
+            cluster,
+            node: node.to_owned(),
+            cluster_nodes,
+            packages: packages.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            store,
+            agent,
+            in_flight: None,
+            adopting,
+            admin_halted: BTreeSet::new(),
+            requests: BTreeMap::new(),
+            failures: BTreeMap::new(),
+        })
+    }
+
+    /// The placement engine's view of the cluster now.
+    fn cluster_snapshot(&self, store: &Snapshot, hub: &ResourceHub) -> ClusterSnapshot {
+        let mut snap = ClusterSnapshot {
+            nodes: self
+                .cluster_nodes
+                .iter()
+                .map(|n| PlacementNode {
+                    name: n.clone(),
+                    up: store
+                        .nodes
+                        .get(n)
+                        .is_some_and(|r| r.value.state == NodeState::Up),
+                    switching_enabled: true,
+                })
+                .collect(),
+            packages: self.packages.values().map(PackageConfig::to_spec).collect(),
+            ..ClusterSnapshot::default()
+        };
+        for (name, p) in &self.packages {
+            let state = snap.state_mut(name);
+            if let Some(record) = store.packages.get(name) {
+                let r = &record.value;
+                if matches!(
+                    r.state,
+                    PackageState::Up | PackageState::Starting | PackageState::Halting
+                ) {
+                    state.running_on = r.owners.clone();
+                }
+                state.switching_enabled = r.switching;
+                state.failed_on = r.failed_on.clone();
+            }
+            state.halted_by_admin = self.admin_halted.contains(name);
+            if let Some(target) = self.requests.get(name) {
+                state.run_requested = true;
+                state.requested_node = target.clone();
+            }
+            for r in &p.resources {
+                for node in &self.cluster_nodes {
+                    let up = if *node == self.node {
+                        hub.state(name, &r.name) == Some(ResourceState::Up)
+                    } else {
+                        store.resources.get(&(node.clone(), r.name.clone()))
+                            == Some(&ResourceState::Up)
+                    };
+                    snap.set_resource(name, node, r.name.as_str(), up);
+                }
+            }
+        }
+        snap
+    }
+
+    async fn plan(&self, hub: &ResourceHub) -> Result<(Snapshot, Plan), StoreError> {
+        let store = self.store.snapshot().await?;
+        let plan = placement::plan(&self.cluster_snapshot(&store, hub));
+        Ok((store, plan))
+    }
+
+    /// Dispatches the next action if nothing is in flight.
+    pub async fn step(&mut self, hub: &ResourceHub) {
+        if self.in_flight.is_some() || !self.adopting.is_empty() {
+            return;
+        }
+        if let Err(e) = self.try_step(hub).await {
+            warn!(error = %e, "package manager step failed; retrying on the next event");
+        }
+    }
+
+    async fn try_step(&mut self, hub: &ResourceHub) -> Result<(), StoreError> {
+        let store = self.store.snapshot().await?;
+        let here_halted = store
+            .nodes
+            .get(&self.node)
+            .is_some_and(|n| n.value.state == NodeState::Halted);
+        // Service failures and a draining node come first: halt here now.
+        let urgent = self
+            .failures
+            .iter()
+            .map(|(p, why)| (p.clone(), Reason::ServiceFailed, Some(why.clone())))
+            .chain(
+                self.packages
+                    .keys()
+                    .filter(|_| here_halted)
+                    .map(|p| (p.clone(), Reason::NodeHalt, None)),
+            )
+            .find(|(p, _, _)| {
+                store.packages.get(p).is_some_and(|r| {
+                    r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
+                })
+            });
+        if let Some((package, reason, then_fail)) = urgent {
+            self.failures.remove(&package);
+            return self
+                .dispatch_halt(&store, &package, reason, then_fail)
+                .await;
+        }
+        let plan = placement::plan(&self.cluster_snapshot(&store, hub));
+        let Some(action) = plan.actions.iter().find(|a| a.node == self.node) else {
+            return Ok(());
+        };
+        let reason = lifecycle_reason(action.reason);
+        match action.op {
+            Op::Halt => {
+                self.dispatch_halt(&store, &action.package, reason, None)
+                    .await
+            }
+            Op::Run => {
+                let Some(record) = store.packages.get(&action.package) else {
+                    return Ok(());
+                };
+                let mut update = PackageUpdate::from(&record.value);
+                update.state = PackageState::Starting;
+                update.owners = vec![self.node.clone()];
+                update.reason = format!("starting on {} ({})", self.node, reason);
+                let updated = self
+                    .store
+                    .update_package(action.package.clone(), record.mod_revision, update)
+                    .await?;
+                self.requests.remove(&action.package);
+                info!(package = %action.package, node = %self.node, %reason, fence = %updated.value.fence_token, "starting package");
+                self.in_flight = Some(InFlight {
+                    package: action.package.clone(),
+                    op: Op::Run,
+                    reason: reason.to_string(),
+                    then_fail: None,
+                });
+                let _ = self.agent.send(AgentCommand::Run {
+                    package: action.package.clone(),
+                    reason,
+                    fence: updated.value.fence_token,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn dispatch_halt(
+        &mut self,
+        store: &Snapshot,
+        package: &str,
+        reason: Reason,
+        then_fail: Option<String>,
+    ) -> Result<(), StoreError> {
+        let Some(record) = store.packages.get(package) else {
+            return Ok(());
+        };
+        let mut update = PackageUpdate::from(&record.value);
+        update.state = PackageState::Halting;
+        update.reason = format!("halting on {} ({})", self.node, reason);
+        self.store
+            .update_package(package.to_owned(), record.mod_revision, update)
+            .await?;
+        info!(%package, node = %self.node, %reason, "halting package");
+        self.in_flight = Some(InFlight {
+            package: package.to_owned(),
+            op: Op::Halt,
+            reason: reason.to_string(),
+            then_fail,
+        });
+        let _ = self.agent.send(AgentCommand::Halt {
+            package: package.to_owned(),
+            reason,
+        });
+        Ok(())
+    }
+
+    async fn record(&self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
+        let store = self.store.snapshot().await?;
+        store
+            .packages
+            .get(package)
+            .cloned()
+            .ok_or_else(|| StoreError::Backend {
+                path: "store".into(),
+                message: format!("package {package} has no record"),
+            })
+    }
+
+    /// Writes `change` to the package's record (re-reading on a conflict).
+    async fn write(
+        &self,
+        package: &str,
+        change: impl Fn(&mut PackageUpdate),
+    ) -> Result<(), StoreError> {
+        for _ in 0..5 {
+            let record = self.record(package).await?;
+            let mut update = PackageUpdate::from(&record.value);
+            change(&mut update);
+            match self
+                .store
+                .update_package(package.to_owned(), record.mod_revision, update)
+                .await
+            {
+                Err(StoreError::Conflict { .. }) => continue,
+                other => return other.map(drop),
+            }
+        }
+        Err(StoreError::Backend {
+            path: "store".into(),
+            message: format!("package {package}: too many conflicts"),
+        })
+    }
+
+    /// The agent finished a command.
+    pub async fn on_report(&mut self, report: AgentReport, hub: &ResourceHub) {
+        let node = self.node.clone();
+        let outcome = match report {
+            AgentReport::Adopted { package, result } => {
+                self.adopting.remove(&package);
+                match result {
+                    Ok(()) => {
+                        info!(%package, "re-adopted: still running, not restarted");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Up;
+                            u.reason = format!("re-adopted on {node} after a host restart");
+                        })
+                        .await
+                    }
+                    Err(e) => {
+                        warn!(%package, error = %e, "cannot re-adopt; it is not running here");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Down;
+                            u.owners.retain(|o| *o != node);
+                            u.reason = format!("not running after a host restart: {e}");
+                        })
+                        .await
+                    }
+                }
+            }
+            AgentReport::Ran {
+                package, result, ..
+            } => {
+                let flight = self.in_flight.take();
+                match result {
+                    Ok(()) => {
+                        let why = flight.map(|f| f.reason).unwrap_or_default();
+                        info!(%package, %node, "package up");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Up;
+                            u.reason = format!("up on {node} ({why})");
+                        })
+                        .await
+                    }
+                    Err(e) => {
+                        warn!(%package, %node, error = %e, "run failed; halting to clean up");
+                        let store = self.store.snapshot().await;
+                        match store {
+                            Ok(store) => {
+                                self.dispatch_halt(
+                                    &store,
+                                    &package,
+                                    Reason::Other("run_failed".into()),
+                                    Some(format!("run failed on {node}: {e}")),
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                }
+            }
+            AgentReport::Halted { package, result } => {
+                let flight = self.in_flight.take();
+                let then_fail = flight.as_ref().and_then(|f| f.then_fail.clone());
+                let why = flight.map(|f| f.reason).unwrap_or_default();
+                match (result, then_fail) {
+                    (Ok(()), None) => {
+                        info!(%package, %node, "package halted");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Down;
+                            u.owners.retain(|o| *o != node);
+                            u.reason = format!("halted on {node} ({why})");
+                        })
+                        .await
+                    }
+                    (Ok(()), Some(failure)) => {
+                        warn!(%package, %node, %failure, "package failed here");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Failed;
+                            u.owners.retain(|o| *o != node);
+                            u.failed_on.insert(node.clone());
+                            u.reason = failure.clone();
+                        })
+                        .await
+                    }
+                    // The halt script failed: something may still run, so the
+                    // package keeps this node as owner and no other node may
+                    // start it until an operator clears it.
+                    (Err(e), _) => {
+                        warn!(%package, %node, error = %e, "halt failed");
+                        self.write(&package, |u| {
+                            u.state = PackageState::Failed;
+                            u.failed_on.insert(node.clone());
+                            u.reason = format!("halt failed on {node}: {e}");
+                        })
+                        .await
+                    }
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            warn!(error = %e, "cannot record an action's outcome in the store");
+        }
+        self.step(hub).await;
+    }
+
+    /// A service exited, restarted, or used up its restarts.
+    pub async fn on_lifecycle(&mut self, event: LifecycleEvent, hub: &ResourceHub) {
+        match event {
+            LifecycleEvent::ServiceRestarted {
+                package,
+                service,
+                restarts,
+                ..
+            } => {
+                info!(%package, %service, restarts, "service restarted");
+                let _ = self.agent.send(AgentCommand::SaveRecord { package });
+            }
+            LifecycleEvent::ServiceExited {
+                package,
+                service,
+                exit,
+                restarting,
+                ..
+            } => {
+                warn!(%package, %service, %exit, restarting, "service exited");
+            }
+            LifecycleEvent::PackageFailed {
+                package,
+                service,
+                reason,
+            } => {
+                let why = format!("service {service} failed on {}: {reason}", self.node);
+                warn!(%package, %why, "package failed");
+                self.failures.insert(package, why);
+                self.step(hub).await;
+            }
+        }
+    }
+
+    /// A package's view of a resource changed: plan again at once, so a
+    /// required resource going down halts the package here without waiting.
+    pub async fn on_transition(&mut self, transition: &Transition, hub: &ResourceHub) {
+        if self.packages.contains_key(&transition.package) {
+            self.step(hub).await;
+        }
+    }
+
+    pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
+        let store = self.store.snapshot().await?;
+        Ok(StatusOutput {
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            nodes: self
+                .cluster_nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.clone(),
+                    state: store
+                        .nodes
+                        .get(n)
+                        .map_or("down", |r| r.value.state.as_str())
+                        .to_owned(),
+                })
+                .collect(),
+            packages: self
+                .packages
+                .values()
+                .map(|p| {
+                    let record = store.packages.get(&p.name).map(|r| &r.value);
+                    let state = record.map_or(PackageState::Down, |r| r.state);
+                    PackageStatus {
+                        name: p.name.clone(),
+                        state: state.as_str().to_owned(),
+                        running_on: match state {
+                            PackageState::Down | PackageState::Failed => Vec::new(),
+                            _ => record.map(|r| r.owners.clone()).unwrap_or_default(),
+                        },
+                        switching: record.is_none_or(|r| r.switching),
+                        reason: record.map(|r| r.reason.clone()).unwrap_or_default(),
+                        fence_token: record.map_or(0, |r| r.fence_token.0),
+                        failed_on: record
+                            .map(|r| r.failed_on.iter().cloned().collect())
+                            .unwrap_or_default(),
+                        resources: p
+                            .resources
+                            .iter()
+                            .map(|r| ResourceStatus {
+                                name: r.name.to_string(),
+                                state: hub
+                                    .state(&p.name, &r.name)
+                                    .unwrap_or(ResourceState::Unknown)
+                                    .as_str()
+                                    .to_owned(),
+                                evaluate: match r.evaluate {
+                                    placement::Evaluate::BeforeStart => "before_start",
+                                    placement::Evaluate::AfterStart => "after_start",
+                                }
+                                .to_owned(),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
+        if !self.packages.contains_key(package) {
+            return Err(format!("no package named {package:?}"));
+        }
+        let (store, plan) = self.plan(hub).await.map_err(|e| e.to_string())?;
+        let explanation = plan
+            .explanations
+            .get(package)
+            .cloned()
+            .ok_or_else(|| format!("no explanation for {package}"))?;
+        let record = store.packages.get(package).map(|r| &r.value);
+        let mut text = String::new();
+        if let Some(r) = record {
+            text.push_str(&format!(
+                "{package} is {} ({})\n",
+                r.state.as_str(),
+                r.reason
+            ));
+        }
+        text.push_str(&explanation.to_string());
+        Ok(WhyOutput {
+            package: package.to_owned(),
+            state: record.map_or("down", |r| r.state.as_str()).to_owned(),
+            running_on: record.map(|r| r.owners.clone()).unwrap_or_default(),
+            explanation,
+            text,
+        })
+    }
+
+    /// Carries out `vigil pkg OP NAME [--node N]`; returns what was done.
+    pub async fn admin(
+        &mut self,
+        op: AdminOp,
+        package: &str,
+        node: Option<&str>,
+        hub: &ResourceHub,
+    ) -> Result<String, String> {
+        if !self.packages.contains_key(package) {
+            return Err(format!("no package named {package:?}"));
+        }
+        if let Some(n) = node.filter(|n| !self.cluster_nodes.iter().any(|c| c == n)) {
+            return Err(format!("node {n:?} is not in cluster.nodes"));
+        }
+        let store_err = |e: StoreError| e.to_string();
+        let done = match op {
+            AdminOp::Halt => {
+                self.admin_halted.insert(package.to_owned());
+                self.requests.remove(package);
+                self.write(package, |u| {
+                    u.switching = false;
+                    u.reason = "halted by operator".into();
+                })
+                .await
+                .map_err(store_err)?;
+                format!("halting {package}; switching disabled until `vigil pkg run {package}`")
+            }
+            AdminOp::Run | AdminOp::Move => {
+                if op == AdminOp::Move && node.is_none() {
+                    return Err("pkg move needs --node".into());
+                }
+                self.admin_halted.remove(package);
+                self.requests
+                    .insert(package.to_owned(), node.map(str::to_owned));
+                self.write(package, |u| u.switching = true)
+                    .await
+                    .map_err(store_err)?;
+                match node {
+                    Some(n) => format!("starting {package} on {n}"),
+                    None => format!("starting {package}"),
+                }
+            }
+            AdminOp::Enable | AdminOp::Disable => {
+                if node.is_some() {
+                    return Err("per-node switching (--node) is not supported yet; enable or disable the package".into());
+                }
+                let on = op == AdminOp::Enable;
+                self.write(package, |u| u.switching = on)
+                    .await
+                    .map_err(store_err)?;
+                format!(
+                    "switching {} for {package}",
+                    if on { "enabled" } else { "disabled" }
+                )
+            }
+            AdminOp::Clear => {
+                self.write(package, |u| {
+                    match node {
+                        Some(n) => {
+                            u.failed_on.remove(n);
+                        }
+                        None => u.failed_on.clear(),
+                    }
+                    if u.state == PackageState::Failed && u.owners.is_empty() {
+                        u.state = PackageState::Down;
+                        u.reason = "failure cleared by operator".into();
+                    }
+                })
+                .await
+                .map_err(store_err)?;
+                format!("cleared failures of {package}")
+            }
+        };
+        self.step(hub).await;
+        Ok(done)
+    }
+
+    /// `vigil node run|halt NAME` (this node only, for now).
+    pub async fn node_admin(
+        &mut self,
+        halt: bool,
+        node: &str,
+        hub: &ResourceHub,
+    ) -> Result<String, String> {
+        if node != self.node {
+            return Err(format!(
+                "node {node:?}: only this node ({}) can be run or halted from here",
+                self.node
+            ));
+        }
+        let state = if halt {
+            NodeState::Halted
+        } else {
+            NodeState::Up
+        };
+        self.store
+            .put_node(NodeRecord {
+                name: node.to_owned(),
+                state,
+                updated_ms: vigil_sdk::now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.step(hub).await;
+        Ok(format!("node {node} is {}", state.as_str()))
+    }
+
+    /// True while an action or a re-adoption is under way.
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some() || !self.adopting.is_empty()
+    }
+}
+
+/// The reason handed to control scripts for a placement action.
+fn lifecycle_reason(reason: ActionReason) -> Reason {
+    match reason {
+        ActionReason::Startup => Reason::Startup,
+        ActionReason::Failover => Reason::Failover,
+        ActionReason::Failback => Reason::Failback,
+        ActionReason::ResourceDown => Reason::ResourceDown,
+        ActionReason::Admin => Reason::Manual,
+        other => Reason::Other(other.as_str().to_owned()),
+    }
+}
