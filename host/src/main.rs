@@ -27,5 +27,7 @@ fn main() {
             2
         }
     };
+    // `exit` runs no destructors: flush what is still buffered.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     std::process::exit(code);
 }
