@@ -304,3 +304,51 @@ fn operator_halt_and_run() {
         serde_json::json!(["node1"])
     );
 }
+
+#[test]
+fn after_start_resources_are_judged_after_the_start_and_fail_the_package_when_down() {
+    let s = Setup::new(3);
+    // The package's own service raises the flag: the resource can only be up
+    // once the package runs, which is what after_start is for.
+    let package = std::fs::read_to_string(s.cfg.path().join("packages.d/web.toml")).unwrap();
+    let package = package
+        .replace(
+            &format!("command = [\"/bin/sleep\", \"{}\"]", s.marker),
+            &format!(
+                "command = [\"/bin/sh\", \"-c\", \"touch {}; exec /bin/sleep {}\"]",
+                s.flag.display(),
+                s.marker
+            ),
+        )
+        .replace(
+            "up = \"== yes\"\n",
+            "up = \"== yes\"\nevaluate = \"after_start\"\n",
+        );
+    s.cfg.write("packages.d/web.toml", &package);
+    let _host = s.cfg.start_host();
+    let up = s.wait_state("up");
+    assert_eq!(up["resources"][0]["evaluate"], "after_start");
+    wait_for(WAIT, "the resource to come up after the start", || {
+        let p = s.package()?;
+        if p["resources"][0]["state"] == "up" {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(s.package().unwrap()["state"], "up", "stays up");
+    // It goes down: the package is halted and failed here, not restarted.
+    std::fs::remove_file(&s.flag).unwrap();
+    let failed = s.wait_state("failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("after_start resource /example/file/flag/present went down on node1"),
+        "{failed}"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(s.package().unwrap()["state"], "failed");
+    assert_eq!(s.log().len(), 2, "one run, one halt: {:?}", s.log());
+}

@@ -637,6 +637,23 @@ impl Tracker {
         })
     }
 
+    /// Forgets what `package` concluded about `resource` so far: the state
+    /// goes back to unknown and only samples observed from now on count (a
+    /// deferred `after_start` resource is judged afresh once the package has
+    /// started). Returns the transition to unknown, if the state changes.
+    pub fn restart(&mut self, package: &str, resource: &ResourceName) -> Option<Transition> {
+        let watch = self.by_resource.get_mut(resource)?.get_mut(package)?;
+        let from = watch.hysteresis.state();
+        watch.hysteresis = Hysteresis::new(watch.hysteresis.rise(), watch.hysteresis.fall());
+        (from != ResourceState::Unknown).then(|| Transition {
+            package: package.to_owned(),
+            resource: resource.clone(),
+            from,
+            to: ResourceState::Unknown,
+            detail: "judged afresh after the package started".to_owned(),
+        })
+    }
+
     /// Stops judging `resource` for `package`; false if it was not watched.
     pub fn unwatch(&mut self, package: &str, resource: &ResourceName) -> bool {
         let Some(watches) = self.by_resource.get_mut(resource) else {

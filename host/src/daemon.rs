@@ -203,7 +203,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 let response = state.on_request(call.request).await;
                 let _ = call.reply.send(response);
             }
-            Event::Agent(report) => state.manager.on_report(report, &state.hub).await,
+            Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
             Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
             Event::Tick => state.manager.step(&state.hub).await,
             Event::Reload => state.reload(&options),

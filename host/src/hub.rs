@@ -74,6 +74,13 @@ impl ResourceHub {
         transition
     }
 
+    /// Judges `resource` afresh for `package` (see [`Tracker::restart`]).
+    pub fn restart(&mut self, package: &str, resource: &ResourceName) {
+        if let Some(t) = self.tracker.restart(package, resource) {
+            self.publish(&t);
+        }
+    }
+
     /// Stops judging every resource of `package`.
     pub fn unwatch_package(&mut self, package: &str) {
         self.tracker.unwatch_package(package);
@@ -200,6 +207,23 @@ mod tests {
             transitions[0].detail
         );
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Unknown));
+    }
+
+    #[test]
+    fn restart_forgets_old_samples_and_counts_only_new_ones() {
+        let mut hub = hub_with_monitor();
+        let eth0 = name("/net/interfaces/eth0/status");
+        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1);
+        push(&mut hub, false);
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Down));
+        let (_, mut rx) = hub.subscribe();
+        hub.restart("app", &eth0);
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Unknown));
+        assert_eq!(rx.try_recv().unwrap().to, ResourceState::Unknown);
+        push(&mut hub, true);
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
+        hub.restart("nobody", &eth0);
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
     }
 
     #[test]

@@ -253,13 +253,27 @@ impl PackageManager {
             }
             for r in &p.resources {
                 for node in &self.cluster_nodes {
-                    let up = if *node == self.node {
-                        hub.state(name, &r.name) == Some(ResourceState::Up)
+                    let state = if *node == self.node {
+                        hub.state(name, &r.name)
                     } else {
-                        store.resources.get(&(node.clone(), r.name.clone()))
-                            == Some(&ResourceState::Up)
+                        store
+                            .resources
+                            .get(&(node.clone(), r.name.clone()))
+                            .copied()
                     };
-                    snap.set_resource(name, node, r.name.as_str(), up);
+                    // A before_start resource gates the start: anything but
+                    // up blocks it. An after_start one is deferred: only a
+                    // definite down makes a running package leave, so one
+                    // not judged yet (or unknown) does not halt it.
+                    let verdict = match (r.evaluate, state) {
+                        (_, Some(ResourceState::Up)) => Some(true),
+                        (placement::Evaluate::BeforeStart, _) => Some(false),
+                        (placement::Evaluate::AfterStart, Some(ResourceState::Down)) => Some(false),
+                        (placement::Evaluate::AfterStart, _) => None,
+                    };
+                    if let Some(up) = verdict {
+                        snap.set_resource(name, node, r.name.as_str(), up);
+                    }
                 }
             }
         }
@@ -317,7 +331,20 @@ impl PackageManager {
         let reason = lifecycle_reason(action.reason);
         match action.op {
             Op::Halt => {
-                self.dispatch_halt(&store, &action.package, reason, None)
+                // A deferred resource down after the start means the package
+                // failed here (as Serviceguard's deferred resources): it is
+                // not started here again until cleared, instead of flapping.
+                let deferred_down = (action.reason == ActionReason::ResourceDown)
+                    .then(|| self.packages.get(&action.package))
+                    .flatten()
+                    .and_then(|p| {
+                        p.resources.iter().find(|r| {
+                            r.evaluate == placement::Evaluate::AfterStart
+                                && hub.state(&p.name, &r.name) == Some(ResourceState::Down)
+                        })
+                    })
+                    .map(|r| format!("after_start resource {} went down on {}", r.name, self.node));
+                self.dispatch_halt(&store, &action.package, reason, deferred_down)
                     .await
             }
             Op::Run => {
@@ -326,7 +353,16 @@ impl PackageManager {
                 };
                 let mut update = PackageUpdate::from(&record.value);
                 update.state = PackageState::Starting;
-                update.owners = vec![self.node.clone()];
+                // A failover package has one owner; a multi-node one gains this node.
+                let failover = self
+                    .packages
+                    .get(&action.package)
+                    .is_some_and(|p| p.kind == placement::PackageKind::Failover);
+                if failover {
+                    update.owners = vec![self.node.clone()];
+                } else if !update.owners.contains(&self.node) {
+                    update.owners.push(self.node.clone());
+                }
                 update.reason = format!("starting on {} ({})", self.node, reason);
                 let updated = self
                     .store
@@ -418,7 +454,7 @@ impl PackageManager {
     }
 
     /// The agent finished a command.
-    pub async fn on_report(&mut self, report: AgentReport, hub: &ResourceHub) {
+    pub async fn on_report(&mut self, report: AgentReport, hub: &mut ResourceHub) {
         let node = self.node.clone();
         let outcome = match report {
             AgentReport::Adopted { package, result } => {
@@ -451,6 +487,17 @@ impl PackageManager {
                     Ok(()) => {
                         let why = flight.map(|f| f.reason).unwrap_or_default();
                         info!(%package, %node, "package up");
+                        // Deferred resources count from now on, not from
+                        // samples taken before the package ran.
+                        if let Some(p) = self.packages.get(&package) {
+                            for r in p
+                                .resources
+                                .iter()
+                                .filter(|r| r.evaluate == placement::Evaluate::AfterStart)
+                            {
+                                hub.restart(&package, &r.name);
+                            }
+                        }
                         self.write(&package, |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("up on {node} ({why})");
