@@ -352,3 +352,31 @@ fn after_start_resources_are_judged_after_the_start_and_fail_the_package_when_do
     assert_eq!(s.package().unwrap()["state"], "failed");
     assert_eq!(s.log().len(), 2, "one run, one halt: {:?}", s.log());
 }
+
+#[test]
+fn check_refuses_packages_it_could_not_run() {
+    let s = Setup::new(1);
+    std::fs::remove_file(s.cfg.path().join("pkg/halt.sh")).unwrap();
+    s.cfg.write(
+        "packages.d/other.toml",
+        "name = \"other\"\ntype = \"failover\"\nnodes = [\"node1\", \"node7\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/run.sh\"]\n\n[[resource]]\nname = \"/nobody/publishes/this\"\n",
+    );
+    let out = s.cfg.vigil(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dir = s.cfg.path().display().to_string();
+    assert!(
+        stderr.contains(&format!("{dir}/packages.d/web.toml:1: package web: halt: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{dir}/packages.d/other.toml:3:")) && stderr.contains("node7"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{dir}/packages.d/other.toml:8:"))
+            && stderr.contains("/nobody/publishes/this"),
+        "{stderr}"
+    );
+}

@@ -275,6 +275,28 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
                     }
                 }
             }
+            for p in &config.packages {
+                let programs = [("run", &p.run), ("halt", &p.halt)]
+                    .into_iter()
+                    .map(|(what, argv)| (what.to_owned(), argv))
+                    .chain(
+                        p.services
+                            .iter()
+                            .map(|s| (format!("service {}", s.name), &s.command)),
+                    );
+                for (what, argv) in programs {
+                    let Some(program) = argv.first() else {
+                        continue;
+                    };
+                    if let Err(e) = runtime::check_executable(program) {
+                        errors.push(ConfigError::at(
+                            &p.source,
+                            p.lines.name,
+                            format!("package {}: {what}: {e}", p.name),
+                        ));
+                    }
+                }
+            }
             errors.extend(config::package::check_packages(
                 &config.packages,
                 &config.cluster.nodes,

@@ -480,7 +480,7 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
     collected.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn check_executable(program: &str) -> Result<(), String> {
+pub(crate) fn check_executable(program: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let path = if program.contains('/') {
         Some(PathBuf::from(program))
