@@ -116,6 +116,15 @@ impl fmt::Display for LeaseId {
     }
 }
 
+/// A granted lease: its id, the TTL asked for, and when the grant was
+/// sent — the start of its first validity window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl: Duration,
+    pub granted_at: Instant,
+}
+
 /// The lease-bound right to run a failover package (`owners/<pkg>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerClaim {
@@ -328,10 +337,11 @@ impl EtcdStore {
 
     /// Grants a lease of `ttl` (rounded up to whole seconds; etcd enforces
     /// its own minimum, about 1.5 s with default timing).
-    pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         let seconds = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
             .unwrap_or(i64::MAX)
             .max(1);
+        let granted_at = Instant::now();
         let resp = self
             .inner
             .client
@@ -339,7 +349,13 @@ impl EtcdStore {
             .grant(seconds, None)
             .await
             .map_err(|e| self.backend(format!("cannot grant a lease of {seconds} s: {e}")))?;
-        Ok(LeaseId(resp.id()))
+        Ok(Lease {
+            id: LeaseId(resp.id()),
+            // What was asked for, not what etcd granted (whole seconds, at
+            // least its minimum): never longer than the real lease.
+            ttl,
+            granted_at,
+        })
     }
 
     /// Revokes a lease now, deleting every key attached to it.
@@ -353,20 +369,18 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Starts renewing `lease` (granted with `ttl`) every `ttl / 3`.
-    /// `granted_at` is when the grant (or the last known renewal) was sent,
-    /// the start of the first validity window.
-    pub fn keep_alive(&self, lease: LeaseId, ttl: Duration, granted_at: Instant) -> KeepAlive {
+    /// Starts renewing `lease` every third of its TTL.
+    pub fn keep_alive(&self, lease: &Lease) -> KeepAlive {
         let (tx, rx) = watch::channel(LeaseHealth {
-            lease,
+            lease: lease.id,
             renewed_at: None,
-            valid_until: granted_at + ttl,
+            valid_until: lease.granted_at + lease.ttl,
             expired: false,
             last_error: None,
         });
         let client = self.inner.client.clone();
         let endpoints = self.inner.endpoints.clone();
-        let task = tokio::spawn(keep_alive_loop(client, endpoints, lease, ttl, tx));
+        let task = tokio::spawn(keep_alive_loop(client, endpoints, lease.id, lease.ttl, tx));
         KeepAlive { health: rx, task }
     }
 

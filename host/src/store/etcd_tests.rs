@@ -23,15 +23,17 @@ const TTL: Duration = Duration::from_secs(2);
 
 /// A running etcd, killed (and its data directory removed) on drop.
 struct EtcdServer {
-    child: Child,
+    child: Option<Child>,
+    binary: PathBuf,
+    name: String,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -82,59 +84,93 @@ impl EtcdServer {
                 .tempdir()
                 .expect("temp dir");
             let (client, peer) = free_ports();
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log file");
-            let child = Command::new(&binary)
-                .arg("--name")
-                .arg(&name)
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .arg("--listen-client-urls")
-                .arg(&endpoint)
-                .arg("--advertise-client-urls")
-                .arg(&endpoint)
-                .arg("--listen-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-advertise-peer-urls")
-                .arg(&peer_url)
-                .arg("--initial-cluster")
-                .arg(format!("{name}={peer_url}"))
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .arg("--initial-cluster-token")
-                .arg(&name)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
             let mut server = EtcdServer {
-                child,
-                endpoint,
-                _dir: dir,
+                child: None,
+                binary: binary.clone(),
+                name,
+                endpoint: format!("http://127.0.0.1:{client}"),
+                peer_url: format!("http://127.0.0.1:{peer}"),
+                dir,
             };
-            let deadline = Instant::now() + EVENTUALLY;
-            while Instant::now() < deadline {
-                if server.child.try_wait().expect("etcd status").is_some() {
-                    break;
-                }
-                if EtcdStore::connect(
-                    std::slice::from_ref(&server.endpoint),
-                    "probe",
-                    Duration::from_millis(500),
-                )
-                .await
-                .is_ok()
-                {
-                    return Some(server);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if server.spawn_and_wait().await {
+                return Some(server);
             }
-            last_log =
-                std::fs::read_to_string(server._dir.path().join("etcd.log")).unwrap_or_default();
+            last_log = server.log();
         }
         panic!("etcd did not come up; its log:\n{last_log}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs etcd on this server's ports and data directory (a restart keeps
+    /// both) and waits until it answers; `false` if it exited instead.
+    async fn spawn_and_wait(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log file");
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&self.endpoint)
+            .arg("--advertise-client-urls")
+            .arg(&self.endpoint)
+            .arg("--listen-peer-urls")
+            .arg(&self.peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&self.peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("{}={}", self.name, self.peer_url))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(&self.name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        let child = self.child.insert(child);
+        let deadline = Instant::now() + EVENTUALLY;
+        while Instant::now() < deadline {
+            if child.try_wait().expect("etcd status").is_some() {
+                return false;
+            }
+            if EtcdStore::connect(
+                std::slice::from_ref(&self.endpoint),
+                "probe",
+                Duration::from_millis(500),
+            )
+            .await
+            .is_ok()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn_and_wait().await,
+            "etcd did not come back; its log:\n{}",
+            self.log()
+        );
     }
 
     async fn store(&self, cluster: &str) -> EtcdStore {
@@ -259,7 +295,7 @@ async fn put_node_keeps_a_node_record_bound_to_its_lease() {
     let store = etcd.store("demo").await;
     let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
     store
-        .put_node_with_lease(node("node1", NodeState::Up), lease)
+        .put_node_with_lease(node("node1", NodeState::Up), lease.id)
         .await
         .unwrap();
     // A state change through the trait must not unbind it.
@@ -271,7 +307,7 @@ async fn put_node_keeps_a_node_record_bound_to_its_lease() {
     let mut watch = store.watch().await.unwrap();
     assert_eq!(watch.snapshot.nodes["node1"].value.state, NodeState::Halted);
 
-    store.revoke_lease(lease).await.unwrap();
+    store.revoke_lease(lease.id).await.unwrap();
     let event = next_event(&mut watch).await;
     assert_eq!(
         event.change,
@@ -284,17 +320,88 @@ async fn put_node_keeps_a_node_record_bound_to_its_lease() {
     let now = store.snapshot().await.unwrap();
     assert_eq!(mirrored, now);
     assert_eq!(now.nodes.keys().collect::<Vec<_>>(), ["node2"]);
+
+    // The watch ends with the store.
+    drop(store);
+    let end = tokio::time::timeout(EVENTUALLY, watch.events.recv())
+        .await
+        .expect("the watch ends in time");
+    assert_eq!(end, None);
+}
+
+#[tokio::test]
+async fn the_watch_and_the_keepalive_ride_out_an_etcd_restart() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let mut etcd = etcd_or_skip!();
+    let store = etcd.store("demo").await;
+    let lease = store.grant_lease(Duration::from_secs(3)).await.unwrap();
+    let keepalive = store.keep_alive(&lease);
+    let mut health = keepalive.subscribe();
+    store
+        .put_node_with_lease(node("node1", NodeState::Up), lease.id)
+        .await
+        .unwrap();
+    let mut watch = store.watch().await.unwrap();
+
+    // Idle for longer than the client's request timeout (5 s): the
+    // long-lived watch and keepalive streams must not be cut by it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(keepalive.health().last_error, None);
+    let before = store
+        .put_node(node("node1", NodeState::Down))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut watch).await.revision, before);
+
+    etcd.kill();
+    let killed = Instant::now();
+    tokio::time::timeout(EVENTUALLY, health.wait_for(|h| h.last_error.is_some()))
+        .await
+        .expect("the keepalive reports the lapse in time")
+        .unwrap();
+    let lapsed = keepalive.health();
+    eprintln!(
+        "keepalive reported a failure {:?} after etcd was killed: {:?}",
+        killed.elapsed(),
+        lapsed.last_error
+    );
+
+    etcd.restart().await;
+    tokio::time::timeout(
+        EVENTUALLY,
+        health.wait_for(|h| h.last_error.is_none() && h.renewed_at > lapsed.renewed_at),
+    )
+    .await
+    .expect("the keepalive recovers in time")
+    .unwrap();
+    assert!(!keepalive.health().expired);
+
+    // Writes go through again once the client has reconnected, and the
+    // watch resumes right after the last change it delivered.
+    let deadline = Instant::now() + EVENTUALLY;
+    let after = loop {
+        match store.put_node(node("node1", NodeState::Up)).await {
+            Ok(revision) => break revision,
+            Err(e) => assert!(Instant::now() < deadline, "no write after the restart: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let event = next_event(&mut watch).await;
+    assert_eq!(event.revision, after);
+    assert!(matches!(&event.change, Change::Node(n) if n.value.state == NodeState::Up));
+    assert!(watch.events.try_recv().is_err());
+    // etcd renews every lease when it restarts, so the node is still there.
+    assert!(store.snapshot().await.unwrap().nodes.contains_key("node1"));
 }
 
 #[tokio::test]
 async fn lease_bound_keys_vanish_about_a_ttl_after_keepalives_stop() {
     let etcd = etcd_or_skip!();
     let store = etcd.store("demo").await;
-    let granted_at = Instant::now();
     let lease = store.grant_lease(TTL).await.unwrap();
-    let keepalive = store.keep_alive(lease, TTL, granted_at);
+    let keepalive = store.keep_alive(&lease);
     store
-        .put_node_with_lease(node("node1", NodeState::Up), lease)
+        .put_node_with_lease(node("node1", NodeState::Up), lease.id)
         .await
         .unwrap();
     let created = store
@@ -302,7 +409,7 @@ async fn lease_bound_keys_vanish_about_a_ttl_after_keepalives_stop() {
         .await
         .unwrap();
     let claim = store
-        .claim_package("ascs", created.mod_revision, "node1", lease)
+        .claim_package("ascs", created.mod_revision, "node1", lease.id)
         .await
         .unwrap();
     assert!(matches!(claim, ClaimOutcome::Granted(_)), "{claim:?}");
@@ -328,8 +435,9 @@ async fn lease_bound_keys_vanish_about_a_ttl_after_keepalives_stop() {
     let renewed_at = last.renewed_at.expect("renewed at least once");
     let delay = seen - renewed_at;
     eprintln!(
-        "lease {lease} (ttl {TTL:?}): node key deleted {delay:?} after the last acknowledged \
+        "lease {} (ttl {TTL:?}): node key deleted {delay:?} after the last acknowledged \
          keepalive was sent; reported valid_until was {:?} before the deletion was seen",
+        lease.id,
         seen.saturating_duration_since(last.valid_until)
     );
     assert!(delay < EVENTUALLY, "{delay:?}");
@@ -354,10 +462,10 @@ async fn two_nodes_racing_for_a_package_exactly_one_wins() {
         let store = etcd.store("demo").await;
         let lease = store.grant_lease(Duration::from_secs(30)).await.unwrap();
         store
-            .put_node_with_lease(node(name, NodeState::Up), lease)
+            .put_node_with_lease(node(name, NodeState::Up), lease.id)
             .await
             .unwrap();
-        nodes.push((name, store, lease));
+        nodes.push((name, store, lease.id));
     }
 
     // Both take the package from the same revision: one CAS wins.
@@ -430,9 +538,8 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
     let coordinator = etcd.store("demo").await;
     let node1 = etcd.store("demo").await;
     let node2 = etcd.store("demo").await;
-    let granted_at = Instant::now();
     let lease1 = node1.grant_lease(TTL).await.unwrap();
-    let keepalive1 = node1.keep_alive(lease1, TTL, granted_at);
+    let keepalive1 = node1.keep_alive(&lease1);
     let lease2 = node2.grant_lease(Duration::from_secs(30)).await.unwrap();
 
     let created = coordinator
@@ -440,7 +547,7 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
         .await
         .unwrap();
     let ClaimOutcome::Granted(held) = node1
-        .claim_package("ascs", created.mod_revision, "node1", lease1)
+        .claim_package("ascs", created.mod_revision, "node1", lease1.id)
         .await
         .unwrap()
     else {
@@ -450,7 +557,7 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
     // Claiming again is idempotent.
     assert_eq!(
         node1
-            .claim_package("ascs", created.mod_revision, "node1", lease1)
+            .claim_package("ascs", created.mod_revision, "node1", lease1.id)
             .await
             .unwrap(),
         ClaimOutcome::Granted(held.clone())
@@ -468,7 +575,7 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
     assert_eq!(moved.value.fence_token, FenceToken(2));
     assert_eq!(
         node2
-            .claim_package("ascs", moved.mod_revision, "node3", lease2)
+            .claim_package("ascs", moved.mod_revision, "node3", lease2.id)
             .await
             .unwrap(),
         ClaimOutcome::NotOwner {
@@ -476,13 +583,13 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
         }
     );
     let stale = node1
-        .claim_package("ascs", created.mod_revision, "node1", lease1)
+        .claim_package("ascs", created.mod_revision, "node1", lease1.id)
         .await
         .unwrap_err();
     assert!(matches!(stale, StoreError::Conflict { .. }), "{stale}");
     assert_eq!(
         node2
-            .claim_package("ascs", moved.mod_revision, "node2", lease2)
+            .claim_package("ascs", moved.mod_revision, "node2", lease2.id)
             .await
             .unwrap(),
         ClaimOutcome::HeldBy(held)
@@ -493,7 +600,7 @@ async fn a_claim_passes_to_the_new_owner_only_once_the_old_one_is_gone() {
     let stopped = Instant::now();
     let granted = loop {
         match node2
-            .claim_package("ascs", moved.mod_revision, "node2", lease2)
+            .claim_package("ascs", moved.mod_revision, "node2", lease2.id)
             .await
             .unwrap()
         {
@@ -522,10 +629,9 @@ async fn election_has_one_leader_and_the_other_takes_over_when_its_lease_expires
     let mut keepalives = Vec::new();
     for name in ["node1", "node2"] {
         let store = etcd.store("demo").await;
-        let granted_at = Instant::now();
         let lease = store.grant_lease(TTL).await.unwrap();
-        let keepalive = store.keep_alive(lease, TTL, granted_at);
-        candidates.push((name, store, lease));
+        let keepalive = store.keep_alive(&lease);
+        candidates.push((name, store, lease.id));
         keepalives.push(Some(keepalive));
     }
     assert_eq!(candidates[0].1.leader().await.unwrap(), None);
