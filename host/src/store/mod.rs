@@ -1,8 +1,8 @@
 //! The cluster store: the shared record of nodes, packages and the resource
 //! states packages depend on, behind one trait ([`ClusterStore`]) with an
 //! embedded backend ([`embedded::EmbeddedStore`], one node, persisted with
-//! redb) and, later, an etcd backend. Code above the trait does not know
-//! which backend it runs on.
+//! redb) and an etcd backend ([`etcd::EtcdStore`], many nodes). Code above
+//! the trait does not know which backend it runs on.
 //!
 //! The model follows etcd so that both backends mean the same thing:
 //!
@@ -19,11 +19,14 @@
 //!   change committed after it, in commit order, with nothing missed and
 //!   nothing repeated.
 //!
-//! Not here: node liveness leases and the coordinator election, which only
-//! the etcd backend has (a single embedded node is always its own
-//! coordinator); deciding what to write (the package manager does).
+//! Not in the trait: node liveness leases, lease-bound package claims and
+//! the coordinator election, which only the etcd backend has (inherent
+//! methods of [`etcd::EtcdStore`]; a single embedded node is always its own
+//! coordinator). Not here at all: deciding what to write (the package
+//! manager does).
 
 pub mod embedded;
+pub mod etcd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -203,6 +206,9 @@ impl Snapshot {
             Change::PackageDeleted { name } => {
                 self.packages.remove(name);
             }
+            Change::NodeDeleted { name } => {
+                self.nodes.remove(name);
+            }
             Change::Resource {
                 node,
                 resource,
@@ -226,6 +232,11 @@ pub struct StoreEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Node(Versioned<NodeRecord>),
+    /// The node's record is gone: with etcd, its liveness lease expired or
+    /// was revoked. The embedded store never deletes nodes.
+    NodeDeleted {
+        name: String,
+    },
     Package(Versioned<PackageRecord>),
     PackageDeleted {
         name: String,
@@ -311,5 +322,9 @@ pub(crate) fn now_ms() -> u64 {
     vigil_sdk::now_ms()
 }
 
+#[cfg(test)]
+mod etcd_tests;
+#[cfg(test)]
+mod suite;
 #[cfg(test)]
 mod tests;
