@@ -263,6 +263,7 @@ async fn start_packages(
         store,
         ctx,
         run_dir: run.join("packages"),
+        link: None,
     };
     let manager = PackageManager::start(
         setup,

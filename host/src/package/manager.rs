@@ -123,12 +123,34 @@ pub struct PackageManager {
     requests: BTreeMap<String, Option<String>>,
     /// Service failures waiting for their halt.
     failures: BTreeMap<String, String>,
+    link: Option<ClusterLink>,
+    claiming: Option<Claiming>,
 }
 
 /// Events the manager needs delivered back into the main loop.
 pub struct ManagerChannels {
     pub reports: Box<dyn Fn(AgentReport) + Send>,
     pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
+}
+
+/// What a multi-node (etcd) cluster adds: this node's lease and the
+/// lease-bound run permits of failover packages.
+pub struct ClusterLink {
+    pub etcd: crate::store::etcd::EtcdStore,
+    pub lease: crate::store::etcd::Lease,
+    pub keepalive: crate::store::etcd::KeepAlive,
+    /// Stop acting this long before the lease could expire.
+    pub margin: std::time::Duration,
+}
+
+/// A failover package whose ownership record is ours, waiting for the
+/// lease-bound permit to run (the previous holder must release it or die).
+#[derive(Debug, Clone)]
+struct Claiming {
+    package: String,
+    reason: Reason,
+    fence: crate::store::FenceToken,
+    revision: crate::store::Revision,
 }
 
 /// What the manager works with.
@@ -141,6 +163,8 @@ pub struct ManagerSetup {
     pub ctx: RunnerContext,
     /// Where run records are kept for re-adoption.
     pub run_dir: PathBuf,
+    /// Set on an etcd cluster.
+    pub link: Option<ClusterLink>,
 }
 
 impl PackageManager {
@@ -160,6 +184,7 @@ impl PackageManager {
             store,
             ctx,
             run_dir,
+            link: cluster_link,
         } = setup;
         let node = node.as_str();
         for p in &packages {
@@ -212,6 +237,8 @@ impl PackageManager {
             admin_halted: BTreeSet::new(),
             requests: BTreeMap::new(),
             failures: BTreeMap::new(),
+            link: cluster_link,
+            claiming: None,
         })
     }
 
@@ -291,6 +318,15 @@ impl PackageManager {
         if self.in_flight.is_some() || !self.adopting.is_empty() {
             return;
         }
+        if let Some(claim) = self.claiming.clone() {
+            if let Err(e) = self.try_claim(claim).await {
+                warn!(error = %e, "claiming a package failed; replanning");
+                self.claiming = None;
+            }
+            if self.claiming.is_some() || self.in_flight.is_some() {
+                return;
+            }
+        }
         if let Err(e) = self.try_step(hub).await {
             warn!(error = %e, "package manager step failed; retrying on the next event");
         }
@@ -302,6 +338,9 @@ impl PackageManager {
             .nodes
             .get(&self.node)
             .is_some_and(|n| n.value.state == NodeState::Halted);
+        // Without a sure lease this node may not act as an owner: halt what
+        // runs here before the lease can expire, and start nothing.
+        let lease_lost = self.lease_in_doubt();
         // Service failures and a draining node come first: halt here now.
         let urgent = self
             .failures
@@ -313,6 +352,12 @@ impl PackageManager {
                     .filter(|_| here_halted)
                     .map(|p| (p.clone(), Reason::NodeHalt, None)),
             )
+            .chain(
+                self.packages
+                    .keys()
+                    .filter(|_| lease_lost)
+                    .map(|p| (p.clone(), Reason::Other("lease_lost".into()), None)),
+            )
             .find(|(p, _, _)| {
                 store.packages.get(p).is_some_and(|r| {
                     r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
@@ -323,6 +368,9 @@ impl PackageManager {
             return self
                 .dispatch_halt(&store, &package, reason, then_fail)
                 .await;
+        }
+        if lease_lost {
+            return Ok(());
         }
         let plan = placement::plan(&self.cluster_snapshot(&store, hub));
         let Some(action) = plan.actions.iter().find(|a| a.node == self.node) else {
@@ -351,13 +399,27 @@ impl PackageManager {
                 let Some(record) = store.packages.get(&action.package) else {
                     return Ok(());
                 };
-                let mut update = PackageUpdate::from(&record.value);
-                update.state = PackageState::Starting;
-                // A failover package has one owner; a multi-node one gains this node.
                 let failover = self
                     .packages
                     .get(&action.package)
                     .is_some_and(|p| p.kind == placement::PackageKind::Failover);
+                // A failover package is taken over only from owners that are
+                // gone; a live owner halts it first (its next step does), so
+                // two nodes never both believe they own it.
+                let live_owner = record.value.owners.iter().find(|o| {
+                    **o != self.node
+                        && store
+                            .nodes
+                            .get(*o)
+                            .is_some_and(|n| n.value.state == NodeState::Up)
+                });
+                if let (true, Some(owner)) = (failover, live_owner) {
+                    info!(package = %action.package, %owner, "waiting for the current owner to halt it");
+                    return Ok(());
+                }
+                let mut update = PackageUpdate::from(&record.value);
+                update.state = PackageState::Starting;
+                // A failover package has one owner; a multi-node one gains this node.
                 if failover {
                     update.owners = vec![self.node.clone()];
                 } else if !update.owners.contains(&self.node) {
@@ -369,21 +431,78 @@ impl PackageManager {
                     .update_package(action.package.clone(), record.mod_revision, update)
                     .await?;
                 self.requests.remove(&action.package);
-                info!(package = %action.package, node = %self.node, %reason, fence = %updated.value.fence_token, "starting package");
-                self.in_flight = Some(InFlight {
-                    package: action.package.clone(),
-                    op: Op::Run,
-                    reason: reason.to_string(),
-                    then_fail: None,
-                });
-                let _ = self.agent.send(AgentCommand::Run {
+                let claim = Claiming {
                     package: action.package.clone(),
                     reason,
                     fence: updated.value.fence_token,
-                });
-                Ok(())
+                    revision: updated.mod_revision,
+                };
+                if failover && self.link.is_some() {
+                    self.claiming = Some(claim.clone());
+                    self.try_claim(claim).await
+                } else {
+                    self.launch(claim);
+                    Ok(())
+                }
             }
         }
+    }
+
+    /// Hands a start to the agent.
+    fn launch(&mut self, claim: Claiming) {
+        info!(package = %claim.package, node = %self.node, reason = %claim.reason, fence = %claim.fence, "starting package");
+        self.in_flight = Some(InFlight {
+            package: claim.package.clone(),
+            op: Op::Run,
+            reason: claim.reason.to_string(),
+            then_fail: None,
+        });
+        let _ = self.agent.send(AgentCommand::Run {
+            package: claim.package,
+            reason: claim.reason,
+            fence: claim.fence,
+        });
+    }
+
+    /// Asks etcd for the package's lease-bound run permit; launches when
+    /// granted, keeps waiting while another node holds it.
+    async fn try_claim(&mut self, claim: Claiming) -> Result<(), StoreError> {
+        use crate::store::etcd::ClaimOutcome;
+        let Some(link) = &self.link else {
+            self.claiming = None;
+            self.launch(claim);
+            return Ok(());
+        };
+        let outcome = link
+            .etcd
+            .claim_package(&claim.package, claim.revision, &self.node, link.lease.id)
+            .await;
+        match outcome {
+            Ok(ClaimOutcome::Granted(_)) => {
+                self.claiming = None;
+                self.launch(claim);
+            }
+            Ok(ClaimOutcome::HeldBy(holder)) => {
+                info!(package = %claim.package, holder = %holder.value.node, "run permit still held; waiting");
+            }
+            Ok(ClaimOutcome::NotOwner { owners }) => {
+                warn!(package = %claim.package, ?owners, "ownership moved while claiming; replanning");
+                self.claiming = None;
+            }
+            Err(e) => {
+                self.claiming = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when this node's lease might expire within the safety margin.
+    fn lease_in_doubt(&self) -> bool {
+        self.link.as_ref().is_some_and(|link| {
+            let health = link.keepalive.health();
+            health.expired || health.valid_until <= std::time::Instant::now() + link.margin
+        })
     }
 
     async fn dispatch_halt(
@@ -524,6 +643,11 @@ impl PackageManager {
             }
             AgentReport::Halted { package, result } => {
                 let flight = self.in_flight.take();
+                if let (Some(link), Ok(())) = (&self.link, &result)
+                    && let Err(e) = link.etcd.release_package(&package, &node).await
+                {
+                    warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
+                }
                 let then_fail = flight.as_ref().and_then(|f| f.then_fail.clone());
                 let why = flight.map(|f| f.reason).unwrap_or_default();
                 match (result, then_fail) {
@@ -804,9 +928,9 @@ impl PackageManager {
         Ok(format!("node {node} is {}", state.as_str()))
     }
 
-    /// True while an action or a re-adoption is under way.
+    /// True while an action, a claim or a re-adoption is under way.
     pub fn busy(&self) -> bool {
-        self.in_flight.is_some() || !self.adopting.is_empty()
+        self.in_flight.is_some() || self.claiming.is_some() || !self.adopting.is_empty()
     }
 }
 
