@@ -435,3 +435,27 @@ fn clean_host_shutdown_stops_the_guard_and_leaves_the_package_running() {
     assert_eq!(again["fence_token"], up["fence_token"]);
     assert_eq!(s.service_pids(), [pid]);
 }
+
+#[test]
+fn a_killed_guard_is_replaced_by_the_host_and_nothing_is_halted() {
+    let s = Setup::new(2, 5);
+    let _host = s.cfg.start_host();
+    s.wait_up(|t| t >= 1);
+    let pid = s.one_service();
+    let guard_pid = s.one_guard();
+    kill(Pid::from_raw(guard_pid), Signal::SIGKILL).unwrap();
+    let new_guard = wait_for(WAIT, "a new guard", || match s.guard_pids().as_slice() {
+        [p] if *p != guard_pid => Ok(*p),
+        other => Err(format!("{other:?}")),
+    });
+    wait_for(WAIT, "the new guard to hear the host", || {
+        let log = s.guard_log();
+        if log.contains(&format!("pid {new_guard}]: heartbeats from vigil host")) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    assert_eq!(s.service_pids(), [pid]);
+    assert_eq!(s.script_log().len(), 1, "{:?}", s.script_log());
+}
