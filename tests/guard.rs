@@ -254,7 +254,14 @@ fn frozen_host_has_its_package_halted_by_the_guard_and_never_resumes_the_old_cop
         }
     });
     eprintln!("service gone {} ms after SIGSTOP", t0.elapsed().as_millis());
-    s.wait_no_guard();
+    wait_for(WAIT, "the guard to finish the halt", || {
+        let log = s.guard_log();
+        if log.contains("waiting for a host to heartbeat again") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
     let log = s.guard_log();
     assert!(log.contains("no heartbeat from vigil host"), "{log}");
     assert!(log.contains("package web: halt succeeded"), "{log}");
@@ -304,9 +311,16 @@ fn frozen_host_has_its_package_halted_by_the_guard_and_never_resumes_the_old_cop
     let log = s.script_log();
     assert_eq!(log.len(), 3, "{log:?}");
     assert!(log[2].starts_with("run ") && log[2].ends_with(&format!(" {new_token}")));
-    // And a new guard watches the woken host.
-    let new_guard = s.one_guard();
-    assert_ne!(new_guard, guard_pid);
+    // The same guard watches the woken host again.
+    assert_eq!(s.one_guard(), guard_pid);
+    assert!(
+        s.guard_log().contains(&format!(
+            "vigil host pid {} heartbeats again after the expiry; re-armed",
+            host.pid()
+        )),
+        "{}",
+        s.guard_log()
+    );
     let host_log = host.log_text();
     assert!(
         host_log.contains("the guard halted this package"),
@@ -338,7 +352,16 @@ fn killed_host_has_its_package_halted_after_the_margin() {
         }
     });
     assert_eq!(s.script_log()[1], format!("halt guard_expired {token}"));
-    s.wait_no_guard();
+    wait_for(WAIT, "the guard to finish the halt", || {
+        let log = s.guard_log();
+        if log.contains("waiting for a host to heartbeat again") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    // It stays, and halts what gets recorded while no host heartbeats.
+    assert_eq!(s.guard_pids(), [guard_pid]);
     let log = s.guard_log();
     assert!(
         log.contains(&format!("no heartbeat from vigil host pid {host_pid}")),
@@ -347,15 +370,24 @@ fn killed_host_has_its_package_halted_after_the_margin() {
     assert!(log.contains(&format!("pid {guard_pid}]")), "{log}");
     s.service_intervals();
 
-    // A host started later finds the claim instead of the run record and
-    // starts the package afresh.
-    let _host = s.cfg.start_host();
+    // A host started later takes the guard over, finds the claim instead
+    // of the run record, and starts the package afresh.
+    let later = s.cfg.start_host();
     let again = s.wait_up(|t| t > token);
+    assert_eq!(s.guard_pids(), [guard_pid]);
+    assert!(
+        s.guard_log().contains(&format!(
+            "vigil host pid {} heartbeats again after the expiry; re-armed",
+            later.pid()
+        )),
+        "{}",
+        s.guard_log()
+    );
     s.one_service();
     let runs = s.service_intervals();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(runs[1].2, again["fence_token"].as_u64().unwrap());
-    let host_log = _host.log_text();
+    let host_log = later.log_text();
     assert!(
         host_log.contains("not re-adopted: the guard halted it while no host ran"),
         "{host_log}"
@@ -458,4 +490,114 @@ fn a_killed_guard_is_replaced_by_the_host_and_nothing_is_halted() {
     });
     assert_eq!(s.service_pids(), [pid]);
     assert_eq!(s.script_log().len(), 1, "{:?}", s.script_log());
+}
+
+/// The guard on its own, no host at all: it expires, then halts a package
+/// recorded as running while it is expired, signalling only the process
+/// the record names (pid and kernel start time).
+#[test]
+fn guard_alone_halts_a_recorded_package_and_spares_a_reused_pid() {
+    use std::os::unix::process::CommandExt;
+    let s = Setup::new(3, 6);
+    std::fs::create_dir_all(s.cfg.path().join("run/packages")).unwrap();
+    let mut guard = std::process::Command::new(vigil_bin())
+        .arg("-c")
+        .arg(s.cfg.path())
+        .args(["guard", "--node", "node1", "--margin-ms", "500"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let spawn = |args: &[&str]| {
+        Reap(
+            std::process::Command::new("/bin/sh")
+                .args(args)
+                .current_dir(s.cfg.path())
+                .env("VIGIL_FENCE_TOKEN", "7")
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    wait_for(WAIT, "the guard to expire with nothing to halt", || {
+        let log = s.guard_log();
+        if log.contains("nothing to halt") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    let mut service = spawn(&["pkg/service.sh", &s.marker]);
+    // A process the record names by pid but with another start time: the
+    // service's pid was reused by it, as far as the guard can tell.
+    let bystander_marker = format!("{}-bystander", s.marker);
+    let mut bystander = spawn(&["-c", "while :; do sleep 0.05; done", &bystander_marker]);
+    let start_time = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(19).unwrap().parse().unwrap()
+    };
+    wait_for(WAIT, "the service to log its start", || {
+        if std::fs::read_to_string(&s.service_log).is_ok_and(|l| l.starts_with("start ")) {
+            Ok(())
+        } else {
+            Err("no start line yet".into())
+        }
+    });
+    let (pid, other) = (service.0.id(), bystander.0.id());
+    let record = serde_json::json!({
+        "package": "web",
+        "node": "node1",
+        "fence_token": 7,
+        "started_ms": 1,
+        "services": [
+            {"name": "server", "pid": pid, "pgid": pid, "start_time": start_time(pid), "started_ms": 1, "restarts": 0},
+            {"name": "other", "pid": other, "pgid": other, "start_time": start_time(other) + 1, "started_ms": 1, "restarts": 0},
+        ],
+    });
+    std::fs::write(
+        s.cfg.path().join("run/packages/web.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    wait_for(WAIT, "the guard to halt web", || {
+        if s.script_log() == ["halt guard_expired 7"] {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}; guard log:\n{}",
+                s.script_log(),
+                s.guard_log()
+            ))
+        }
+    });
+    let status = service.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the service exited on SIGTERM");
+    assert!(
+        bystander.0.try_wait().unwrap().is_none(),
+        "the process with the wrong start time was not signalled"
+    );
+    let log = s.guard_log();
+    assert!(log.contains("its pid reused; not signalled"), "{log}");
+    assert!(log.contains("while the host is still silent"), "{log}");
+    let claim: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.cfg.path().join("run/packages/web.guard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claim["phase"], "halted");
+    assert_eq!(claim["record"]["fence_token"], 7);
+    assert!(!s.cfg.path().join("run/packages/web.json").exists());
+    let runs = s.service_intervals();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].1.is_some(), "{runs:?}");
+    // Still there, waiting for a host; it leaves when its directory does.
+    assert!(guard.try_wait().unwrap().is_none());
+    let _ = guard.kill();
+    let _ = guard.wait();
 }

@@ -25,13 +25,15 @@
 //!   [`RunRecord::check`]), SIGKILL after margin / 4; then runs each
 //!   package's `halt` script with `VIGIL_REASON=guard_expired` and the
 //!   record's fence token, under its halt timeout, all packages at once;
-//!   and records the outcome in the claim. Then it exits: nothing is left
-//!   to guard, and a host that comes back starts a new guard.
-//! * A host restarted within the margin (after a crash or SIGKILL) finds
-//!   the running guard (its own new guard loses the lock and exits) and
-//!   heartbeats it: the guard carries on with the new host, which
-//!   re-adopts the packages. `beat <pid>` names the host, so the hand-over
-//!   is logged.
+//!   and records the outcome in the claim. Until a host heartbeats again
+//!   it halts any run record that appears (a `run` that was under way);
+//!   the next heartbeat re-arms it.
+//! * A restarted host (after a crash or SIGKILL) finds the running guard
+//!   (its own new guard loses the lock and exits) and heartbeats it: the
+//!   guard carries on with the new host. Within the margin, the new host
+//!   re-adopts the packages; later, it finds them claimed. `beat <pid>`
+//!   names the host, so the hand-over is logged. A guard that died is
+//!   replaced by the host at its next heartbeat.
 //! * A clean host shutdown sends `stop <pid>`: the guard exits without
 //!   halting anything, since packages outlive a host restart by contract.
 //! * It also exits when its configuration directory disappears.
@@ -366,13 +368,20 @@ impl Guard {
         ));
         let mut last_beat = boottime();
         let mut host: Option<i32> = None;
+        let mut expired = false;
         let mut buf = [0u8; 64];
         loop {
             match socket.recv(&mut buf) {
                 Ok(n) => match parse_message(&buf[..n]) {
                     Some(Message::Beat(pid)) => {
                         last_beat = boottime();
-                        if host != Some(pid) {
+                        if expired {
+                            self.log.line(format_args!(
+                                "vigil host pid {pid} heartbeats again after the expiry; re-armed"
+                            ));
+                            expired = false;
+                            host = Some(pid);
+                        } else if host != Some(pid) {
                             match host {
                                 None => self.log.line(format_args!("heartbeats from vigil host pid {pid}")),
                                 Some(old) => self.log.line(format_args!(
@@ -403,15 +412,30 @@ impl Guard {
                     std::thread::sleep(POLL);
                 }
             }
-            if !self.options.config_dir.join("cluster.toml").exists() {
+            if !self.options.config_dir.is_dir() {
                 self.log
                     .line("the configuration directory is gone; exiting");
                 return 0;
             }
             let silent = boottime().saturating_sub(last_beat);
-            if silent > margin {
-                self.expire(silent, host);
-                return 0;
+            if expired {
+                // Still no host: whatever starts now (a `run` that was under
+                // way when the host froze) is unguarded too.
+                let records = self.scan();
+                if !records.is_empty() {
+                    self.log
+                        .line("a package was recorded as running while the host is still silent");
+                    self.halt(records, silent);
+                }
+            } else if silent > margin {
+                self.log.line(format_args!(
+                    "no heartbeat from vigil host{} for {} ms (margin {} ms): halting this node's packages",
+                    host.map(|p| format!(" pid {p}")).unwrap_or_default(),
+                    silent.as_millis(),
+                    margin.as_millis()
+                ));
+                self.halt(self.scan(), silent);
+                expired = true;
             }
         }
     }
@@ -445,19 +469,13 @@ impl Guard {
             .collect()
     }
 
-    /// Halts every package that has a run record.
-    fn expire(&self, silent: Duration, host: Option<i32>) {
+    /// Claims, stops and halts the packages of `records`.
+    fn halt(&self, records: Vec<RunRecord>, silent: Duration) {
         let expired_at = Instant::now();
-        self.log.line(format_args!(
-            "no heartbeat from vigil host{} for {} ms (margin {} ms): halting this node's packages",
-            host.map(|p| format!(" pid {p}")).unwrap_or_default(),
-            silent.as_millis(),
-            self.options.margin.as_millis()
-        ));
         let me = std::process::id() as i32;
         let my_start = proc_stat(me).map_or(0, |s| s.start_time);
         let mut claims = Vec::new();
-        for record in self.scan() {
+        for record in records {
             let claim = Claim {
                 phase: ClaimPhase::Halting,
                 guard_pid: me,
@@ -526,7 +544,7 @@ impl Guard {
             }
         });
         self.log.line(format_args!(
-            "done {} ms after the expiry; exiting (a host that comes back starts a new guard)",
+            "done {} ms after the expiry; waiting for a host to heartbeat again",
             expired_at.elapsed().as_millis()
         ));
     }
@@ -768,9 +786,8 @@ impl GuardLink {
         self.socket.send_to(message.as_bytes(), &self.path)
     }
 
-    /// One heartbeat. When no guard listens (it halted the packages while
-    /// this host was frozen, or it died), a new one is started, at most
-    /// once per margin.
+    /// One heartbeat. When no guard listens (it died or was killed), a new
+    /// one is started, at most once per margin.
     pub fn beat(&mut self) {
         match self.send("beat") {
             Ok(_) => {}
