@@ -587,11 +587,17 @@ fn guard_alone_halts_a_recorded_package_and_spares_a_reused_pid() {
     let log = s.guard_log();
     assert!(log.contains("its pid reused; not signalled"), "{log}");
     assert!(log.contains("while the host is still silent"), "{log}");
-    let claim: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(s.cfg.path().join("run/packages/web.guard.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(claim["phase"], "halted");
+    // The claim is updated just after the halt script exits.
+    let claim = wait_for(WAIT, "the claim to say halted", || {
+        let bytes = std::fs::read(s.cfg.path().join("run/packages/web.guard.json"))
+            .map_err(|e| e.to_string())?;
+        let claim: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if claim["phase"] == "halted" {
+            Ok(claim)
+        } else {
+            Err(claim.to_string())
+        }
+    });
     assert_eq!(claim["record"]["fence_token"], 7);
     assert!(!s.cfg.path().join("run/packages/web.json").exists());
     let runs = s.service_intervals();
