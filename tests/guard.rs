@@ -116,11 +116,7 @@ impl Setup {
 
     /// Live (not zombie) service processes.
     fn service_pids(&self) -> Vec<i32> {
-        processes_matching(&format!("service.sh {}", self.marker))
-            .into_iter()
-            .filter(|(_, state)| *state != 'Z')
-            .map(|(pid, _)| pid)
-            .collect()
+        live_matching(&format!("service.sh {}", self.marker))
     }
 
     fn one_service(&self) -> i32 {
@@ -134,11 +130,7 @@ impl Setup {
 
     /// Live guard processes of this config dir.
     fn guard_pids(&self) -> Vec<i32> {
-        processes_matching(&format!("{} guard ", self.cfg.path().display()))
-            .into_iter()
-            .filter(|(_, state)| *state != 'Z')
-            .map(|(pid, _)| pid)
-            .collect()
+        live_matching(&format!("{} guard ", self.cfg.path().display()))
     }
 
     fn one_guard(&self) -> i32 {
@@ -202,6 +194,27 @@ impl Drop for Setup {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// Live processes whose command line contains `needle`, without the
+/// children they fork (a shell's child has its command line until it
+/// execs).
+fn live_matching(needle: &str) -> Vec<i32> {
+    let found: Vec<i32> = processes_matching(needle)
+        .into_iter()
+        .filter(|(_, state)| *state != 'Z')
+        .map(|(pid, _)| pid)
+        .collect();
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(1)?.parse().ok()
+    };
+    found
+        .iter()
+        .copied()
+        .filter(|pid| !parent(*pid).is_some_and(|p| found.contains(&p)))
+        .collect()
 }
 
 /// Sends SIGCONT when dropped, so a test that fails while the host is
@@ -434,7 +447,14 @@ fn host_restarted_within_the_margin_takes_over_the_guard_and_re_adopts() {
     assert_eq!(s.script_log().len(), 1, "{:?}", s.script_log());
     assert!(host.stop().unwrap().success());
     s.wait_no_guard();
-    assert_eq!(s.service_pids(), [pid]);
+    assert_eq!(
+        s.service_pids(),
+        [pid],
+        "service log:\n{}\nguard log:\n{}\nhost log:\n{}",
+        std::fs::read_to_string(&s.service_log).unwrap_or_default(),
+        s.guard_log(),
+        host.log_text()
+    );
 }
 
 #[test]
