@@ -85,6 +85,16 @@ pub enum Command {
         #[arg(value_parser = ["monitor", "package"])]
         kind: String,
     },
+    /// The guard `vigil host` starts beside itself (not for people to run):
+    /// halts this node's packages when the host stops heartbeating.
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        node: String,
+        /// Silence (ms) after which the packages are halted.
+        #[arg(long)]
+        margin_ms: u64,
+    },
 }
 
 #[cfg(test)]
@@ -161,6 +171,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }))?;
             Ok(0)
         }
+        Command::Guard { node, margin_ms } => crate::guard::run(crate::guard::GuardOptions {
+            config_dir: cli.config,
+            node,
+            margin: std::time::Duration::from_millis(margin_ms),
+        }),
         Command::Check { json } => check(&cli.config, json),
         Command::Resls(args) => resls(&cli.config, &args),
         Command::Monitor(MonitorCommand::Test { monitor, json }) => {

@@ -10,6 +10,12 @@
 //! Startup is a reload from empty: [`Topology::reconcile`] diffs the wanted
 //! monitors against the running ones and starts, stops or restarts them; a
 //! SIGHUP reload goes through the same path.
+//!
+//! At startup the host starts the [guard](crate::guard) and heartbeats it
+//! from the main loop itself (a timer only asks), so a loop that is stuck,
+//! not just a process that is frozen or dead, lets the guard halt the
+//! packages. A clean shutdown stops the guard; an error exit does not, and
+//! the guard halts what runs after its margin.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +28,7 @@ use vigil_sdk::now_ms;
 
 use crate::api::{self, ApiCall, Request, Response};
 use crate::config::{self, Config, MonitorConfig};
+use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
@@ -41,6 +48,8 @@ pub enum Event {
     Lifecycle(LifecycleEvent),
     /// Once a second: retry package work that a store error interrupted.
     Tick,
+    /// Time to heartbeat the guard.
+    GuardBeat,
     /// Re-read the configuration directory (SIGHUP).
     Reload,
     /// Stop (SIGTERM, SIGINT).
@@ -165,6 +174,29 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     }
     spawn_signal_handlers(events.clone())?;
 
+    // Before any package is adopted or started, so that all of them are
+    // guarded; after the API socket, so a second host on this node fails
+    // before it gets here.
+    let mut guard = GuardLink::start(GuardOptions {
+        config_dir: config.cluster.dir.clone(),
+        node: node.clone(),
+        margin: guard::margin(config.cluster.lease_ttl),
+    })
+    .context("starting the guard")?;
+    {
+        let events = events.clone();
+        let interval = guard::beat_interval(guard.margin());
+        tokio::spawn(async move {
+            let mut beats = tokio::time::interval(interval);
+            loop {
+                beats.tick().await;
+                if events.send(Event::GuardBeat).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
     let ctx = RuntimeContext {
         config_dir: config.cluster.dir.clone(),
         plugin_search: runtime::dylib::search_path(&config.cluster.plugin_path),
@@ -175,6 +207,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
     let manager = start_packages(&config, &node, &mut hub, &events).await?;
+    guard.beat();
     {
         let events = events.clone();
         tokio::spawn(async move {
@@ -205,12 +238,17 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             }
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
             Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
-            Event::Tick => state.manager.step(&state.hub).await,
+            Event::Tick => {
+                state.manager.check_guard().await;
+                state.manager.step(&state.hub).await;
+            }
+            Event::GuardBeat => guard.beat(),
             Event::Reload => state.reload(&options),
             Event::Shutdown => break,
         }
     }
     info!("vigil host stopping");
+    guard.stop();
     drop(state);
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -235,6 +273,7 @@ async fn start_packages(
     let run = config.cluster.dir.join("run");
     let mut ctx = RunnerContext::new(node, &config.cluster.dir);
     ctx.log_dir = Some(run.join("logs"));
+    ctx.claims_dir = Some(guard::records_dir(&config.cluster.dir));
     if let Some(dir) = &ctx.log_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

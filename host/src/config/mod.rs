@@ -128,6 +128,9 @@ pub struct ClusterConfig {
     pub nodes: Vec<String>,
     pub plugin_path: Vec<PathBuf>,
     pub store: StoreConfig,
+    /// `[store] lease_ttl_seconds` (default 3 s), whatever the store type:
+    /// the guard's margin is derived from it (see [`crate::guard`]).
+    pub lease_ttl: Duration,
     pub api: ApiConfig,
 }
 
@@ -208,6 +211,8 @@ impl Config {
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// DESIGN §8's default node liveness lease.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// Loads `cluster.toml`, every `monitors.d/*.toml` and every
 /// `packages.d/*.toml` below `dir`.
@@ -262,6 +267,7 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
         .map(|p| dir.join(p.get_ref()))
         .collect();
 
+    let mut lease_ttl = DEFAULT_LEASE_TTL;
     let store = match raw.store {
         None => StoreConfig::Embedded {
             path: dir.join("run/state"),
@@ -270,12 +276,13 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
             let span = store.span();
             let store = store.into_inner();
             let ttl = match store.lease_ttl_seconds {
-                None => Duration::from_secs(3),
+                None => DEFAULT_LEASE_TTL,
                 Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
                     errors.push(file.error_at(s.span(), format!("store.lease_ttl_seconds {e}")));
-                    Duration::from_secs(3)
+                    DEFAULT_LEASE_TTL
                 }),
             };
+            lease_ttl = ttl;
             match store.kind.get_ref().as_str() {
                 "embedded" => StoreConfig::Embedded {
                     path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
@@ -328,6 +335,7 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
             nodes,
             plugin_path,
             store,
+            lease_ttl,
             api,
         })
     } else {

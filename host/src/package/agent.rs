@@ -36,6 +36,13 @@ pub enum AgentCommand {
     SaveRecord {
         package: String,
     },
+    /// The guard halted the package as it ran with `fence`: end the
+    /// runner's copy if it is that one (without `halt`, the guard ran it)
+    /// and remove the guard's claim, which has been dealt with.
+    GuardHalted {
+        package: String,
+        fence: FenceToken,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +95,8 @@ pub fn spawn(
                 AgentCommand::Run { package, .. }
                 | AgentCommand::Halt { package, .. }
                 | AgentCommand::Adopt { package }
-                | AgentCommand::SaveRecord { package } => package.clone(),
+                | AgentCommand::SaveRecord { package }
+                | AgentCommand::GuardHalted { package, .. } => package.clone(),
             };
             let Some(runner) = runners.get_mut(&package) else {
                 warn!(%package, "agent: no such package");
@@ -123,6 +131,21 @@ pub fn spawn(
                     reports(AgentReport::Adopted { package, result });
                 }
                 AgentCommand::SaveRecord { .. } => save(runner, &path),
+                AgentCommand::GuardHalted { fence, .. } => {
+                    if runner.record().is_some_and(|r| r.fence_token == fence) {
+                        runner.abandon().await;
+                    }
+                    // A record saved after the claim is as stale as the claim.
+                    if RunRecord::load(&path).is_ok_and(|r| r.fence_token == fence) {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    if crate::guard::claimed(&run_dir, &package, fence) {
+                        let claim = crate::guard::Claim::path(&run_dir, &package);
+                        if let Err(e) = std::fs::remove_file(&claim) {
+                            warn!(%package, claim = %claim.display(), error = %e, "cannot remove the guard's claim");
+                        }
+                    }
+                }
             }
         }
     });

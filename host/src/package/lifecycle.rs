@@ -22,6 +22,10 @@
 //!   reused pid is not mistaken for the service, and
 //!   [`PackageRunner::adopt`] takes the services over without restarting
 //!   them.
+//! * The [guard](crate::guard) may take a package over while the host is
+//!   frozen: it claims the package, kills its services and halts it. A
+//!   service whose package the guard claimed (same fence token) is not
+//!   restarted; the runner reports [`LifecycleEvent::GuardHalted`] instead.
 //!
 //! This module does not decide anything: whether to halt after a failed
 //! `run`, where to fail over, or what to write to the cluster store is the
@@ -97,6 +101,9 @@ pub struct RunnerContext {
     pub restart_backoff: Duration,
     /// How long a service has after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// Where the guard leaves its claims (the run record directory);
+    /// `None` when no guard runs (unit tests).
+    pub claims_dir: Option<PathBuf>,
 }
 
 impl RunnerContext {
@@ -107,6 +114,7 @@ impl RunnerContext {
             log_dir: None,
             restart_backoff: Duration::from_secs(1),
             stop_grace: Duration::from_secs(10),
+            claims_dir: None,
         }
     }
 }
@@ -163,6 +171,14 @@ pub enum LifecycleEvent {
         package: String,
         service: String,
         reason: String,
+    },
+    /// A service exited because the guard took the package over (claimed
+    /// it with this fence token): it was not restarted, and the runner's
+    /// copy of the package is over.
+    GuardHalted {
+        package: String,
+        service: String,
+        fence: FenceToken,
     },
 }
 
@@ -530,6 +546,19 @@ impl PackageRunner {
         Ok(())
     }
 
+    /// Ends the runner's copy of a package the guard has halted: stops
+    /// (and reaps) whatever of its services is left, without running
+    /// `halt`, which the guard did.
+    pub async fn abandon(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(true);
+            for supervisor in running.supervisors {
+                let _ = supervisor.await;
+            }
+            tracing::info!(package = %self.spec.name, "package halted by the guard; no longer supervised");
+        }
+    }
+
     /// Stops every service (SIGTERM to its group, SIGKILL after the grace
     /// period, reaped), then runs `halt`. Runs `halt` even when nothing was
     /// running, so that it also cleans up after a failed `run`.
@@ -636,7 +665,8 @@ fn output_tail(output: &RunOutput) -> String {
     format!("...{}", &text[start..])
 }
 
-fn set_env(
+/// The control script environment (`VIGIL_*`) and working directory.
+pub(crate) fn set_env(
     cmd: &mut std::process::Command,
     spec: &PackageConfig,
     ctx: &RunnerContext,
@@ -793,6 +823,22 @@ impl Supervisor {
             };
             // The main process is gone; what it left in its group goes too.
             signal_group(pgid, Signal::SIGKILL);
+            // The guard claims a package before it kills anything, so an
+            // exit it caused always finds the claim here.
+            if self
+                .ctx
+                .claims_dir
+                .as_deref()
+                .is_some_and(|dir| crate::guard::claimed(dir, &self.spec.name, self.fence))
+            {
+                tracing::warn!(package = %self.spec.name, service = %self.service.name, %exit, "service stopped by the guard; not restarted");
+                let _ = self.events.send(LifecycleEvent::GuardHalted {
+                    package: self.spec.name.clone(),
+                    service: self.service.name.clone(),
+                    fence: self.fence,
+                });
+                return;
+            }
             let can_restart = !self.service.fail_fast
                 && match self.service.restarts {
                     Restarts::Unlimited => true,

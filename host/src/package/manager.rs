@@ -29,6 +29,7 @@ use super::agent::{self, AgentCommand, AgentReport};
 use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
 use crate::config::package::PackageConfig;
 use crate::criteria::{ResourceState, Transition};
+use crate::guard::{Claim, ClaimPhase};
 use crate::hub::ResourceHub;
 use crate::placement::{self, ActionReason, ClusterSnapshot, NodeState as PlacementNode, Op, Plan};
 use crate::store::{
@@ -125,6 +126,8 @@ pub struct PackageManager {
     failures: BTreeMap<String, String>,
     link: Option<ClusterLink>,
     claiming: Option<Claiming>,
+    /// Run records and the guard's claims.
+    run_dir: PathBuf,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -195,7 +198,7 @@ impl PackageManager {
         let agent = agent::spawn(
             &packages,
             ctx,
-            run_dir,
+            run_dir.clone(),
             channels.lifecycle,
             channels.reports,
         );
@@ -239,7 +242,68 @@ impl PackageManager {
             failures: BTreeMap::new(),
             link: cluster_link,
             claiming: None,
+            run_dir,
         })
+    }
+
+    /// Deals with what the guard did while this host was frozen or gone:
+    /// a package it halted as it ran here is down (or failed here, when its
+    /// `halt` failed) in the store, and the runner's copy of it is ended.
+    /// Placement may then start it again, with a new fence token. A claim
+    /// still being worked on by its guard is left alone until it is done.
+    pub async fn check_guard(&mut self) {
+        let claims: Vec<Claim> = self
+            .packages
+            .keys()
+            .filter_map(|p| Claim::load(&self.run_dir, p))
+            .filter(|c| !c.in_progress())
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let store = match self.store.snapshot().await {
+            Ok(store) => store,
+            Err(e) => {
+                warn!(error = %e, "cannot read the store to settle the guard's claims");
+                return;
+            }
+        };
+        let node = self.node.clone();
+        for claim in claims {
+            let package = claim.record.package.clone();
+            let fence = claim.fence();
+            let ours = store
+                .packages
+                .get(&package)
+                .is_some_and(|r| r.value.owners.contains(&node) && r.value.fence_token == fence);
+            if ours {
+                let why = claim.describe(&node);
+                let halted = claim.phase == ClaimPhase::Halted;
+                warn!(%package, %fence, reason = %why, "the guard halted this package");
+                let result = self
+                    .write(&package, |u| {
+                        if halted {
+                            u.state = PackageState::Down;
+                            u.owners.retain(|o| *o != node);
+                        } else {
+                            // As after a failed halt: something may still
+                            // hold its resources, so it stays ours until
+                            // an operator clears it.
+                            u.state = PackageState::Failed;
+                            u.failed_on.insert(node.clone());
+                        }
+                        u.reason = why.clone();
+                    })
+                    .await;
+                if let Err(e) = result {
+                    warn!(%package, error = %e, "cannot record the guard's halt; retrying");
+                    continue;
+                }
+            }
+            let _ = self
+                .agent
+                .send(AgentCommand::GuardHalted { package, fence });
+        }
     }
 
     /// The placement engine's view of the cluster now.
@@ -399,6 +463,10 @@ impl PackageManager {
                 let Some(record) = store.packages.get(&action.package) else {
                     return Ok(());
                 };
+                // The guard is still halting the old copy here.
+                if Claim::load(&self.run_dir, &action.package).is_some_and(|c| c.in_progress()) {
+                    return Ok(());
+                }
                 let failover = self
                     .packages
                     .get(&action.package)
@@ -588,13 +656,28 @@ impl PackageManager {
                         .await
                     }
                     Err(e) => {
-                        warn!(%package, error = %e, "cannot re-adopt; it is not running here");
-                        self.write(&package, |u| {
-                            u.state = PackageState::Down;
-                            u.owners.retain(|o| *o != node);
-                            u.reason = format!("not running after a host restart: {e}");
-                        })
-                        .await
+                        // The guard halted it while no host ran: its claim
+                        // says how that went, and check_guard records it.
+                        let claimed = match (
+                            Claim::load(&self.run_dir, &package),
+                            self.record(&package).await,
+                        ) {
+                            (Some(claim), Ok(record)) => claim.fence() == record.value.fence_token,
+                            _ => false,
+                        };
+                        if claimed {
+                            info!(%package, "not re-adopted: the guard halted it while no host ran");
+                            self.check_guard().await;
+                            Ok(())
+                        } else {
+                            warn!(%package, error = %e, "cannot re-adopt; it is not running here");
+                            self.write(&package, |u| {
+                                u.state = PackageState::Down;
+                                u.owners.retain(|o| *o != node);
+                                u.reason = format!("not running after a host restart: {e}");
+                            })
+                            .await
+                        }
                     }
                 }
             }
@@ -720,6 +803,13 @@ impl PackageManager {
                 let why = format!("service {service} failed on {}: {reason}", self.node);
                 warn!(%package, %why, "package failed");
                 self.failures.insert(package, why);
+                self.step(hub).await;
+            }
+            LifecycleEvent::GuardHalted {
+                package, service, ..
+            } => {
+                warn!(%package, %service, "service stopped by the guard");
+                self.check_guard().await;
                 self.step(hub).await;
             }
         }

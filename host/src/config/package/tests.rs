@@ -15,6 +15,7 @@ fn cluster(dir: &Path) -> ClusterConfig {
         store: StoreConfig::Embedded {
             path: dir.join("run/state"),
         },
+        lease_ttl: std::time::Duration::from_secs(3),
         api: ApiConfig {
             socket: dir.join("run/vigil.sock"),
             http_listen: None,
