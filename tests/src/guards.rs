@@ -457,8 +457,8 @@ pub fn require_tools(tools: &[(&str, &str)]) {
     }
 }
 
-/// True when `/dev/loop-control` exists; panics with a clear message
-/// otherwise (loop devices are needed, not optional).
+/// Panics with a clear message unless `/dev/loop-control` exists: loop
+/// devices are needed, not optional.
 pub fn require_loop_devices() {
     assert!(
         Path::new("/dev/loop-control").exists(),

@@ -91,7 +91,9 @@ impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
         let mut options = Options {
             count: 100,
-            monitors: vec!["lan".into(), "shm".into(), "fs".into()],
+            monitors: ["lan", "lan-same-index", "shm", "fs"]
+                .map(String::from)
+                .to_vec(),
         };
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -100,11 +102,13 @@ impl Options {
                     options.count = n.parse().with_context(|| format!("--count {n}"))?;
                 }
                 "--only" => {
-                    let list = args.next().context("--only needs lan,shm,fs")?;
+                    let list = args
+                        .next()
+                        .context("--only needs a list such as lan,shm,fs")?;
                     options.monitors = list.split(',').map(str::to_owned).collect();
                 }
                 other => bail!(
-                    "unknown argument {other:?}; usage: detection_latency [--count N] [--only lan,shm,fs]"
+                    "unknown argument {other:?}; usage: detection_latency [--count N] [--only lan,lan-same-index,shm,fs]"
                 ),
             }
         }
