@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use vigil_sdk::now_ms;
 
 use crate::api::{self, ApiCall, Request, Response};
@@ -329,6 +329,11 @@ struct DaemonState {
 impl DaemonState {
     async fn on_monitor_event(&mut self, event: MonitorEvent) {
         let (applied, transitions) = self.hub.apply(event, now_ms());
+        // One line per recorded sample: its log timestamp is when the host
+        // knew the value, which `bench/detection_latency` measures against.
+        for sample in &applied.recorded {
+            debug!(resource = %sample.name, value = %sample.value.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string), "sample recorded");
+        }
         for refusal in applied.refused {
             warn!(%refusal, "sample refused");
         }

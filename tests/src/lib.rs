@@ -6,6 +6,10 @@
 //! this test executable was built into; `cargo build --workspace` builds
 //! them (the README's test command does).
 
+mod guards;
+
+pub use guards::*;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -206,9 +210,25 @@ impl ConfigDir {
 
     /// Starts `vigil host` on this config dir and waits until it answers.
     pub fn start_host(&self) -> Host {
+        self.start_host_with(&[])
+    }
+
+    /// Starts `vigil host` behind a wrapper that execs it, such as
+    /// `["ip", "netns", "exec", ns]`, so the host runs inside that network
+    /// namespace while the CLI still reaches it through the socket file.
+    pub fn start_host_with(&self, wrapper: &[&str]) -> Host {
         let log = self.path().join("host.log");
         let log_file = std::fs::File::create(&log).expect("create host.log");
-        let child = Command::new(vigil_bin())
+        let vigil = vigil_bin();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&vigil);
+                c
+            }
+            None => Command::new(&vigil),
+        };
+        let child = command
             .arg("-c")
             .arg(self.path())
             .arg("host")
