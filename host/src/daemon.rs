@@ -32,7 +32,7 @@ use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
-use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
+use crate::package::manager::{ClusterLink, ManagerChannels, ManagerSetup, PackageManager};
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
 use crate::store::ClusterStore;
@@ -50,6 +50,8 @@ pub enum Event {
     Tick,
     /// Time to heartbeat the guard.
     GuardBeat,
+    /// Something changed in the cluster store (another node, a package record).
+    StoreChanged,
     /// Re-read the configuration directory (SIGHUP).
     Reload,
     /// Stop (SIGTERM, SIGINT).
@@ -242,16 +244,75 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 state.manager.check_guard().await;
                 state.manager.step(&state.hub).await;
             }
-            Event::GuardBeat => guard.beat(),
+            // A host that cannot renew its lease stops vouching for its
+            // packages: the guard then halts them before the lease expires.
+            Event::GuardBeat => {
+                if !state.manager.lease_in_doubt() {
+                    guard.beat();
+                }
+            }
+            Event::StoreChanged => state.manager.step(&state.hub).await,
             Event::Reload => state.reload(&options),
             Event::Shutdown => break,
         }
     }
     info!("vigil host stopping");
-    guard.stop();
+    if state.manager.on_cluster() {
+        // On a cluster the node's lease runs out after this host stops and
+        // other nodes take its packages over, so they must not keep running
+        // here: the guard, left armed, halts them within its margin, before
+        // the lease can expire.
+        info!("leaving the guard armed: it halts this node's packages before the lease expires");
+    } else {
+        guard.stop();
+    }
     drop(state);
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Joins an etcd cluster: connects, takes this node's liveness lease, keeps
+/// it alive, and records the node as up bound to it.
+async fn join_etcd(
+    config: &Config,
+    node: &str,
+    endpoints: &[String],
+    ttl: std::time::Duration,
+) -> anyhow::Result<ClusterLink> {
+    use crate::store::etcd::EtcdStore;
+    use crate::store::{NodeRecord, NodeState};
+    let etcd = EtcdStore::connect(
+        endpoints,
+        &config.cluster.name,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .context("connecting to etcd")?;
+    let lease = etcd
+        .grant_lease(ttl)
+        .await
+        .context("taking the node lease")?;
+    let keepalive = etcd.keep_alive(&lease);
+    etcd.put_node_with_lease(
+        NodeRecord {
+            name: node.to_owned(),
+            state: NodeState::Up,
+            updated_ms: vigil_sdk::now_ms(),
+        },
+        lease.id,
+    )
+    .await
+    .context("recording this node in etcd")?;
+    info!(node, lease = %lease.id, ttl = ?ttl, "joined the cluster on etcd");
+    // Stop acting as an owner once the lease might have less left than the
+    // guard's margin leaves: the same point at which the guard would fire.
+    let margin = ttl.saturating_sub(guard::margin(ttl));
+    Ok(ClusterLink {
+        etcd,
+        lease,
+        keepalive,
+        margin,
+    })
 }
 
 /// Opens the store and starts the package manager on it.
@@ -261,14 +322,18 @@ async fn start_packages(
     hub: &mut ResourceHub,
     events: &mpsc::UnboundedSender<Event>,
 ) -> anyhow::Result<PackageManager> {
-    let store: Arc<dyn ClusterStore> = match &config.cluster.store {
-        config::StoreConfig::Embedded { path } => {
-            Arc::new(crate::store::embedded::EmbeddedStore::open(path)?)
-        }
-        config::StoreConfig::Etcd { .. } => anyhow::bail!(
-            "{}: store.type = \"etcd\" is not available in this version; use \"embedded\"",
-            config.cluster.dir.join("cluster.toml").display()
+    let (store, link): (Arc<dyn ClusterStore>, Option<ClusterLink>) = match &config.cluster.store {
+        config::StoreConfig::Embedded { path } => (
+            Arc::new(crate::store::embedded::EmbeddedStore::open(path)?),
+            None,
         ),
+        config::StoreConfig::Etcd {
+            endpoints,
+            lease_ttl,
+        } => {
+            let link = join_etcd(config, node, endpoints, *lease_ttl).await?;
+            (Arc::new(link.etcd.clone()), Some(link))
+        }
     };
     let run = config.cluster.dir.join("run");
     let mut ctx = RunnerContext::new(node, &config.cluster.dir);
@@ -294,6 +359,17 @@ async fn start_packages(
             let _ = events.send(Event::Agent(r));
         })
     };
+    let mut watch = store.watch().await.context("watching the cluster store")?;
+    {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while watch.events.recv().await.is_some() {
+                if events.send(Event::StoreChanged).is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let setup = ManagerSetup {
         cluster: config.cluster.name.clone(),
         node: node.to_owned(),
@@ -302,7 +378,7 @@ async fn start_packages(
         store,
         ctx,
         run_dir: run.join("packages"),
-        link: None,
+        link,
     };
     let manager = PackageManager::start(
         setup,

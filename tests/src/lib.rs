@@ -217,6 +217,15 @@ impl ConfigDir {
     /// `["ip", "netns", "exec", ns]`, so the host runs inside that network
     /// namespace while the CLI still reaches it through the socket file.
     pub fn start_host_with(&self, wrapper: &[&str]) -> Host {
+        self.spawn_host(wrapper, &[])
+    }
+
+    /// Starts `vigil host --node NODE` (for multi-node clusters).
+    pub fn start_host_as(&self, node: &str) -> Host {
+        self.spawn_host(&[], &["--node", node])
+    }
+
+    fn spawn_host(&self, wrapper: &[&str], host_args: &[&str]) -> Host {
         let log = self.path().join("host.log");
         let log_file = std::fs::File::create(&log).expect("create host.log");
         let vigil = vigil_bin();
@@ -232,6 +241,7 @@ impl ConfigDir {
             .arg("-c")
             .arg(self.path())
             .arg("host")
+            .args(host_args)
             .env("VIGIL_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -282,6 +292,14 @@ impl Host {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the host with SIGKILL (a node dying) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the host and returns its exit status.
@@ -341,4 +359,84 @@ pub fn compile_c_plugin(source: &Path, out: &Path) {
         out.display(),
         source.display()
     ));
+}
+
+/// A throwaway etcd on loopback (free ports, temporary data dir), killed
+/// when dropped. Fails loudly when `etcd` (Debian `etcd-server`) is missing.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        require_tool("etcd", "etcd-server");
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-etcd-")
+            .tempdir()
+            .expect("tempdir");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let etcd = Etcd {
+            child,
+            endpoint,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(20), "etcd to answer /health", || {
+            use std::io::{Read, Write};
+            let mut stream =
+                std::net::TcpStream::connect(("127.0.0.1", client)).map_err(|e| e.to_string())?;
+            stream
+                .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            stream
+                .read_to_string(&mut answer)
+                .map_err(|e| e.to_string())?;
+            if answer.contains("\"health\":\"true\"") {
+                Ok(())
+            } else {
+                Err(answer)
+            }
+        });
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

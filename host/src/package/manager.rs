@@ -565,8 +565,13 @@ impl PackageManager {
         Ok(())
     }
 
+    /// True on a multi-node (etcd) cluster.
+    pub fn on_cluster(&self) -> bool {
+        self.link.is_some()
+    }
+
     /// True when this node's lease might expire within the safety margin.
-    fn lease_in_doubt(&self) -> bool {
+    pub fn lease_in_doubt(&self) -> bool {
         self.link.as_ref().is_some_and(|link| {
             let health = link.keepalive.health();
             health.expired || health.valid_until <= std::time::Instant::now() + link.margin
@@ -818,6 +823,17 @@ impl PackageManager {
     /// A package's view of a resource changed: plan again at once, so a
     /// required resource going down halts the package here without waiting.
     pub async fn on_transition(&mut self, transition: &Transition, hub: &ResourceHub) {
+        // Other nodes place packages on what this node reports.
+        if self.link.is_some() {
+            let states = vec![(transition.resource.clone(), transition.to)];
+            if let Err(e) = self
+                .store
+                .set_resource_states(self.node.clone(), states)
+                .await
+            {
+                warn!(error = %e, "cannot publish a resource state");
+            }
+        }
         if self.packages.contains_key(&transition.package) {
             self.step(hub).await;
         }
