@@ -11,6 +11,13 @@ use vigil_tests::*;
 const WAIT: Duration = Duration::from_secs(30);
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
+/// A cluster name no other test of this run uses, even on a shared etcd.
+fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
 /// One line of the shared control-script log.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
@@ -39,7 +46,7 @@ impl Cluster {
         let etcd = Etcd::start();
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("scripts.log");
-        let name = format!("seed{}", std::process::id());
+        let name = unique_name("seed");
         let mut dirs = BTreeMap::new();
         for node in NODES {
             let cfg = ConfigDir::new();
@@ -252,4 +259,295 @@ fn seed_node2_dies_only_ers_moves() {
     );
     c.check_no_overlap();
     assert!(c.etcd.endpoint.starts_with("http://127.0.0.1:"));
+}
+
+/// Two nodes and one package `app` (nodes [node1, node2]) whose service
+/// logs when it starts and stops, to prove no two copies ever overlapped.
+struct AppCluster {
+    etcd: Etcd,
+    dirs: BTreeMap<&'static str, ConfigDir>,
+    hosts: BTreeMap<&'static str, Host>,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+/// (node, token, start ms, stop ms if it stopped) per service copy.
+type Interval = (String, u64, u64, Option<u64>);
+
+impl AppCluster {
+    fn new(lease_ttl_seconds: u32) -> Self {
+        let etcd = Etcd::start();
+        let name = unique_name("app");
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("app.log");
+        let mut dirs = BTreeMap::new();
+        for node in ["node1", "node2"] {
+            let cfg = ConfigDir::new();
+            cfg.write(
+                "cluster.toml",
+                &format!(
+                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = {lease_ttl_seconds}\n",
+                    etcd.endpoint
+                ),
+            );
+            cfg.script("pkg/run.sh", "#!/bin/sh\nexit 0\n");
+            cfg.script("pkg/halt.sh", "#!/bin/sh\nexit 0\n");
+            cfg.script(
+                "pkg/service.sh",
+                &format!(
+                    "#!/bin/sh\necho \"$(date +%s%3N) start $VIGIL_NODE $VIGIL_FENCE_TOKEN\" >> {log}\ntrap 'echo \"$(date +%s%3N) stop $VIGIL_NODE $VIGIL_FENCE_TOKEN\" >> {log}; exit 0' TERM\nwhile :; do sleep 0.1; done\n",
+                    log = log.display()
+                ),
+            );
+            cfg.write(
+                "packages.d/app.toml",
+                "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"pkg/service.sh\"]\n",
+            );
+            dirs.insert(node, cfg);
+        }
+        Self {
+            etcd,
+            dirs,
+            hosts: BTreeMap::new(),
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    fn status(&self, node: &str) -> Result<serde_json::Value, String> {
+        let out = self.dirs[node].vigil(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    fn wait_app_on(&self, from: &str, node: &str) -> serde_json::Value {
+        wait_for(WAIT, &format!("app up on {node}, seen from {from}"), || {
+            let status = self.status(from)?;
+            let app = status["packages"][0].clone();
+            if app["state"] == "up" && app["running_on"] == serde_json::json!([node]) {
+                Ok(app)
+            } else {
+                Err(status.to_string())
+            }
+        })
+    }
+
+    fn intervals(&self) -> Vec<Interval> {
+        let mut out: Vec<Interval> = Vec::new();
+        for line in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+        {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (Some(at), Some(op), Some(node), Some(token)) =
+                (f.first(), f.get(1), f.get(2), f.get(3))
+            else {
+                continue;
+            };
+            let (Ok(at), Ok(token)) = (at.parse::<u64>(), token.parse::<u64>()) else {
+                continue;
+            };
+            match *op {
+                "start" => out.push((node.to_string(), token, at, None)),
+                _ => {
+                    if let Some(i) = out
+                        .iter_mut()
+                        .find(|i| i.0 == *node && i.1 == token && i.3.is_none())
+                    {
+                        i.3 = Some(at);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Pairs of service copies on different nodes that ran at the same time.
+    fn overlaps(&self) -> Vec<(Interval, Interval)> {
+        let all = self.intervals();
+        let mut found = Vec::new();
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                let a_end = a.3.unwrap_or(u64::MAX);
+                let b_end = b.3.unwrap_or(u64::MAX);
+                if a.0 != b.0 && a.2 < b_end && b.2 < a_end {
+                    found.push((a.clone(), b.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every host's log, for a failure message.
+    fn logs(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|(node, dir)| {
+                let log = std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                format!(
+                    "--- {node} (last 60 lines, newest first)\n{}\n",
+                    tail.join("\n")
+                )
+            })
+            .collect()
+    }
+
+    fn signal(&self, node: &str, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.hosts[node].pid() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+}
+
+impl Drop for AppCluster {
+    fn drop(&mut self) {
+        for host in self.hosts.keys() {
+            let pid = nix::unistd::Pid::from_raw(self.hosts[host].pid() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+        self.hosts.clear();
+        // Services left behind (the guard-less run) die with the test.
+        for dir in self.dirs.values() {
+            for (pid, _) in processes_matching(&dir.path().display().to_string()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
+    use nix::sys::signal::Signal;
+    let mut c = AppCluster::new(2);
+    c.hosts
+        .insert("node1", c.dirs["node1"].start_host_as("node1"));
+    let first = c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    // Freeze node1's host past its lease.
+    c.signal("node1", Signal::SIGSTOP);
+    let moved = c.wait_app_on("node2", "node2");
+    assert!(
+        moved["fence_token"].as_u64() > first["fence_token"].as_u64(),
+        "{first} then {moved}"
+    );
+    let intervals = c.intervals();
+    let old = intervals
+        .iter()
+        .find(|i| i.0 == "node1")
+        .expect("node1's copy")
+        .clone();
+    let new = intervals
+        .iter()
+        .find(|i| i.0 == "node2")
+        .expect("node2's copy")
+        .clone();
+    assert!(
+        old.3.is_some_and(|stop| stop <= new.2),
+        "node1's copy stopped before node2's started: {intervals:?}"
+    );
+    // Thawed, node1 finds it lost ownership and does not restart its copy.
+    c.signal("node1", Signal::SIGCONT);
+    std::thread::sleep(Duration::from_secs(3));
+    let starts_on_node1 = c.intervals().iter().filter(|i| i.0 == "node1").count();
+    assert_eq!(starts_on_node1, 1, "{:?}", c.intervals());
+    let seen_from_node1 = c.wait_app_on("node1", "node2");
+    assert_eq!(seen_from_node1["fence_token"], moved["fence_token"]);
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}
+
+#[test]
+fn split_brain_without_the_guard_two_copies_overlap() {
+    use nix::sys::signal::Signal;
+    let mut c = AppCluster::new(2);
+    c.hosts.insert(
+        "node1",
+        c.dirs["node1"].start_host_as_with_env("node1", &[("VIGIL_GUARD", "off")]),
+    );
+    c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    c.signal("node1", Signal::SIGSTOP);
+    c.wait_app_on("node2", "node2");
+    // Nobody stopped node1's copy: this is what the guard is for.
+    let overlaps = wait_for(WAIT, "an overlap", || {
+        let o = c.overlaps();
+        if o.is_empty() {
+            Err(format!("{:?}", c.intervals()))
+        } else {
+            Ok(o)
+        }
+    });
+    assert!(overlaps.iter().all(|(a, b)| a.0 != b.0));
+    // Once thawed, the host sees it lost ownership and halts its copy itself.
+    c.signal("node1", Signal::SIGCONT);
+    wait_for(WAIT, "node1's stale copy to stop", || {
+        let i = c.intervals();
+        if i.iter().filter(|i| i.0 == "node1").all(|i| i.3.is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{i:?}"))
+        }
+    });
+}
+
+#[test]
+fn etcd_outage_shorter_than_the_margin_changes_nothing() {
+    let mut c = AppCluster::new(4);
+    c.hosts
+        .insert("node1", c.dirs["node1"].start_host_as("node1"));
+    let before = c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    let lines = c.intervals();
+    c.etcd.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    c.etcd.resume();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(c.intervals(), lines, "no service stopped or started");
+    let after = c.wait_app_on("node2", "node1");
+    assert_eq!(after["fence_token"], before["fence_token"]);
+}
+
+#[test]
+fn etcd_outage_longer_than_the_margin_halts_safely_and_the_cluster_recovers() {
+    let mut c = AppCluster::new(4);
+    c.hosts
+        .insert("node1", c.dirs["node1"].start_host_as("node1"));
+    let before = c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    c.etcd.stop();
+    // Within the margin (60 % of the 4 s lease) node1's guard stops the app.
+    wait_for(WAIT, "the app to be halted during the outage", || {
+        let i = c.intervals();
+        if i.iter().all(|i| i.3.is_some()) {
+            Ok(())
+        } else {
+            Err(format!("{i:?}"))
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.etcd.resume();
+    // The cluster recovers by itself: the app runs again, under a new token.
+    let again = wait_for(WAIT, "the app to run again", || {
+        let status = c.status("node2")?;
+        let app = status["packages"][0].clone();
+        if app["state"] == "up" && app["fence_token"].as_u64() > before["fence_token"].as_u64() {
+            Ok(app)
+        } else {
+            Err(format!("{status}\n{}", c.logs()))
+        }
+    });
+    assert_eq!(again["running_on"].as_array().map(Vec::len), Some(1));
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }

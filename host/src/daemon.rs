@@ -179,15 +179,26 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     // Before any package is adopted or started, so that all of them are
     // guarded; after the API socket, so a second host on this node fails
     // before it gets here.
-    let mut guard = GuardLink::start(GuardOptions {
-        config_dir: config.cluster.dir.clone(),
-        node: node.clone(),
-        margin: guard::margin(config.cluster.lease_ttl),
-    })
-    .context("starting the guard")?;
+    // VIGIL_GUARD=off exists to show what the guard protects against (the
+    // split-brain tests run once without it); never set it in production.
+    let mut guard = if std::env::var("VIGIL_GUARD").as_deref() == Ok("off") {
+        warn!(
+            "VIGIL_GUARD=off: no guard; a frozen host keeps its packages running after its lease expires"
+        );
+        None
+    } else {
+        Some(
+            GuardLink::start(GuardOptions {
+                config_dir: config.cluster.dir.clone(),
+                node: node.clone(),
+                margin: guard::margin(config.cluster.lease_ttl),
+            })
+            .context("starting the guard")?,
+        )
+    };
     {
         let events = events.clone();
-        let interval = guard::beat_interval(guard.margin());
+        let interval = guard::beat_interval(guard::margin(config.cluster.lease_ttl));
         tokio::spawn(async move {
             let mut beats = tokio::time::interval(interval);
             loop {
@@ -209,7 +220,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
     let manager = start_packages(&config, &node, &mut hub, &events).await?;
-    guard.beat();
+    if let Some(guard) = &mut guard {
+        guard.beat();
+    }
     {
         let events = events.clone();
         tokio::spawn(async move {
@@ -241,13 +254,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
             Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
             Event::Tick => {
+                state.manager.maintain_link().await;
                 state.manager.check_guard().await;
                 state.manager.step(&state.hub).await;
             }
             // A host that cannot renew its lease stops vouching for its
             // packages: the guard then halts them before the lease expires.
             Event::GuardBeat => {
-                if !state.manager.lease_in_doubt() {
+                if let (Some(guard), false) = (&mut guard, state.manager.lease_in_doubt()) {
                     guard.beat();
                 }
             }
@@ -263,7 +277,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         // here: the guard, left armed, halts them within its margin, before
         // the lease can expire.
         info!("leaving the guard armed: it halts this node's packages before the lease expires");
-    } else {
+    } else if let Some(guard) = &guard {
         guard.stop();
     }
     drop(state);

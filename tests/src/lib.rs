@@ -217,15 +217,20 @@ impl ConfigDir {
     /// `["ip", "netns", "exec", ns]`, so the host runs inside that network
     /// namespace while the CLI still reaches it through the socket file.
     pub fn start_host_with(&self, wrapper: &[&str]) -> Host {
-        self.spawn_host(wrapper, &[])
+        self.spawn_host(wrapper, &[], &[])
     }
 
     /// Starts `vigil host --node NODE` (for multi-node clusters).
     pub fn start_host_as(&self, node: &str) -> Host {
-        self.spawn_host(&[], &["--node", node])
+        self.spawn_host(&[], &["--node", node], &[])
     }
 
-    fn spawn_host(&self, wrapper: &[&str], host_args: &[&str]) -> Host {
+    /// Like [`ConfigDir::start_host_as`], with extra environment variables.
+    pub fn start_host_as_with_env(&self, node: &str, env: &[(&str, &str)]) -> Host {
+        self.spawn_host(&[], &["--node", node], env)
+    }
+
+    fn spawn_host(&self, wrapper: &[&str], host_args: &[&str], env: &[(&str, &str)]) -> Host {
         let log = self.path().join("host.log");
         let log_file = std::fs::File::create(&log).expect("create host.log");
         let vigil = vigil_bin();
@@ -242,6 +247,7 @@ impl ConfigDir {
             .arg(self.path())
             .arg("host")
             .args(host_args)
+            .envs(env.iter().copied())
             .env("VIGIL_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -364,9 +370,11 @@ pub fn compile_c_plugin(source: &Path, out: &Path) {
 /// A throwaway etcd on loopback (free ports, temporary data dir), killed
 /// when dropped. Fails loudly when `etcd` (Debian `etcd-server`) is missing.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
     pub endpoint: String,
-    _dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -379,22 +387,66 @@ fn free_port() -> u16 {
 impl Etcd {
     pub fn start() -> Self {
         require_tool("etcd", "etcd-server");
-        let dir = tempfile::Builder::new()
-            .prefix("vigil-etcd-")
-            .tempdir()
-            .expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        // Free ports are only free until someone takes them: if etcd could
+        // not bind (another test's etcd won the race), try other ports
+        // rather than talk to someone else's etcd.
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("vigil-etcd-")
+                .tempdir()
+                .expect("tempdir");
+            let (client, peer) = (free_port(), free_port());
+            let mut etcd = Etcd {
+                child: None,
+                endpoint: format!("http://127.0.0.1:{client}"),
+                client,
+                peer,
+                dir,
+            };
+            if etcd.try_resume() {
+                return etcd;
+            }
+        }
+        panic!("etcd did not start on free ports five times in a row");
+    }
+
+    /// Kills etcd (an outage); [`Etcd::resume`] brings it back with its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd on the same ports and data directory and waits until it answers.
+    pub fn resume(&mut self) {
+        assert!(
+            self.try_resume(),
+            "etcd did not restart on its ports; log:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Starts etcd and waits until it answers; false if it exited instead.
+    fn try_resume(&mut self) -> bool {
+        let peer_url = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .args([
                 "--listen-client-urls",
-                &endpoint,
+                &self.endpoint,
                 "--advertise-client-urls",
-                &endpoint,
+                &self.endpoint,
             ])
             .args([
                 "--listen-peer-urls",
@@ -408,35 +460,45 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        let etcd = Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        wait_for(Duration::from_secs(20), "etcd to answer /health", || {
-            use std::io::{Read, Write};
-            let mut stream =
-                std::net::TcpStream::connect(("127.0.0.1", client)).map_err(|e| e.to_string())?;
-            stream
-                .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                .map_err(|e| e.to_string())?;
-            let mut answer = String::new();
-            stream
-                .read_to_string(&mut answer)
-                .map_err(|e| e.to_string())?;
-            if answer.contains("\"health\":\"true\"") {
-                Ok(())
-            } else {
-                Err(answer)
+        self.child = Some(child);
+        let client = self.client;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            // Ours must still be running: a healthy answer from an etcd that
+            // is not our child would be another test's.
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                self.child = None;
+                return false;
             }
-        });
-        etcd
+            use std::io::{Read, Write};
+            let healthy = std::net::TcpStream::connect(("127.0.0.1", client))
+                .and_then(|mut stream| {
+                    stream.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                    let mut answer = String::new();
+                    stream.read_to_string(&mut answer)?;
+                    Ok(answer.contains("\"health\":\"true\""))
+                })
+                .unwrap_or(false);
+            if healthy {
+                // Still ours after answering?
+                std::thread::sleep(Duration::from_millis(100));
+                return self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

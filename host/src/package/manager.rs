@@ -45,6 +45,8 @@ struct InFlight {
     reason: String,
     /// After this halt, mark the package failed here with this reason.
     then_fail: Option<String>,
+    /// False when the package's record is not ours to write (we lost it).
+    record: bool,
 }
 
 /// An operator command (`vigil pkg …`, `vigil node …`).
@@ -124,6 +126,8 @@ pub struct PackageManager {
     requests: BTreeMap<String, Option<String>>,
     /// Service failures waiting for their halt.
     failures: BTreeMap<String, String>,
+    /// What the agent runs here now, as far as this manager knows.
+    running_here: BTreeSet<String>,
     link: Option<ClusterLink>,
     claiming: Option<Claiming>,
     /// Run records and the guard's claims.
@@ -240,6 +244,7 @@ impl PackageManager {
             admin_halted: BTreeSet::new(),
             requests: BTreeMap::new(),
             failures: BTreeMap::new(),
+            running_here: BTreeSet::new(),
             link: cluster_link,
             claiming: None,
             run_dir,
@@ -300,6 +305,7 @@ impl PackageManager {
                     continue;
                 }
             }
+            self.running_here.remove(&package);
             let _ = self
                 .agent
                 .send(AgentCommand::GuardHalted { package, fence });
@@ -402,6 +408,30 @@ impl PackageManager {
             .nodes
             .get(&self.node)
             .is_some_and(|n| n.value.state == NodeState::Halted);
+        // A copy running here whose ownership went to another node (this
+        // host was frozen or cut off, and the cluster moved on): stop it at
+        // once, without touching a record that is no longer ours.
+        let lost = self.running_here.iter().find(|p| {
+            store
+                .packages
+                .get(*p)
+                .is_some_and(|r| !r.value.owners.contains(&self.node))
+        });
+        if let Some(package) = lost.cloned() {
+            warn!(%package, node = %self.node, "ownership went to another node; halting the copy here");
+            self.in_flight = Some(InFlight {
+                package: package.clone(),
+                op: Op::Halt,
+                reason: "lost_ownership".into(),
+                then_fail: None,
+                record: false,
+            });
+            let _ = self.agent.send(AgentCommand::Halt {
+                package,
+                reason: Reason::Other("lost_ownership".into()),
+            });
+            return Ok(());
+        }
         // Without a sure lease this node may not act as an owner: halt what
         // runs here before the lease can expire, and start nothing.
         let lease_lost = self.lease_in_doubt();
@@ -524,6 +554,7 @@ impl PackageManager {
             op: Op::Run,
             reason: claim.reason.to_string(),
             then_fail: None,
+            record: true,
         });
         let _ = self.agent.send(AgentCommand::Run {
             package: claim.package,
@@ -565,6 +596,41 @@ impl PackageManager {
         Ok(())
     }
 
+    /// On a cluster: when etcd says this node's lease is gone (it expired
+    /// while etcd was unreachable), takes a new one and records the node as
+    /// up again. Until then `lease_in_doubt` keeps this node from acting.
+    pub async fn maintain_link(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        if !link.keepalive.health().expired {
+            return;
+        }
+        let ttl = link.lease.ttl;
+        let result = async {
+            let lease = link.etcd.grant_lease(ttl).await?;
+            let keepalive = link.etcd.keep_alive(&lease);
+            link.etcd
+                .put_node_with_lease(
+                    NodeRecord {
+                        name: self.node.clone(),
+                        state: NodeState::Up,
+                        updated_ms: vigil_sdk::now_ms(),
+                    },
+                    lease.id,
+                )
+                .await?;
+            Ok::<_, StoreError>((lease, keepalive))
+        }
+        .await;
+        match result {
+            Ok((lease, keepalive)) => {
+                info!(node = %self.node, lease = %lease.id, "lease expired; rejoined with a new one");
+                link.lease = lease;
+                link.keepalive = keepalive;
+            }
+            Err(e) => warn!(error = %e, "cannot rejoin the cluster yet"),
+        }
+    }
+
     /// True on a multi-node (etcd) cluster.
     pub fn on_cluster(&self) -> bool {
         self.link.is_some()
@@ -600,6 +666,7 @@ impl PackageManager {
             op: Op::Halt,
             reason: reason.to_string(),
             then_fail,
+            record: true,
         });
         let _ = self.agent.send(AgentCommand::Halt {
             package: package.to_owned(),
@@ -654,6 +721,7 @@ impl PackageManager {
                 match result {
                     Ok(()) => {
                         info!(%package, "re-adopted: still running, not restarted");
+                        self.running_here.insert(package.clone());
                         self.write(&package, |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("re-adopted on {node} after a host restart");
@@ -694,6 +762,7 @@ impl PackageManager {
                     Ok(()) => {
                         let why = flight.map(|f| f.reason).unwrap_or_default();
                         info!(%package, %node, "package up");
+                        self.running_here.insert(package.clone());
                         // Deferred resources count from now on, not from
                         // samples taken before the package ran.
                         if let Some(p) = self.packages.get(&package) {
@@ -731,6 +800,12 @@ impl PackageManager {
             }
             AgentReport::Halted { package, result } => {
                 let flight = self.in_flight.take();
+                self.running_here.remove(&package);
+                if flight.as_ref().is_some_and(|f| !f.record) {
+                    info!(%package, %node, ok = result.is_ok(), "stale copy halted");
+                    self.step(hub).await;
+                    return;
+                }
                 if let (Some(link), Ok(())) = (&self.link, &result)
                     && let Err(e) = link.etcd.release_package(&package, &node).await
                 {
