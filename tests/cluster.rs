@@ -276,6 +276,13 @@ type Interval = (String, u64, u64, Option<u64>);
 
 impl AppCluster {
     fn new(lease_ttl_seconds: u32) -> Self {
+        Self::build(lease_ttl_seconds, false)
+    }
+
+    /// With `gated`, `app` also needs `/example/file/flag/present == yes`,
+    /// where each node's flag is its own file (`flag_path(node)`), watched
+    /// by the example file monitor.
+    fn build(lease_ttl_seconds: u32, gated: bool) -> Self {
         let etcd = Etcd::start();
         let name = unique_name("app");
         let log_dir = tempfile::tempdir().unwrap();
@@ -299,10 +306,21 @@ impl AppCluster {
                     log = log.display()
                 ),
             );
-            cfg.write(
-                "packages.d/app.toml",
-                "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"pkg/service.sh\"]\n",
-            );
+            let mut package = "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"pkg/service.sh\"]\n".to_owned();
+            if gated {
+                cfg.monitor(
+                    "file",
+                    &format!(
+                        "name = \"file\"\ntype = \"dylib\"\nplugin = \"vigil_example_file\"\ninterval_seconds = 0.1\n[params.files]\nflag = \"{}\"\n",
+                        cfg.path().join("flag").display()
+                    ),
+                );
+                std::fs::write(cfg.path().join("flag"), "").unwrap();
+                package.push_str(
+                    "\n[[resource]]\nname = \"/example/file/flag/present\"\nup = \"== yes\"\n",
+                );
+            }
+            cfg.write("packages.d/app.toml", &package);
             dirs.insert(node, cfg);
         }
         Self {
@@ -549,5 +567,38 @@ fn etcd_outage_longer_than_the_margin_halts_safely_and_the_cluster_recovers() {
         }
     });
     assert_eq!(again["running_on"].as_array().map(Vec::len), Some(1));
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}
+
+#[test]
+fn resource_fault_on_the_owner_moves_the_package_to_the_adoptive_node() {
+    let mut c = AppCluster::build(2, true);
+    c.hosts
+        .insert("node1", c.dirs["node1"].start_host_as("node1"));
+    let first = c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    // A real fault on node1 only: its flag file goes away.
+    std::fs::remove_file(c.dirs["node1"].path().join("flag")).unwrap();
+    let moved = c.wait_app_on("node2", "node2");
+    assert!(moved["fence_token"].as_u64() > first["fence_token"].as_u64());
+    let intervals = c.intervals();
+    let old = intervals
+        .iter()
+        .find(|i| i.0 == "node1")
+        .expect("node1's copy");
+    let new = intervals
+        .iter()
+        .find(|i| i.0 == "node2")
+        .expect("node2's copy");
+    assert!(old.3.is_some_and(|stop| stop <= new.2), "{intervals:?}");
+    // And node1 is not eligible while its resource is down.
+    let why = c.dirs["node2"].vigil(&["why", "app"]);
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(
+        why.contains("node1: not eligible: resource /example/file/flag/present is not up"),
+        "{why}"
+    );
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }
