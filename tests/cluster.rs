@@ -602,3 +602,48 @@ fn resource_fault_on_the_owner_moves_the_package_to_the_adoptive_node() {
     );
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }
+
+#[test]
+fn operator_commands_on_any_node_take_effect_cluster_wide() {
+    let mut c = AppCluster::new(2);
+    c.hosts
+        .insert("node1", c.dirs["node1"].start_host_as("node1"));
+    c.wait_app_on("node1", "node1");
+    c.hosts
+        .insert("node2", c.dirs["node2"].start_host_as("node2"));
+    c.wait_app_on("node2", "node1");
+    let run = |on: &str, args: &[&str]| {
+        let out = c.dirs[on].vigil(args);
+        assert!(out.status.success(), "{args:?} on {on}: {out:?}");
+    };
+    // Asked on node2, the package running on node1 moves to node2.
+    run("node2", &["pkg", "move", "app", "--node", "node2"]);
+    c.wait_app_on("node1", "node2");
+    // Asked on node1, the package running on node2 halts and stays down.
+    run("node1", &["pkg", "halt", "app"]);
+    wait_for(WAIT, "app halted", || {
+        let status = c.status("node2")?;
+        if status["packages"][0]["state"] == "down" {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.status("node1").unwrap()["packages"][0]["state"], "down");
+    run("node2", &["pkg", "run", "app"]);
+    c.wait_app_on("node1", "node1");
+    // Draining node1 from node2 moves the package away.
+    run("node2", &["node", "halt", "node1"]);
+    c.wait_app_on("node2", "node2");
+    let status = c.status("node2").unwrap();
+    let node1 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node1")
+        .unwrap()
+        .clone();
+    assert_eq!(node1["state"], "halted");
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}

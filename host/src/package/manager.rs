@@ -120,10 +120,6 @@ pub struct PackageManager {
     in_flight: Option<InFlight>,
     /// Packages still being re-adopted after a host restart.
     adopting: BTreeSet<String>,
-    /// Halted by an operator: placement must halt, not restart, them.
-    admin_halted: BTreeSet<String>,
-    /// `pkg run|move`: start now (on this node, if given).
-    requests: BTreeMap<String, Option<String>>,
     /// Service failures waiting for their halt.
     failures: BTreeMap<String, String>,
     /// What the agent runs here now, as far as this manager knows.
@@ -241,8 +237,6 @@ impl PackageManager {
             agent,
             in_flight: None,
             adopting,
-            admin_halted: BTreeSet::new(),
-            requests: BTreeMap::new(),
             failures: BTreeMap::new(),
             running_here: BTreeSet::new(),
             link: cluster_link,
@@ -343,10 +337,11 @@ impl PackageManager {
                 state.switching_enabled = r.switching;
                 state.failed_on = r.failed_on.clone();
             }
-            state.halted_by_admin = self.admin_halted.contains(name);
-            if let Some(target) = self.requests.get(name) {
-                state.run_requested = true;
-                state.requested_node = target.clone();
+            if let Some(record) = store.packages.get(name) {
+                let admin = &record.value.admin;
+                state.halted_by_admin = admin.halted;
+                state.run_requested = admin.run;
+                state.requested_node = admin.node.clone();
             }
             for r in &p.resources {
                 for node in &self.cluster_nodes {
@@ -524,11 +519,13 @@ impl PackageManager {
                     update.owners.push(self.node.clone());
                 }
                 update.reason = format!("starting on {} ({})", self.node, reason);
+                // An operator's run/move request is done once it starts.
+                update.admin.run = false;
+                update.admin.node = None;
                 let updated = self
                     .store
                     .update_package(action.package.clone(), record.mod_revision, update)
                     .await?;
-                self.requests.remove(&action.package);
                 let claim = Claiming {
                     package: action.package.clone(),
                     reason,
@@ -1019,10 +1016,11 @@ impl PackageManager {
         let store_err = |e: StoreError| e.to_string();
         let done = match op {
             AdminOp::Halt => {
-                self.admin_halted.insert(package.to_owned());
-                self.requests.remove(package);
                 self.write(package, |u| {
                     u.switching = false;
+                    u.admin.halted = true;
+                    u.admin.run = false;
+                    u.admin.node = None;
                     u.reason = "halted by operator".into();
                 })
                 .await
@@ -1033,12 +1031,15 @@ impl PackageManager {
                 if op == AdminOp::Move && node.is_none() {
                     return Err("pkg move needs --node".into());
                 }
-                self.admin_halted.remove(package);
-                self.requests
-                    .insert(package.to_owned(), node.map(str::to_owned));
-                self.write(package, |u| u.switching = true)
-                    .await
-                    .map_err(store_err)?;
+                let target = node.map(str::to_owned);
+                self.write(package, |u| {
+                    u.switching = true;
+                    u.admin.halted = false;
+                    u.admin.run = true;
+                    u.admin.node = target.clone();
+                })
+                .await
+                .map_err(store_err)?;
                 match node {
                     Some(n) => format!("starting {package} on {n}"),
                     None => format!("starting {package}"),
@@ -1086,11 +1087,18 @@ impl PackageManager {
         node: &str,
         hub: &ResourceHub,
     ) -> Result<String, String> {
+        if !self.cluster_nodes.iter().any(|n| n == node) {
+            return Err(format!("node {node:?} is not in cluster.nodes"));
+        }
+        // Another node's record can be changed only while that node is there
+        // to hold it: a record written for a dead node would outlive it.
         if node != self.node {
-            return Err(format!(
-                "node {node:?}: only this node ({}) can be run or halted from here",
-                self.node
-            ));
+            let store = self.store.snapshot().await.map_err(|e| e.to_string())?;
+            if !store.nodes.contains_key(node) {
+                return Err(format!(
+                    "node {node:?} is not running `vigil host`; start it there"
+                ));
+            }
         }
         let state = if halt {
             NodeState::Halted

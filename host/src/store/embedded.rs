@@ -383,6 +383,7 @@ impl ClusterStore for EmbeddedStore {
                         failed_on: update.failed_on,
                         reason: update.reason,
                         updated_ms: now_ms(),
+                        admin: update.admin,
                     };
                     let stored = Stored {
                         mod_revision: revision,

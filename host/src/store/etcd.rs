@@ -1016,6 +1016,7 @@ impl ClusterStore for EtcdStore {
                     failed_on: update.failed_on.clone(),
                     reason: update.reason.clone(),
                     updated_ms: now_ms(),
+                    admin: update.admin.clone(),
                 };
                 let mut ops = vec![TxnOp::put(
                     pkey.as_str(),

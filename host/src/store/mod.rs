@@ -133,6 +133,24 @@ pub struct PackageRecord {
     /// Why it is in its state, for `vigil status` and `vigil why`.
     pub reason: String,
     pub updated_ms: u64,
+    /// What an operator asked for, on whichever node (`vigil pkg …`).
+    #[serde(default)]
+    pub admin: AdminRequest,
+}
+
+/// An operator's standing request for a package, kept in its record so that
+/// every node's planner honours it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRequest {
+    /// `vigil pkg halt`: halt it and keep it down.
+    #[serde(default)]
+    pub halted: bool,
+    /// `vigil pkg run|move`: start it now, even if `auto_run` is off.
+    #[serde(default)]
+    pub run: bool,
+    /// `--node`: where to run (or move) it.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The part of a package record a writer chooses; the store sets the name,
@@ -145,6 +163,7 @@ pub struct PackageUpdate {
     pub disabled_nodes: BTreeSet<String>,
     pub failed_on: BTreeSet<String>,
     pub reason: String,
+    pub admin: AdminRequest,
 }
 
 impl PackageUpdate {
@@ -157,6 +176,7 @@ impl PackageUpdate {
             disabled_nodes: BTreeSet::new(),
             failed_on: BTreeSet::new(),
             reason: reason.into(),
+            admin: AdminRequest::default(),
         }
     }
 }
@@ -171,6 +191,7 @@ impl From<&PackageRecord> for PackageUpdate {
             disabled_nodes: r.disabled_nodes.clone(),
             failed_on: r.failed_on.clone(),
             reason: r.reason.clone(),
+            admin: r.admin.clone(),
         }
     }
 }
