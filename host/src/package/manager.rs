@@ -427,6 +427,28 @@ impl PackageManager {
             });
             return Ok(());
         }
+        // A record that says a start or halt is under way here while none
+        // is (an attempt abandoned after a store error): set it straight, or
+        // placement would believe it forever.
+        let stale = store.packages.values().find(|r| {
+            let r = &r.value;
+            matches!(r.state, PackageState::Starting | PackageState::Halting)
+                && r.owners.contains(&self.node)
+                && !self.running_here.contains(&r.name)
+                && !self.adopting.contains(&r.name)
+        });
+        if let Some(record) = stale {
+            let package = record.value.name.clone();
+            let node = self.node.clone();
+            warn!(%package, state = record.value.state.as_str(), "no start or halt is under way here; correcting the record");
+            return self
+                .write(&package, |u| {
+                    u.state = PackageState::Down;
+                    u.owners.retain(|o| *o != node);
+                    u.reason = format!("start or halt on {node} abandoned");
+                })
+                .await;
+        }
         // Without a sure lease this node may not act as an owner: halt what
         // runs here before the lease can expire, and start nothing.
         let lease_lost = self.lease_in_doubt();
@@ -462,7 +484,11 @@ impl PackageManager {
             return Ok(());
         }
         let plan = placement::plan(&self.cluster_snapshot(&store, hub));
-        let Some(action) = plan.actions.iter().find(|a| a.node == self.node) else {
+        // The plan's order holds across nodes: only the node whose action
+        // comes first acts; the others replan when the store shows it done.
+        // (Every node computes the same plan from the same store, so the
+        // nodes take turns without a coordinator handing out work.)
+        let Some(action) = plan.actions.first().filter(|a| a.node == self.node) else {
             return Ok(());
         };
         let reason = lifecycle_reason(action.reason);
@@ -499,13 +525,14 @@ impl PackageManager {
                 // A failover package is taken over only from owners that are
                 // gone; a live owner halts it first (its next step does), so
                 // two nodes never both believe they own it.
-                let live_owner = record.value.owners.iter().find(|o| {
-                    **o != self.node
-                        && store
-                            .nodes
-                            .get(*o)
-                            .is_some_and(|n| n.value.state == NodeState::Up)
-                });
+                // (A halted node is still there and halts its packages itself;
+                // only a node whose record is gone — its lease expired — has
+                // nothing left to halt.)
+                let live_owner = record
+                    .value
+                    .owners
+                    .iter()
+                    .find(|o| **o != self.node && store.nodes.contains_key(*o));
                 if let (true, Some(owner)) = (failover, live_owner) {
                     info!(package = %action.package, %owner, "waiting for the current owner to halt it");
                     return Ok(());
@@ -584,6 +611,23 @@ impl PackageManager {
             Ok(ClaimOutcome::NotOwner { owners }) => {
                 warn!(package = %claim.package, ?owners, "ownership moved while claiming; replanning");
                 self.claiming = None;
+            }
+            Err(StoreError::Conflict { .. }) => {
+                // The record moved on (the old owner recorded its halt, say).
+                // Still ours alone: claim again under its new revision.
+                // Otherwise give up and replan; a record left saying it
+                // starts here with nothing running would never be corrected.
+                let record = self.record(&claim.package).await?;
+                if record.value.owners == [self.node.clone()]
+                    && record.value.state == PackageState::Starting
+                {
+                    if let Some(c) = self.claiming.as_mut() {
+                        c.revision = record.mod_revision;
+                        c.fence = record.value.fence_token;
+                    }
+                } else {
+                    self.claiming = None;
+                }
             }
             Err(e) => {
                 self.claiming = None;
