@@ -11,6 +11,15 @@ use vigil_tests::*;
 const WAIT: Duration = Duration::from_secs(30);
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
+/// `vigil status --json` asked through `dir`'s host.
+fn status_of(dir: &ConfigDir) -> Result<serde_json::Value, String> {
+    let out = dir.vigil(&["status", "--json"]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
 /// A cluster name no other test of this run uses, even on a shared etcd.
 fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -92,11 +101,7 @@ impl Cluster {
 
     /// `vigil status --json` asked on `node`.
     fn status(&self, node: &str) -> Result<serde_json::Value, String> {
-        let out = self.dirs[node].vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        status_of(&self.dirs[node])
     }
 
     /// Waits until, seen from `from`, every package in `want` is up on its node.
@@ -275,10 +280,6 @@ struct AppCluster {
 type Interval = (String, u64, u64, Option<u64>);
 
 impl AppCluster {
-    fn new(lease_ttl_seconds: u32) -> Self {
-        Self::build(lease_ttl_seconds, false)
-    }
-
     /// With `gated`, `app` also needs `/example/file/flag/present == yes`,
     /// where each node's flag is its own file (`flag_path(node)`), watched
     /// by the example file monitor.
@@ -333,11 +334,26 @@ impl AppCluster {
     }
 
     fn status(&self, node: &str) -> Result<serde_json::Value, String> {
-        let out = self.dirs[node].vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        status_of(&self.dirs[node])
+    }
+
+    /// Starts node1 (with `env`), waits for app on it, then node2; returns
+    /// app's status as first seen on node1.
+    fn started(
+        lease_ttl_seconds: u32,
+        gated: bool,
+        env: &[(&str, &str)],
+    ) -> (Self, serde_json::Value) {
+        let mut c = Self::build(lease_ttl_seconds, gated);
+        c.hosts.insert(
+            "node1",
+            c.dirs["node1"].start_host_as_with_env("node1", env),
+        );
+        let first = c.wait_app_on("node1", "node1");
+        c.hosts
+            .insert("node2", c.dirs["node2"].start_host_as("node2"));
+        c.wait_app_on("node2", "node1");
+        (c, first)
     }
 
     fn wait_app_on(&self, from: &str, node: &str) -> serde_json::Value {
@@ -441,13 +457,7 @@ impl Drop for AppCluster {
 #[test]
 fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
     use nix::sys::signal::Signal;
-    let mut c = AppCluster::new(2);
-    c.hosts
-        .insert("node1", c.dirs["node1"].start_host_as("node1"));
-    let first = c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (c, first) = AppCluster::started(2, false, &[]);
     // Freeze node1's host past its lease.
     c.signal("node1", Signal::SIGSTOP);
     let moved = c.wait_app_on("node2", "node2");
@@ -483,15 +493,7 @@ fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
 #[test]
 fn split_brain_without_the_guard_two_copies_overlap() {
     use nix::sys::signal::Signal;
-    let mut c = AppCluster::new(2);
-    c.hosts.insert(
-        "node1",
-        c.dirs["node1"].start_host_as_with_env("node1", &[("VIGIL_GUARD", "off")]),
-    );
-    c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (c, _) = AppCluster::started(2, false, &[("VIGIL_GUARD", "off")]);
     c.signal("node1", Signal::SIGSTOP);
     c.wait_app_on("node2", "node2");
     // Nobody stopped node1's copy: this is what the guard is for.
@@ -518,13 +520,7 @@ fn split_brain_without_the_guard_two_copies_overlap() {
 
 #[test]
 fn etcd_outage_shorter_than_the_margin_changes_nothing() {
-    let mut c = AppCluster::new(4);
-    c.hosts
-        .insert("node1", c.dirs["node1"].start_host_as("node1"));
-    let before = c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (mut c, before) = AppCluster::started(4, false, &[]);
     let lines = c.intervals();
     c.etcd.stop();
     std::thread::sleep(Duration::from_millis(300));
@@ -537,13 +533,7 @@ fn etcd_outage_shorter_than_the_margin_changes_nothing() {
 
 #[test]
 fn etcd_outage_longer_than_the_margin_halts_safely_and_the_cluster_recovers() {
-    let mut c = AppCluster::new(4);
-    c.hosts
-        .insert("node1", c.dirs["node1"].start_host_as("node1"));
-    let before = c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (mut c, before) = AppCluster::started(4, false, &[]);
     c.etcd.stop();
     // Within the margin (60 % of the 4 s lease) node1's guard stops the app.
     wait_for(WAIT, "the app to be halted during the outage", || {
@@ -572,13 +562,7 @@ fn etcd_outage_longer_than_the_margin_halts_safely_and_the_cluster_recovers() {
 
 #[test]
 fn resource_fault_on_the_owner_moves_the_package_to_the_adoptive_node() {
-    let mut c = AppCluster::build(2, true);
-    c.hosts
-        .insert("node1", c.dirs["node1"].start_host_as("node1"));
-    let first = c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (c, first) = AppCluster::started(2, true, &[]);
     // A real fault on node1 only: its flag file goes away.
     std::fs::remove_file(c.dirs["node1"].path().join("flag")).unwrap();
     let moved = c.wait_app_on("node2", "node2");
@@ -605,13 +589,7 @@ fn resource_fault_on_the_owner_moves_the_package_to_the_adoptive_node() {
 
 #[test]
 fn operator_commands_on_any_node_take_effect_cluster_wide() {
-    let mut c = AppCluster::new(2);
-    c.hosts
-        .insert("node1", c.dirs["node1"].start_host_as("node1"));
-    c.wait_app_on("node1", "node1");
-    c.hosts
-        .insert("node2", c.dirs["node2"].start_host_as("node2"));
-    c.wait_app_on("node2", "node1");
+    let (c, _) = AppCluster::started(2, false, &[]);
     let run = |on: &str, args: &[&str]| {
         let out = c.dirs[on].vigil(args);
         assert!(out.status.success(), "{args:?} on {on}: {out:?}");
