@@ -27,7 +27,7 @@
 //! `cargo build --release --workspace && target/release/failover` (as root;
 //! needs `etcd` from the Debian package `etcd-server`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -40,11 +40,17 @@ const RESOURCE: &str = "/fs/data/status";
 
 struct Options {
     trials: usize,
+    resource: bool,
+    node: bool,
 }
 
 impl Options {
     fn parse() -> anyhow::Result<Self> {
-        let mut options = Self { trials: 50 };
+        let mut options = Self {
+            trials: 50,
+            resource: true,
+            node: true,
+        };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -52,7 +58,17 @@ impl Options {
                     let n = args.next().context("--trials needs a number")?;
                     options.trials = n.parse().with_context(|| format!("--trials {n}"))?;
                 }
-                other => bail!("unknown argument {other:?}; usage: failover [--trials N]"),
+                "--only" => {
+                    let case = args.next().context("--only needs resource or node")?;
+                    match case.as_str() {
+                        "resource" => options.node = false,
+                        "node" => options.resource = false,
+                        other => bail!("--only {other:?}: want resource or node"),
+                    }
+                }
+                other => bail!(
+                    "unknown argument {other:?}; usage: failover [--trials N] [--only resource|node]"
+                ),
             }
         }
         if options.trials == 0 {
@@ -345,7 +361,8 @@ fn node_death(c: &mut Cluster, owner: usize, pause: Duration) -> anyhow::Result<
         );
     }
     let launch = c.launch_logged(adoptive, t0);
-    // The killed host's log is replaced on restart; keep it for a failure.
+    // The restarted host starts a fresh log.
+    keep_host_log(owner, &host);
     drop(host);
     c.start(owner);
     c.settle(adoptive);
@@ -435,13 +452,13 @@ fn print_table(rows: &mut [Row]) {
             t99
         );
     }
-    println!(
-        "node death: lease_ttl_seconds = 2; end p50 = {:.2} x TTL, p99 = {:.2} x TTL",
-        rows.last()
-            .map_or(f64::NAN, |r| percentile(&r.values, 0.5) / LEASE_TTL_MS),
-        rows.last()
-            .map_or(f64::NAN, |r| percentile(&r.values, 0.99) / LEASE_TTL_MS),
-    );
+    if let Some(end) = rows.last().filter(|r| r.case == "node death") {
+        println!(
+            "node death: lease_ttl_seconds = 2; end p50 = {:.2} x TTL, p99 = {:.2} x TTL",
+            percentile(&end.values, 0.5) / LEASE_TTL_MS,
+            percentile(&end.values, 0.99) / LEASE_TTL_MS,
+        );
+    }
 }
 
 fn load_average() -> String {
@@ -482,45 +499,49 @@ fn main() -> anyhow::Result<()> {
     let mut pauses = Pauses(now_ns() as u64 | 1);
     let load_before = load_average();
 
-    let mut faults = Vec::new();
-    for i in 0..options.trials {
-        let owner = owner_now(&c)?;
-        let t = resource_fault(&mut c, owner, pauses.next())
-            .with_context(|| format!("resource fault trial {i}"))?;
-        eprintln!(
-            "resource fault {i:>3}: {} -> {}: {:.1} ms",
-            NODES[owner],
-            NODES[1 - owner],
-            t.total
-        );
-        faults.push(t);
+    let mut table = Vec::new();
+    if options.resource {
+        let mut faults = Vec::new();
+        for i in 0..options.trials {
+            let owner = owner_now(&c)?;
+            let t = resource_fault(&mut c, owner, pauses.next())
+                .with_context(|| format!("resource fault trial {i}"))?;
+            eprintln!(
+                "resource fault {i:>3}: {} -> {}: {:.1} ms",
+                NODES[owner],
+                NODES[1 - owner],
+                t.total
+            );
+            faults.push(t);
+        }
+        table.extend(rows(
+            "resource fault",
+            &faults,
+            "owner's halt script",
+            (Some(50.0), 150.0),
+        ));
     }
-    let mut deaths = Vec::new();
-    for i in 0..options.trials {
-        let owner = owner_now(&c)?;
-        let t = node_death(&mut c, owner, pauses.next())
-            .with_context(|| format!("node death trial {i}"))?;
-        eprintln!(
-            "node death     {i:>3}: {} -> {}: {:.1} ms",
-            NODES[owner],
-            NODES[1 - owner],
-            t.total
-        );
-        deaths.push(t);
+    if options.node {
+        let mut deaths = Vec::new();
+        for i in 0..options.trials {
+            let owner = owner_now(&c)?;
+            let t = node_death(&mut c, owner, pauses.next())
+                .with_context(|| format!("node death trial {i}"))?;
+            eprintln!(
+                "node death     {i:>3}: {} -> {}: {:.1} ms",
+                NODES[owner],
+                NODES[1 - owner],
+                t.total
+            );
+            deaths.push(t);
+        }
+        table.extend(rows(
+            "node death",
+            &deaths,
+            "dead node's guard halts",
+            (None, LEASE_TTL_MS + 200.0),
+        ));
     }
-
-    let mut table = rows(
-        "resource fault",
-        &faults,
-        "owner's halt script",
-        (Some(50.0), 150.0),
-    );
-    table.extend(rows(
-        "node death",
-        &deaths,
-        "dead node's guard halts",
-        (None, LEASE_TTL_MS + 200.0),
-    ));
     print_table(&mut table);
     println!(
         "load average before / after: {load_before} / {} (shared machine: other builds may run)",
@@ -533,20 +554,44 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With FAILOVER_BENCH_KEEP=DIR, copies the hosts' logs and the script log
-/// there before everything is removed.
-fn keep_logs(c: &Cluster) {
-    let Some(dir) = std::env::var_os("FAILOVER_BENCH_KEEP") else {
+/// `FAILOVER_BENCH_KEEP=DIR`: where to keep the hosts' logs (every
+/// instance of each, appended in order), the guards' logs and the script log.
+fn keep_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("FAILOVER_BENCH_KEEP")?);
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            eprintln!("cannot create {}: {e}", dir.display());
+            None
+        }
+    }
+}
+
+/// Appends one host instance's log to `<keep>/<node>.log`: a restarted
+/// host starts a fresh log file.
+fn keep_host_log(node: usize, host: &Host) {
+    use std::io::Write;
+    let Some(dir) = keep_dir() else {
         return;
     };
-    let dir = Path::new(&dir);
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        eprintln!("cannot create {}: {e}", dir.display());
-        return;
+    let path = dir.join(format!("{}.log", NODES[node]));
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(host.log_text().as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("cannot keep {}: {e}", path.display());
     }
+}
+
+fn keep_logs(c: &Cluster) {
+    let Some(dir) = keep_dir() else {
+        return;
+    };
     for (i, host) in c.hosts.iter().enumerate() {
         if let Some(h) = host {
-            let _ = std::fs::copy(&h.log, dir.join(format!("{}.log", NODES[i])));
+            keep_host_log(i, h);
         }
         let _ = std::fs::copy(
             c.dirs[i].path().join("run").join("guard.log"),
