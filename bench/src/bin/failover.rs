@@ -200,7 +200,7 @@ impl Cluster {
             SETTLE,
             &format!("app up on {} with both nodes ready", NODES[owner]),
             || {
-                for i in 0..NODES.len() {
+                for (i, node) in NODES.iter().enumerate() {
                     let s = self.status(i)?;
                     let nodes_up = s["nodes"]
                         .as_array()
@@ -216,7 +216,7 @@ impl Cluster {
                     let placed = app["state"] == "up"
                         && app["running_on"] == serde_json::json!([NODES[owner]]);
                     if !(nodes_up && resource_up && placed) {
-                        return Err(format!("seen from {}: {s}", NODES[i]));
+                        return Err(format!("seen from {node}: {s}"));
                     }
                 }
                 Ok(())
