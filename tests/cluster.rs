@@ -577,6 +577,15 @@ fn resource_fault_on_the_owner_moves_the_package_to_the_adoptive_node() {
         .find(|i| i.0 == "node2")
         .expect("node2's copy");
     assert!(old.3.is_some_and(|stop| stop <= new.2), "{intervals:?}");
+    // node2's start is a failover (VIGIL_REASON), though nothing ran at that instant.
+    let node2_log = std::fs::read_to_string(c.dirs["node2"].path().join("host.log")).unwrap();
+    assert!(
+        node2_log
+            .lines()
+            .any(|l| l.contains("starting package") && l.contains("reason=failover")),
+        "{}",
+        c.logs()
+    );
     // And node1 is not eligible while its resource is down.
     let why = c.dirs["node2"].vigil(&["why", "app"]);
     let why = String::from_utf8_lossy(&why.stdout);

@@ -491,7 +491,17 @@ impl PackageManager {
         let Some(action) = plan.actions.first().filter(|a| a.node == self.node) else {
             return Ok(());
         };
-        let reason = lifecycle_reason(action.reason);
+        let mut reason = lifecycle_reason(action.reason);
+        // A package that left another node because something failed there
+        // fails over here, even though no node runs it at this moment.
+        let left_elsewhere = store
+            .packages
+            .get(&action.package)
+            .and_then(|r| r.value.left.as_ref())
+            .is_some_and(|n| *n != self.node);
+        if action.op == Op::Run && action.reason == ActionReason::Startup && left_elsewhere {
+            reason = Reason::Failover;
+        }
         match action.op {
             Op::Halt => {
                 // A deferred resource down after the start means the package
@@ -549,6 +559,7 @@ impl PackageManager {
                 // An operator's run/move request is done once it starts.
                 update.admin.run = false;
                 update.admin.node = None;
+                update.left = None;
                 let updated = self
                     .store
                     .update_package(action.package.clone(), record.mod_revision, update)
@@ -857,10 +868,14 @@ impl PackageManager {
                 match (result, then_fail) {
                     (Ok(()), None) => {
                         info!(%package, %node, "package halted");
+                        let failing = !matches!(why.as_str(), "manual" | "shutdown");
                         self.write(&package, |u| {
                             u.state = PackageState::Down;
                             u.owners.retain(|o| *o != node);
                             u.reason = format!("halted on {node} ({why})");
+                            if failing {
+                                u.left = Some(node.clone());
+                            }
                         })
                         .await
                     }
@@ -871,6 +886,7 @@ impl PackageManager {
                             u.owners.retain(|o| *o != node);
                             u.failed_on.insert(node.clone());
                             u.reason = failure.clone();
+                            u.left = Some(node.clone());
                         })
                         .await
                     }

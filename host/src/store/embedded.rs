@@ -384,6 +384,7 @@ impl ClusterStore for EmbeddedStore {
                         reason: update.reason,
                         updated_ms: now_ms(),
                         admin: update.admin,
+                        left: update.left,
                     };
                     let stored = Stored {
                         mod_revision: revision,

@@ -1017,6 +1017,7 @@ impl ClusterStore for EtcdStore {
                     reason: update.reason.clone(),
                     updated_ms: now_ms(),
                     admin: update.admin.clone(),
+                    left: update.left.clone(),
                 };
                 let mut ops = vec![TxnOp::put(
                     pkey.as_str(),

@@ -136,6 +136,11 @@ pub struct PackageRecord {
     /// What an operator asked for, on whichever node (`vigil pkg …`).
     #[serde(default)]
     pub admin: AdminRequest,
+    /// The node it last left for a reason other than an operator's halt
+    /// (a resource went down, a service failed): its next start elsewhere
+    /// is a failover. Cleared when it starts.
+    #[serde(default)]
+    pub left: Option<String>,
 }
 
 /// An operator's standing request for a package, kept in its record so that
@@ -164,6 +169,7 @@ pub struct PackageUpdate {
     pub failed_on: BTreeSet<String>,
     pub reason: String,
     pub admin: AdminRequest,
+    pub left: Option<String>,
 }
 
 impl PackageUpdate {
@@ -177,6 +183,7 @@ impl PackageUpdate {
             failed_on: BTreeSet::new(),
             reason: reason.into(),
             admin: AdminRequest::default(),
+            left: None,
         }
     }
 }
@@ -192,6 +199,7 @@ impl From<&PackageRecord> for PackageUpdate {
             failed_on: r.failed_on.clone(),
             reason: r.reason.clone(),
             admin: r.admin.clone(),
+            left: r.left.clone(),
         }
     }
 }

@@ -421,6 +421,11 @@ async fn a_restarted_host_adopts_live_services_and_refuses_dead_or_reused_ones()
     );
     let saved = dir.path().join("adopt.run.json");
     let (mut first, _events) = runner(spec.clone(), dir.path());
+    // Start times have a resolution of one clock tick (10 ms): under
+    // nextest this test's process may have started in the same tick as the
+    // service would, and the "reused pid" below (ours) would then be
+    // indistinguishable from it. Let a few ticks pass first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     first.start(&Reason::Startup, FenceToken(5)).await.unwrap();
     first.record().unwrap().save(&saved).unwrap();
     let pid = first.record().unwrap().services[0].pid;
