@@ -69,7 +69,7 @@ impl Setup {
             serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
         v["packages"]
             .as_array()
-            .and_then(|p| p.first().cloned())
+            .and_then(|p| p.iter().find(|p| p["name"] == "web").cloned())
             .ok_or_else(|| v.to_string())
     }
 
@@ -378,5 +378,55 @@ fn check_refuses_packages_it_could_not_run() {
         stderr.contains(&format!("{dir}/packages.d/other.toml:8:"))
             && stderr.contains("/nobody/publishes/this"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_resource_down_halt_does_not_wait_for_another_packages_long_start() {
+    let s = Setup::new(3);
+    std::fs::write(&s.flag, "").unwrap();
+    // `slow` takes 30 s to start and is started only on request.
+    s.cfg.script("pkg/slow_run.sh", "#!/bin/sh\nsleep 30\n");
+    s.cfg.write(
+        "packages.d/slow.toml",
+        "name = \"slow\"\ntype = \"failover\"\nnodes = [\"node1\"]\nauto_run = false\nrun = [\"pkg/slow_run.sh\"]\nhalt = [\"pkg/halt.sh\"]\nrun_timeout_seconds = 60\n",
+    );
+    let _host = s.cfg.start_host();
+    s.wait_state("up");
+    let out = s.cfg.vigil(&["pkg", "run", "slow"]);
+    assert!(out.status.success(), "{out:?}");
+    let slow_state = || -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&s.cfg.vigil(&["status", "--json"]).stdout).unwrap();
+        v["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "slow")
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    wait_for(WAIT, "slow to be starting", || {
+        let state = slow_state();
+        if state == "starting" {
+            Ok(())
+        } else {
+            Err(state)
+        }
+    });
+    // web's resource goes down while slow's run script still runs: web
+    // halts now, not in 30 s.
+    std::fs::remove_file(&s.flag).unwrap();
+    let down = s.wait_state("down");
+    assert!(
+        down["reason"].as_str().unwrap().contains("resource_down"),
+        "{down}"
+    );
+    assert_eq!(
+        slow_state(),
+        "starting",
+        "slow is still starting: the halt did not wait for it"
     );
 }

@@ -1,5 +1,6 @@
-//! The node agent: owns this node's [`PackageRunner`]s on a task of its own,
-//! carries out one command at a time, and reports each result back.
+//! The node agent: owns this node's [`PackageRunner`]s, one worker task per
+//! package carrying out that package's commands in order, and reports each
+//! result back.
 //!
 //! The main loop never waits on a control script: it sends an
 //! [`AgentCommand`] and goes on handling events; the [`AgentReport`] comes
@@ -9,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -68,28 +70,31 @@ pub fn record_path(run_dir: &Path, package: &str) -> PathBuf {
 }
 
 /// Starts the agent for `packages`; lifecycle events go to `lifecycle`,
-/// command results to `reports`.
+/// command results to `reports`. Each package has a worker task of its own,
+/// so a long `run` of one package never delays the halt of another; the
+/// commands of one package are carried out in order.
 pub fn spawn(
     packages: &[PackageConfig],
     ctx: RunnerContext,
     run_dir: PathBuf,
     lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
-    reports: impl Fn(AgentReport) + Send + 'static,
+    reports: impl Fn(AgentReport) + Send + Sync + 'static,
 ) -> mpsc::UnboundedSender<AgentCommand> {
-    let mut runners: BTreeMap<String, PackageRunner> = packages
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        warn!(dir = %run_dir.display(), error = %e, "cannot create run record directory");
+    }
+    let reports: Arc<dyn Fn(AgentReport) + Send + Sync> = Arc::new(reports);
+    let workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
         .iter()
         .map(|p| {
-            (
-                p.name.clone(),
-                PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone()),
-            )
+            let runner = PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone());
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
+            (p.name.clone(), tx)
         })
         .collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<AgentCommand>();
     tokio::spawn(async move {
-        if let Err(e) = std::fs::create_dir_all(&run_dir) {
-            warn!(dir = %run_dir.display(), error = %e, "cannot create run record directory");
-        }
         while let Some(command) = rx.recv().await {
             let package = match &command {
                 AgentCommand::Run { package, .. }
@@ -98,58 +103,79 @@ pub fn spawn(
                 | AgentCommand::SaveRecord { package }
                 | AgentCommand::GuardHalted { package, .. } => package.clone(),
             };
-            let Some(runner) = runners.get_mut(&package) else {
-                warn!(%package, "agent: no such package");
-                continue;
-            };
-            let path = record_path(&run_dir, &package);
-            match command {
-                AgentCommand::Run { reason, fence, .. } => {
-                    let result = runner
-                        .start(&reason, fence)
-                        .await
-                        .map_err(|e| e.to_string());
-                    save(runner, &path);
-                    reports(AgentReport::Ran {
-                        package,
-                        fence,
-                        result,
-                    });
+            match workers.get(&package) {
+                Some(worker) => {
+                    let _ = worker.send(command);
                 }
-                AgentCommand::Halt { reason, .. } => {
-                    let result = runner.halt(&reason).await.map_err(|e| e.to_string());
-                    let _ = std::fs::remove_file(&path);
-                    reports(AgentReport::Halted { package, result });
-                }
-                AgentCommand::Adopt { .. } => {
-                    let result = RunRecord::load(&path)
-                        .map_err(|e| format!("no run record {}: {e}", path.display()))
-                        .and_then(|record| runner.adopt(record).map_err(|e| e.to_string()));
-                    if result.is_ok() {
-                        save(runner, &path);
-                    }
-                    reports(AgentReport::Adopted { package, result });
-                }
-                AgentCommand::SaveRecord { .. } => save(runner, &path),
-                AgentCommand::GuardHalted { fence, .. } => {
-                    if runner.record().is_some_and(|r| r.fence_token == fence) {
-                        runner.abandon().await;
-                    }
-                    // A record saved after the claim is as stale as the claim.
-                    if RunRecord::load(&path).is_ok_and(|r| r.fence_token == fence) {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                    if crate::guard::claimed(&run_dir, &package, fence) {
-                        let claim = crate::guard::Claim::path(&run_dir, &package);
-                        if let Err(e) = std::fs::remove_file(&claim) {
-                            warn!(%package, claim = %claim.display(), error = %e, "cannot remove the guard's claim");
-                        }
-                    }
-                }
+                None => warn!(%package, "agent: no such package"),
             }
         }
     });
     tx
+}
+
+/// One package's worker: its runner, its commands in order.
+async fn work(
+    mut runner: PackageRunner,
+    mut commands: mpsc::UnboundedReceiver<AgentCommand>,
+    run_dir: PathBuf,
+    reports: Arc<dyn Fn(AgentReport) + Send + Sync>,
+) {
+    let package = runner.package().to_owned();
+    let path = record_path(&run_dir, &package);
+    while let Some(command) = commands.recv().await {
+        let runner = &mut runner;
+        match command {
+            AgentCommand::Run { reason, fence, .. } => {
+                let result = runner
+                    .start(&reason, fence)
+                    .await
+                    .map_err(|e| e.to_string());
+                save(runner, &path);
+                reports(AgentReport::Ran {
+                    package: package.clone(),
+                    fence,
+                    result,
+                });
+            }
+            AgentCommand::Halt { reason, .. } => {
+                let result = runner.halt(&reason).await.map_err(|e| e.to_string());
+                let _ = std::fs::remove_file(&path);
+                reports(AgentReport::Halted {
+                    package: package.clone(),
+                    result,
+                });
+            }
+            AgentCommand::Adopt { .. } => {
+                let result = RunRecord::load(&path)
+                    .map_err(|e| format!("no run record {}: {e}", path.display()))
+                    .and_then(|record| runner.adopt(record).map_err(|e| e.to_string()));
+                if result.is_ok() {
+                    save(runner, &path);
+                }
+                reports(AgentReport::Adopted {
+                    package: package.clone(),
+                    result,
+                });
+            }
+            AgentCommand::SaveRecord { .. } => save(runner, &path),
+            AgentCommand::GuardHalted { fence, .. } => {
+                if runner.record().is_some_and(|r| r.fence_token == fence) {
+                    runner.abandon().await;
+                }
+                // A record saved after the claim is as stale as the claim.
+                if RunRecord::load(&path).is_ok_and(|r| r.fence_token == fence) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                if crate::guard::claimed(&run_dir, &package, fence) {
+                    let claim = crate::guard::Claim::path(&run_dir, &package);
+                    if let Err(e) = std::fs::remove_file(&claim) {
+                        warn!(%package, claim = %claim.display(), error = %e, "cannot remove the guard's claim");
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn save(runner: &PackageRunner, path: &Path) {

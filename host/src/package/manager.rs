@@ -117,7 +117,8 @@ pub struct PackageManager {
     packages: BTreeMap<String, PackageConfig>,
     store: Arc<dyn ClusterStore>,
     agent: mpsc::UnboundedSender<AgentCommand>,
-    in_flight: Option<InFlight>,
+    /// Actions under way, by package (one at a time per package).
+    in_flight: BTreeMap<String, InFlight>,
     /// Packages still being re-adopted after a host restart.
     adopting: BTreeSet<String>,
     /// Service failures waiting for their halt.
@@ -132,7 +133,7 @@ pub struct PackageManager {
 
 /// Events the manager needs delivered back into the main loop.
 pub struct ManagerChannels {
-    pub reports: Box<dyn Fn(AgentReport) + Send>,
+    pub reports: Box<dyn Fn(AgentReport) + Send + Sync>,
     pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
 }
 
@@ -235,7 +236,7 @@ impl PackageManager {
             packages: packages.into_iter().map(|p| (p.name.clone(), p)).collect(),
             store,
             agent,
-            in_flight: None,
+            in_flight: BTreeMap::new(),
             adopting,
             failures: BTreeMap::new(),
             running_here: BTreeSet::new(),
@@ -378,9 +379,11 @@ impl PackageManager {
         Ok((store, plan))
     }
 
-    /// Dispatches the next action if nothing is in flight.
+    /// Dispatches what can be dispatched now: the plan's next action when
+    /// nothing is under way, and at any time the halts that must not wait
+    /// (a resource down here, a failed service, lost ownership).
     pub async fn step(&mut self, hub: &ResourceHub) {
-        if self.in_flight.is_some() || !self.adopting.is_empty() {
+        if !self.adopting.is_empty() {
             return;
         }
         if let Some(claim) = self.claiming.clone() {
@@ -388,7 +391,7 @@ impl PackageManager {
                 warn!(error = %e, "claiming a package failed; replanning");
                 self.claiming = None;
             }
-            if self.claiming.is_some() || self.in_flight.is_some() {
+            if self.claiming.is_some() {
                 return;
             }
         }
@@ -407,20 +410,24 @@ impl PackageManager {
         // host was frozen or cut off, and the cluster moved on): stop it at
         // once, without touching a record that is no longer ours.
         let lost = self.running_here.iter().find(|p| {
-            store
-                .packages
-                .get(*p)
-                .is_some_and(|r| !r.value.owners.contains(&self.node))
+            !self.in_flight.contains_key(*p)
+                && store
+                    .packages
+                    .get(*p)
+                    .is_some_and(|r| !r.value.owners.contains(&self.node))
         });
         if let Some(package) = lost.cloned() {
             warn!(%package, node = %self.node, "ownership went to another node; halting the copy here");
-            self.in_flight = Some(InFlight {
-                package: package.clone(),
-                op: Op::Halt,
-                reason: "lost_ownership".into(),
-                then_fail: None,
-                record: false,
-            });
+            self.in_flight.insert(
+                package.clone(),
+                InFlight {
+                    package: package.clone(),
+                    op: Op::Halt,
+                    reason: "lost_ownership".into(),
+                    then_fail: None,
+                    record: false,
+                },
+            );
             let _ = self.agent.send(AgentCommand::Halt {
                 package,
                 reason: Reason::Other("lost_ownership".into()),
@@ -436,6 +443,7 @@ impl PackageManager {
                 && r.owners.contains(&self.node)
                 && !self.running_here.contains(&r.name)
                 && !self.adopting.contains(&r.name)
+                && !self.in_flight.contains_key(&r.name)
         });
         if let Some(record) = stale {
             let package = record.value.name.clone();
@@ -470,9 +478,10 @@ impl PackageManager {
                     .map(|p| (p.clone(), Reason::Other("lease_lost".into()), None)),
             )
             .find(|(p, _, _)| {
-                store.packages.get(p).is_some_and(|r| {
-                    r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
-                })
+                !self.in_flight.contains_key(p)
+                    && store.packages.get(p).is_some_and(|r| {
+                        r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
+                    })
             });
         if let Some((package, reason, then_fail)) = urgent {
             self.failures.remove(&package);
@@ -488,7 +497,19 @@ impl PackageManager {
         // comes first acts; the others replan when the store shows it done.
         // (Every node computes the same plan from the same store, so the
         // nodes take turns without a coordinator handing out work.)
-        let Some(action) = plan.actions.first().filter(|a| a.node == self.node) else {
+        let action = if self.in_flight.is_empty() {
+            plan.actions.first().filter(|a| a.node == self.node)
+        } else {
+            // While something else is under way, only the local fast path:
+            // a package whose required resource went down here halts now.
+            plan.actions.iter().find(|a| {
+                a.node == self.node
+                    && a.op == Op::Halt
+                    && a.reason == ActionReason::ResourceDown
+                    && !self.in_flight.contains_key(&a.package)
+            })
+        };
+        let Some(action) = action else {
             return Ok(());
         };
         let mut reason = lifecycle_reason(action.reason);
@@ -584,13 +605,16 @@ impl PackageManager {
     /// Hands a start to the agent.
     fn launch(&mut self, claim: Claiming) {
         info!(package = %claim.package, node = %self.node, reason = %claim.reason, fence = %claim.fence, "starting package");
-        self.in_flight = Some(InFlight {
-            package: claim.package.clone(),
-            op: Op::Run,
-            reason: claim.reason.to_string(),
-            then_fail: None,
-            record: true,
-        });
+        self.in_flight.insert(
+            claim.package.clone(),
+            InFlight {
+                package: claim.package.clone(),
+                op: Op::Run,
+                reason: claim.reason.to_string(),
+                then_fail: None,
+                record: true,
+            },
+        );
         let _ = self.agent.send(AgentCommand::Run {
             package: claim.package,
             reason: claim.reason,
@@ -713,13 +737,16 @@ impl PackageManager {
             .update_package(package.to_owned(), record.mod_revision, update)
             .await?;
         info!(%package, node = %self.node, %reason, "halting package");
-        self.in_flight = Some(InFlight {
-            package: package.to_owned(),
-            op: Op::Halt,
-            reason: reason.to_string(),
-            then_fail,
-            record: true,
-        });
+        self.in_flight.insert(
+            package.to_owned(),
+            InFlight {
+                package: package.to_owned(),
+                op: Op::Halt,
+                reason: reason.to_string(),
+                then_fail,
+                record: true,
+            },
+        );
         let _ = self.agent.send(AgentCommand::Halt {
             package: package.to_owned(),
             reason,
@@ -809,7 +836,7 @@ impl PackageManager {
             AgentReport::Ran {
                 package, result, ..
             } => {
-                let flight = self.in_flight.take();
+                let flight = self.in_flight.remove(&package);
                 match result {
                     Ok(()) => {
                         let why = flight.map(|f| f.reason).unwrap_or_default();
@@ -851,7 +878,7 @@ impl PackageManager {
                 }
             }
             AgentReport::Halted { package, result } => {
-                let flight = self.in_flight.take();
+                let flight = self.in_flight.remove(&package);
                 self.running_here.remove(&package);
                 if flight.as_ref().is_some_and(|f| !f.record) {
                     info!(%package, %node, ok = result.is_ok(), "stale copy halted");
@@ -1179,7 +1206,7 @@ impl PackageManager {
 
     /// True while an action, a claim or a re-adoption is under way.
     pub fn busy(&self) -> bool {
-        self.in_flight.is_some() || self.claiming.is_some() || !self.adopting.is_empty()
+        !self.in_flight.is_empty() || self.claiming.is_some() || !self.adopting.is_empty()
     }
 }
 
