@@ -28,7 +28,7 @@ struct Setup {
 
 impl Setup {
     /// A one-node cluster with package `web` (no resources: it starts at
-    /// once) and the given lease TTL, from which the guard's margin (60 %)
+    /// once) and the given lease TTL, from which the guard's margin (50 %)
     /// is derived.
     fn new(lease_ttl_seconds: u32, tag: u32) -> Self {
         let cfg = ConfigDir::new();
@@ -236,7 +236,7 @@ fn now_ns() -> u128 {
 
 #[test]
 fn frozen_host_has_its_package_halted_by_the_guard_and_never_resumes_the_old_copy() {
-    // Margin 2.4 s: the service gets margin / 4 = 600 ms to handle SIGTERM.
+    // Margin 2 s: the service gets margin / 4 = 500 ms to handle SIGTERM.
     let s = Setup::new(4, 1);
     let host = s.cfg.start_host();
     let _resume = Resume(host.pid() as i32);

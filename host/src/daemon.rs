@@ -318,9 +318,11 @@ async fn join_etcd(
     .await
     .context("recording this node in etcd")?;
     info!(node, lease = %lease.id, ttl = ?ttl, "joined the cluster on etcd");
-    // Stop acting as an owner once the lease might have less left than the
-    // guard's margin leaves: the same point at which the guard would fire.
-    let margin = ttl.saturating_sub(guard::margin(ttl));
+    // Stop vouching for the lease (and so stop beating the guard) once the
+    // last acknowledged renewal is 30 % of the TTL old: the guard then fires
+    // within its margin (50 %) plus a beat interval (10 %), by 90 % of the
+    // TTL, before the lease can expire and another node take over.
+    let margin = ttl.saturating_sub(ttl.mul_f64(0.3));
     Ok(ClusterLink {
         etcd,
         lease,

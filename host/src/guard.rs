@@ -15,7 +15,7 @@
 //!   waits on that socket with a [`POLL`] timeout and measures silence on
 //!   `CLOCK_BOOTTIME`, which keeps counting through a suspend and cannot be
 //!   set. A frozen, hung or dead host all look the same: silence. The
-//!   margin is 60 % of `[store] lease_ttl_seconds` ([`margin`]).
+//!   margin is 50 % of `[store] lease_ttl_seconds` ([`margin`]).
 //! * When the silence exceeds the margin, the guard, for every run record
 //!   in `<config>/run/packages/`: first claims it (writes
 //!   `<package>.guard.json`, then removes `<package>.json`), so that a
@@ -81,17 +81,21 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// `VIGIL_REASON` of the halt scripts the guard runs.
 pub const REASON: &str = "guard_expired";
 
-/// The silence after which the guard halts the packages: 60 % of the lease
-/// TTL, leaving 40 % of it for the poll period and for the services to
-/// die (SIGTERM, then SIGKILL after margin / 4) before the lease expires.
+/// The silence after which the guard halts the packages: 50 % of the lease
+/// TTL. The timeline this fits, for a host that cannot renew its lease
+/// (`daemon::join_etcd`): renewals every 10 % of the TTL; the host stops
+/// beating once its last acknowledged renewal is 30 % of the TTL old; its
+/// last beat was at most one beat interval (10 %) earlier; the guard fires
+/// 50 % later — by 80 % of the TTL — and the services get margin / 4 to die.
+/// A frozen host stops beating at once, so its guard fires by 50 %.
 pub fn margin(lease_ttl: Duration) -> Duration {
-    lease_ttl.mul_f64(0.6)
+    lease_ttl.mul_f64(0.5)
 }
 
-/// How often the host heartbeats: four beats per margin, so a late beat
-/// or two does not fire the guard.
+/// How often the host heartbeats: five beats per margin, so a late beat or
+/// two does not fire the guard.
 pub fn beat_interval(margin: Duration) -> Duration {
-    margin / 4
+    margin / 5
 }
 
 /// Where run records and claims live.
@@ -829,11 +833,11 @@ mod tests {
     }
 
     #[test]
-    fn margin_is_sixty_percent_of_the_lease() {
-        assert_eq!(margin(Duration::from_secs(3)), Duration::from_millis(1800));
+    fn margin_is_half_the_lease_with_five_beats_in_it() {
+        assert_eq!(margin(Duration::from_secs(3)), Duration::from_millis(1500));
         assert_eq!(
-            beat_interval(Duration::from_millis(1800)),
-            Duration::from_millis(450)
+            beat_interval(Duration::from_millis(1500)),
+            Duration::from_millis(300)
         );
     }
 

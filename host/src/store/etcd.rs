@@ -173,7 +173,7 @@ pub struct LeaseHealth {
     pub last_error: Option<String>,
 }
 
-/// A background task that keeps a lease alive, renewing every third of its
+/// A background task that keeps a lease alive, renewing every tenth of its
 /// TTL. Dropping it (or [`KeepAlive::stop`]) stops the renewals without
 /// revoking the lease, which then expires one TTL later.
 #[derive(Debug)]
@@ -369,7 +369,8 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Starts renewing `lease` every third of its TTL.
+    /// Starts renewing `lease` every tenth of its TTL (so that a host can
+    /// tell early, and act, when renewals stop getting through).
     pub fn keep_alive(&self, lease: &Lease) -> KeepAlive {
         let (tx, rx) = watch::channel(LeaseHealth {
             lease: lease.id,
@@ -813,7 +814,7 @@ async fn keep_alive_loop(
     ttl: Duration,
     health: watch::Sender<LeaseHealth>,
 ) {
-    let interval = (ttl / 3).max(Duration::from_millis(100));
+    let interval = (ttl / 10).max(Duration::from_millis(100));
     let fail = |message: String| {
         warn!(%endpoints, %lease, error = %message, "lease keepalive failed");
         health.send_modify(|h| h.last_error = Some(message));
