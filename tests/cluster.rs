@@ -20,6 +20,21 @@ fn status_of(dir: &ConfigDir) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// Waits until the host behind `dir` sees `count` nodes up.
+fn wait_nodes_up(dir: &ConfigDir, count: usize) {
+    wait_for(WAIT, &format!("{count} nodes up"), || {
+        let status = status_of(dir)?;
+        let up = status["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["state"] == "up").count());
+        if up == count {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+}
+
 /// A cluster name no other test of this run uses, even on a shared etcd.
 fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -162,17 +177,7 @@ impl Cluster {
         self.start("node2");
         self.wait_placement("node2", &[("ascs", "node1"), ("ers", "node2")]);
         self.start("node3");
-        wait_for(WAIT, "three nodes up", || {
-            let status = self.status("node3")?;
-            let up = status["nodes"]
-                .as_array()
-                .map_or(0, |n| n.iter().filter(|n| n["state"] == "up").count());
-            if up == 3 {
-                Ok(())
-            } else {
-                Err(status.to_string())
-            }
-        });
+        wait_nodes_up(&self.dirs["node3"], 3);
         // Steady: nothing moves once all are up.
         std::thread::sleep(Duration::from_secs(1));
         self.wait_placement("node3", &[("ascs", "node1"), ("ers", "node2")]);
@@ -687,17 +692,7 @@ fn owner_cut_off_from_etcd_halts_before_another_node_takes_over() {
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
     // Reconnected, node1 rejoins and starts nothing old.
     proxy.get().expect("proxy").mend();
-    wait_for(WAIT, "node1 to rejoin", || {
-        let status = c.status("node2")?;
-        let up = status["nodes"]
-            .as_array()
-            .map_or(0, |n| n.iter().filter(|n| n["state"] == "up").count());
-        if up == 2 {
-            Ok(())
-        } else {
-            Err(status.to_string())
-        }
-    });
+    wait_nodes_up(&c.dirs["node2"], 2);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         c.intervals().iter().filter(|i| i.0 == "node1").count(),
