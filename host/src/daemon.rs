@@ -323,11 +323,20 @@ async fn join_etcd(
     // within its margin (50 %) plus a beat interval (10 %), by 90 % of the
     // TTL, before the lease can expire and another node take over.
     let margin = ttl.saturating_sub(ttl.mul_f64(0.3));
+    let beats = crate::package::peers::BeatWriter::spawn(
+        etcd.clone(),
+        node.to_owned(),
+        lease.id,
+        keepalive.subscribe(),
+    );
+    let reaper = crate::package::peers::spawn_reaper(etcd.clone(), node.to_owned(), ttl);
     Ok(ClusterLink {
         etcd,
         lease,
         keepalive,
         margin,
+        beats,
+        reaper,
     })
 }
 

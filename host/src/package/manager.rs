@@ -145,6 +145,15 @@ pub struct ClusterLink {
     pub keepalive: crate::store::etcd::KeepAlive,
     /// Stop acting this long before the lease could expire.
     pub margin: std::time::Duration,
+    /// This node's heartbeats, and the watcher of the others'.
+    pub beats: super::peers::BeatWriter,
+    pub reaper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClusterLink {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
 }
 
 /// A failover package whose ownership record is ours, waiting for the
@@ -700,6 +709,12 @@ impl PackageManager {
         match result {
             Ok((lease, keepalive)) => {
                 info!(node = %self.node, lease = %lease.id, "lease expired; rejoined with a new one");
+                link.beats = super::peers::BeatWriter::spawn(
+                    link.etcd.clone(),
+                    self.node.clone(),
+                    lease.id,
+                    keepalive.subscribe(),
+                );
                 link.lease = lease;
                 link.keepalive = keepalive;
             }
@@ -716,7 +731,14 @@ impl PackageManager {
     pub fn lease_in_doubt(&self) -> bool {
         self.link.as_ref().is_some_and(|link| {
             let health = link.keepalive.health();
-            health.expired || health.valid_until <= std::time::Instant::now() + link.margin
+            let now = std::time::Instant::now();
+            // Peers judge this node by its heartbeats, so a node whose
+            // heartbeats stopped getting written must stop vouching too.
+            let beat = link.beats.last_written().unwrap_or(link.lease.granted_at);
+            let stop_after = link.lease.ttl.saturating_sub(link.margin);
+            health.expired
+                || health.valid_until <= now + link.margin
+                || now.duration_since(beat) > stop_after
         })
     }
 

@@ -7,3 +7,4 @@
 pub mod agent;
 pub mod lifecycle;
 pub mod manager;
+pub mod peers;

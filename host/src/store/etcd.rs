@@ -73,7 +73,7 @@
 //! Not here: choosing TTLs, when to campaign, and acting on a lapsed lease —
 //! that is the daemon's (and the guard's) job.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,6 +100,7 @@ const FENCES: &str = "fences/";
 const RESOURCES: &str = "resources/";
 const OWNERS: &str = "owners/";
 const COORDINATOR: &str = "election/coordinator";
+const BEATS: &str = "beats/";
 
 /// How often a `txn` whose fence compare lost is retried before giving up.
 const FENCE_RETRIES: usize = 16;
@@ -400,6 +401,63 @@ impl EtcdStore {
             .await
             .map_err(|e| self.backend(format!("node {}: {e}", node.name)))?;
         Ok(header_revision(resp.header()))
+    }
+
+    // ---- node heartbeats ------------------------------------------------
+
+    /// Writes `node`'s heartbeat counter, bound to its lease. A node writes
+    /// one after each acknowledged renewal, so a peer that sees the counter
+    /// stand still for a TTL knows the lease has expired (see
+    /// `package::peers`).
+    pub async fn put_beat(&self, node: &str, lease: LeaseId, seq: u64) -> Result<(), StoreError> {
+        let key = self.key(BEATS, node);
+        self.kv()
+            .put(
+                key,
+                seq.to_string(),
+                Some(PutOptions::new().with_lease(lease.0)),
+            )
+            .await
+            .map_err(|e| self.backend(format!("heartbeat of {node}: {e}")))?;
+        Ok(())
+    }
+
+    /// Every node with a record: its heartbeat counter (if any) and the
+    /// lease its record is bound to (if any).
+    pub async fn beats(
+        &self,
+    ) -> Result<BTreeMap<String, (Option<u64>, Option<LeaseId>)>, StoreError> {
+        let mut out: BTreeMap<String, (Option<u64>, Option<LeaseId>)> = BTreeMap::new();
+        let nodes = self
+            .kv()
+            .get(self.key(NODES, ""), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.backend(format!("reading nodes: {e}")))?;
+        let node_prefix = self.key(NODES, "");
+        for kv in nodes.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let Some(name) = key.strip_prefix(node_prefix.as_str()) {
+                let lease = (kv.lease() != 0).then(|| LeaseId(kv.lease()));
+                out.insert(name.to_owned(), (None, lease));
+            }
+        }
+        let beats = self
+            .kv()
+            .get(self.key(BEATS, ""), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.backend(format!("reading heartbeats: {e}")))?;
+        let beat_prefix = self.key(BEATS, "");
+        for kv in beats.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            if let (Some(name), Ok(seq)) = (
+                key.strip_prefix(beat_prefix.as_str()),
+                String::from_utf8_lossy(kv.value()).parse::<u64>(),
+            ) && let Some(entry) = out.get_mut(name)
+            {
+                entry.0 = Some(seq);
+            }
+        }
+        Ok(out)
     }
 
     // ---- package claims -------------------------------------------------
