@@ -40,8 +40,6 @@ use crate::store::{
 /// What is being carried out now.
 #[derive(Debug, Clone, PartialEq)]
 struct InFlight {
-    package: String,
-    op: Op,
     reason: String,
     /// After this halt, mark the package failed here with this reason.
     then_fail: Option<String>,
@@ -430,8 +428,6 @@ impl PackageManager {
             self.in_flight.insert(
                 package.clone(),
                 InFlight {
-                    package: package.clone(),
-                    op: Op::Halt,
                     reason: "lost_ownership".into(),
                     then_fail: None,
                     record: false,
@@ -617,8 +613,6 @@ impl PackageManager {
         self.in_flight.insert(
             claim.package.clone(),
             InFlight {
-                package: claim.package.clone(),
-                op: Op::Run,
                 reason: claim.reason.to_string(),
                 then_fail: None,
                 record: true,
@@ -762,8 +756,6 @@ impl PackageManager {
         self.in_flight.insert(
             package.to_owned(),
             InFlight {
-                package: package.to_owned(),
-                op: Op::Halt,
                 reason: reason.to_string(),
                 then_fail,
                 record: true,
@@ -1224,11 +1216,6 @@ impl PackageManager {
             .map_err(|e| e.to_string())?;
         self.step(hub).await;
         Ok(format!("node {node} is {}", state.as_str()))
-    }
-
-    /// True while an action, a claim or a re-adoption is under way.
-    pub fn busy(&self) -> bool {
-        !self.in_flight.is_empty() || self.claiming.is_some() || !self.adopting.is_empty()
     }
 }
 
