@@ -396,10 +396,14 @@ impl fmt::Display for Criteria {
 /// The judged state of a resource for one package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceState {
-    /// No judgement yet, or the monitor could not tell.
+    /// The monitor could not tell, or no sample came for too long.
     Unknown,
     Up,
     Down,
+    /// No sample since the host (or its monitor) started: neither starts
+    /// nor halts a package (DESIGN §3). Becomes unknown when no sample comes
+    /// in time ([`Tracker::expire_pending`]).
+    Pending,
 }
 
 impl ResourceState {
@@ -408,6 +412,17 @@ impl ResourceState {
             ResourceState::Unknown => "unknown",
             ResourceState::Up => "up",
             ResourceState::Down => "down",
+            ResourceState::Pending => "pending",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "unknown" => Some(ResourceState::Unknown),
+            "up" => Some(ResourceState::Up),
+            "down" => Some(ResourceState::Down),
+            "pending" => Some(ResourceState::Pending),
+            _ => None,
         }
     }
 
@@ -439,7 +454,12 @@ impl StateChange {
 
 /// Rise/fall hysteresis over good, bad and unknown samples.
 ///
-/// * The state starts `unknown`.
+/// * The state starts `pending`: nothing is known yet. From pending, good
+///   samples need `rise` in a row (as from any state) and bad ones `fall`
+///   in a row (as when leaving up): a package re-adopted after a host
+///   restart ran with this resource up a moment ago, and one bad sample
+///   must not halt it when `fall` asks for more. An unknown sample makes it
+///   `unknown` at once.
 /// * Up needs `rise` good samples in a row, from any other state.
 /// * Leaving up needs `fall` samples in a row that are not good — bad and
 ///   unknown alike, since unknown is never up. The state then becomes `down`
@@ -468,7 +488,7 @@ impl Hysteresis {
         Self {
             rise: rise.max(1),
             fall: fall.max(1),
-            state: ResourceState::Unknown,
+            state: ResourceState::Pending,
             good_run: 0,
             not_good_run: 0,
         }
@@ -507,7 +527,11 @@ impl Hysteresis {
                     Some(_) => ResourceState::Down,
                     None => ResourceState::Unknown,
                 };
-                if from.is_up() && self.not_good_run < self.fall {
+                let holds = matches!(
+                    (from, not_good),
+                    (ResourceState::Up, _) | (ResourceState::Pending, Some(_))
+                );
+                if holds && self.not_good_run < self.fall {
                     from
                 } else {
                     settled
@@ -516,6 +540,18 @@ impl Hysteresis {
         };
         self.state = to;
         (from != to).then_some(StateChange { from, to })
+    }
+
+    /// Pending for too long: the resource is unknown. Returns the change,
+    /// if the state was pending.
+    pub fn expire(&mut self) -> Option<StateChange> {
+        (self.state == ResourceState::Pending).then(|| {
+            self.state = ResourceState::Unknown;
+            StateChange {
+                from: ResourceState::Pending,
+                to: ResourceState::Unknown,
+            }
+        })
     }
 
     /// Changes rise and fall, keeping the state; counting starts over.
@@ -549,6 +585,9 @@ impl Transition {
 struct Watch {
     criteria: Criteria,
     hysteresis: Hysteresis,
+    /// When the current state began (the watch started, for pending), ms
+    /// since the epoch on the host's clock.
+    since_ms: u64,
 }
 
 /// Criteria and hysteresis for every (package, resource) pair, fed with
@@ -598,6 +637,7 @@ impl Tracker {
         criteria: Criteria,
         rise: u32,
         fall: u32,
+        now_ms: u64,
     ) -> Option<Transition> {
         let watches = self.by_resource.entry(resource.clone()).or_default();
         let watch = match watches.get_mut(package) {
@@ -620,6 +660,7 @@ impl Tracker {
                 let watch = Watch {
                     criteria,
                     hysteresis: Hysteresis::new(rise, fall),
+                    since_ms: now_ms,
                 };
                 watches.entry(package.to_owned()).or_insert(watch)
             }
@@ -628,6 +669,7 @@ impl Tracker {
         let change = watch
             .hysteresis
             .observe(watch.criteria.judge(sample.value.as_ref()))?;
+        watch.since_ms = now_ms;
         Some(Transition {
             package: package.to_owned(),
             resource,
@@ -638,20 +680,63 @@ impl Tracker {
     }
 
     /// Forgets what `package` concluded about `resource` so far: the state
-    /// goes back to unknown and only samples observed from now on count (a
+    /// goes back to pending and only samples observed from now on count (a
     /// deferred `after_start` resource is judged afresh once the package has
-    /// started). Returns the transition to unknown, if the state changes.
-    pub fn restart(&mut self, package: &str, resource: &ResourceName) -> Option<Transition> {
+    /// started). Returns the transition to pending, if the state changes.
+    pub fn restart(
+        &mut self,
+        package: &str,
+        resource: &ResourceName,
+        now_ms: u64,
+    ) -> Option<Transition> {
         let watch = self.by_resource.get_mut(resource)?.get_mut(package)?;
         let from = watch.hysteresis.state();
         watch.hysteresis = Hysteresis::new(watch.hysteresis.rise(), watch.hysteresis.fall());
-        (from != ResourceState::Unknown).then(|| Transition {
+        watch.since_ms = now_ms;
+        (from != ResourceState::Pending).then(|| Transition {
             package: package.to_owned(),
             resource: resource.clone(),
             from,
-            to: ResourceState::Unknown,
+            to: ResourceState::Pending,
             detail: "judged afresh after the package started".to_owned(),
         })
+    }
+
+    /// Turns every pair still pending after its deadline into unknown:
+    /// `deadline_ms(resource)` is how long a resource may go without a first
+    /// sample (DESIGN §3: twice its monitor's interval plus timeout).
+    /// Returns the transitions, in resource and package order.
+    pub fn expire_pending(
+        &mut self,
+        now_ms: u64,
+        deadline_ms: impl Fn(&ResourceName) -> u64,
+    ) -> Vec<Transition> {
+        let mut expired = Vec::new();
+        let mut resources: Vec<&ResourceName> = self.by_resource.keys().collect();
+        resources.sort();
+        let resources: Vec<ResourceName> = resources.into_iter().cloned().collect();
+        for resource in resources {
+            let limit = deadline_ms(&resource);
+            let Some(watches) = self.by_resource.get_mut(&resource) else {
+                continue;
+            };
+            for (package, watch) in watches.iter_mut() {
+                if now_ms.saturating_sub(watch.since_ms) < limit {
+                    continue;
+                }
+                if let Some(change) = watch.hysteresis.expire() {
+                    watch.since_ms = now_ms;
+                    expired.push(Transition {
+                        package: package.clone(),
+                        resource: resource.clone(),
+                        from: change.from,
+                        to: change.to,
+                        detail: format!("no sample within {} ms", limit),
+                    });
+                }
+            }
+        }
+        expired
     }
 
     /// Stops judging `resource` for `package`; false if it was not watched.
@@ -688,12 +773,13 @@ impl Tracker {
 
     /// Judges `sample` for every package watching its resource and returns
     /// the transitions it caused, in package name order.
-    pub fn observe(&mut self, sample: &Sample) -> Vec<Transition> {
+    pub fn observe(&mut self, sample: &Sample, now_ms: u64) -> Vec<Transition> {
         let mut transitions = Vec::new();
         if let Some(watches) = self.by_resource.get_mut(&sample.name) {
             for (package, watch) in watches.iter_mut() {
                 let judged = watch.criteria.judge(sample.value.as_ref());
                 if let Some(change) = watch.hysteresis.observe(judged) {
+                    watch.since_ms = now_ms;
                     transitions.push(Transition {
                         package: package.clone(),
                         resource: sample.name.clone(),
@@ -722,6 +808,17 @@ impl Tracker {
                 .hysteresis
                 .state(),
         )
+    }
+
+    /// The state of `resource` for `package` and since when it holds (ms
+    /// since the epoch), `None` if not watched.
+    pub fn state_since(
+        &self,
+        package: &str,
+        resource: &ResourceName,
+    ) -> Option<(ResourceState, u64)> {
+        let watch = self.by_resource.get(resource)?.get(package)?;
+        Some((watch.hysteresis.state(), watch.since_ms))
     }
 
     /// Every resource `package` watches with its state, in name order.
@@ -948,7 +1045,7 @@ mod tests {
     /// it, and `!` when that step must report a transition into it.
     fn check_hysteresis(rise: u32, fall: u32, steps: &str) {
         let mut h = Hysteresis::new(rise, fall);
-        assert_eq!(h.state(), ResourceState::Unknown);
+        assert_eq!(h.state(), ResourceState::Pending);
         for (i, step) in steps.split_whitespace().enumerate() {
             let (sample, expected) = step.split_once(':').expect("step is sample:state");
             let (expected, transition) = match expected.strip_suffix('!') {
@@ -980,27 +1077,91 @@ mod tests {
 
     #[test]
     fn hysteresis_sequences() {
-        // rise applies from the start; one bad sample decides down at once.
-        check_hysteresis(2, 3, "g:unknown g:up!");
-        check_hysteresis(2, 3, "b:down! b:down g:down g:up!");
+        // rise applies from the start; from pending, bad samples need fall.
+        check_hysteresis(2, 3, "g:pending g:up!");
+        check_hysteresis(2, 3, "b:pending b:pending b:down! g:down g:up!");
         check_hysteresis(1, 1, "g:up! b:down! g:up! u:unknown! g:up!");
         // fall consecutive not-good samples leave up; a good one resets.
-        check_hysteresis(2, 3, "g:unknown g:up! b:up b:up g:up b:up b:up b:down!");
+        check_hysteresis(2, 3, "g:pending g:up! b:up b:up g:up b:up b:up b:down!");
         // Unknown counts as not good for leaving up, and never for rise.
-        check_hysteresis(2, 3, "g:unknown g:up! u:up u:up u:unknown!");
-        check_hysteresis(2, 3, "g:unknown g:up! u:up b:up u:unknown! g:unknown g:up!");
-        check_hysteresis(2, 3, "g:unknown g:up! b:up u:up b:down!");
-        check_hysteresis(2, 2, "g:unknown u:unknown g:unknown g:up!");
+        check_hysteresis(2, 3, "g:pending g:up! u:up u:up u:unknown!");
+        check_hysteresis(2, 3, "g:pending g:up! u:up b:up u:unknown! g:unknown g:up!");
+        check_hysteresis(2, 3, "g:pending g:up! b:up u:up b:down!");
+        check_hysteresis(2, 2, "g:pending u:unknown! g:unknown g:up!");
         // Between down and unknown the state follows the latest sample.
         check_hysteresis(
             3,
             2,
-            "u:unknown b:down! u:unknown! b:down! g:down g:down g:up!",
+            "u:unknown! b:down! u:unknown! b:down! g:down g:down g:up!",
         );
         // Staying up or down reports nothing.
         check_hysteresis(1, 2, "g:up! g:up g:up b:up g:up b:up b:down! b:down b:down");
         // Counts of zero act as one.
         check_hysteresis(0, 0, "g:up! b:down! g:up!");
+    }
+
+    /// A host restart must not halt a package it re-adopts: until samples
+    /// decide, the resource is pending, and one bad sample is not enough
+    /// when `fall` asks for more (DESIGN §8 invariant 7).
+    #[test]
+    fn pending_after_start_needs_fall_bad_samples_to_go_down() {
+        check_hysteresis(1, 2, "b:pending b:down!");
+        check_hysteresis(1, 2, "b:pending g:up!");
+        check_hysteresis(1, 1, "b:down!");
+        // A monitor that cannot tell makes it unknown at once.
+        check_hysteresis(1, 3, "u:unknown!");
+    }
+
+    #[test]
+    fn pending_expires_into_unknown_only_when_no_sample_came() {
+        let mut h = Hysteresis::new(1, 1);
+        let change = h.expire().expect("pending expires");
+        assert_eq!(
+            (change.from, change.to),
+            (ResourceState::Pending, ResourceState::Unknown)
+        );
+        assert_eq!(h.expire(), None, "expires once");
+        let mut h = Hysteresis::new(1, 1);
+        h.observe(Some(true));
+        assert_eq!(h.expire(), None, "a sampled resource never expires");
+        assert_eq!(h.state(), ResourceState::Up);
+    }
+
+    #[test]
+    fn tracker_expires_pending_pairs_after_their_deadline() {
+        let eth0 = name("/net/interfaces/eth0/status");
+        let used = name("/fs/data/used_percent");
+        let mut tracker = Tracker::new();
+        tracker.watch("db", eth0.clone(), Criteria::default(), 1, 1, 1_000);
+        tracker.watch(
+            "db",
+            used.clone(),
+            Criteria::parse("< 90").unwrap(),
+            1,
+            1,
+            1_000,
+        );
+        tracker.observe(&Sample::up(eth0.clone()), 1_500);
+        let deadline = |r: &ResourceName| {
+            if r.as_str().starts_with("/fs") {
+                4_000
+            } else {
+                1_000
+            }
+        };
+        assert!(tracker.expire_pending(4_999, deadline).is_empty());
+        let t = tracker.expire_pending(5_000, deadline);
+        expect!["db /fs/data/used_percent pending->unknown (no sample within 4000 ms)"]
+            .assert_eq(&render(&t));
+        assert_eq!(
+            tracker.state_since("db", &used),
+            Some((ResourceState::Unknown, 5_000))
+        );
+        assert_eq!(
+            tracker.state_since("db", &eth0),
+            Some((ResourceState::Up, 1_500))
+        );
+        assert!(tracker.expire_pending(99_000, deadline).is_empty());
     }
 
     fn name(s: &str) -> ResourceName {
@@ -1026,35 +1187,42 @@ mod tests {
         let used = name("/fs/data/used_percent");
         let mut tracker = Tracker::new();
         assert_eq!(
-            tracker.watch("db", eth0.clone(), Criteria::default(), 1, 2),
+            tracker.watch("db", eth0.clone(), Criteria::default(), 1, 2, 0),
             None
         );
         let web = Criteria::parse_any(&["== up".into(), "== degraded".into()]).unwrap();
-        assert_eq!(tracker.watch("web", eth0.clone(), web, 2, 1), None);
+        assert_eq!(tracker.watch("web", eth0.clone(), web, 2, 1, 0), None);
         assert_eq!(
-            tracker.watch("db", used.clone(), Criteria::parse("< 90").unwrap(), 1, 1),
+            tracker.watch(
+                "db",
+                used.clone(),
+                Criteria::parse("< 90").unwrap(),
+                1,
+                1,
+                0
+            ),
             None
         );
-        assert_eq!(tracker.state("db", &eth0), Some(ResourceState::Unknown));
+        assert_eq!(tracker.state("db", &eth0), Some(ResourceState::Pending));
         assert_eq!(tracker.state("nobody", &eth0), None);
 
-        let t = tracker.observe(&Sample::up(eth0.clone()));
-        expect!["db /net/interfaces/eth0/status unknown->up (up meets == up)"]
+        let t = tracker.observe(&Sample::up(eth0.clone()), 0);
+        expect!["db /net/interfaces/eth0/status pending->up (up meets == up)"]
             .assert_eq(&render(&t));
-        let t = tracker.observe(&Sample::text(eth0.clone(), "degraded"));
+        let t = tracker.observe(&Sample::text(eth0.clone(), "degraded"), 0);
         expect![
-            "web /net/interfaces/eth0/status unknown->up (degraded meets == up or == degraded)"
+            "web /net/interfaces/eth0/status pending->up (degraded meets == up or == degraded)"
         ]
         .assert_eq(&render(&t));
-        let t = tracker.observe(&Sample::number(used.clone(), 95.0, Some("%")));
-        expect!["db /fs/data/used_percent unknown->down (95% does not meet < 90)"]
+        let t = tracker.observe(&Sample::number(used.clone(), 95.0, Some("%")), 0);
+        expect!["db /fs/data/used_percent pending->down (95% does not meet < 90)"]
             .assert_eq(&render(&t));
-        let t = tracker.observe(&Sample::down(eth0.clone(), "carrier lost"));
+        let t = tracker.observe(&Sample::down(eth0.clone(), "carrier lost"), 0);
         expect![[r#"
             db /net/interfaces/eth0/status up->down (down does not meet == up)
             web /net/interfaces/eth0/status up->down (down does not meet == up or == degraded)"#]]
         .assert_eq(&render(&t));
-        let t = tracker.observe(&Sample::unknown(eth0.clone(), "monitor timed out"));
+        let t = tracker.observe(&Sample::unknown(eth0.clone(), "monitor timed out"), 0);
         expect![[r#"
             db /net/interfaces/eth0/status down->unknown (unknown: monitor timed out)
             web /net/interfaces/eth0/status down->unknown (unknown: monitor timed out)"#]]
@@ -1062,7 +1230,7 @@ mod tests {
         // Nobody watches this one.
         assert!(
             tracker
-                .observe(&Sample::up(name("/other/thing")))
+                .observe(&Sample::up(name("/other/thing")), 0)
                 .is_empty()
         );
 
@@ -1081,32 +1249,32 @@ mod tests {
         let used = name("/fs/data/used_percent");
         let mut tracker = Tracker::new();
         let below_90 = Criteria::parse("< 90").unwrap();
-        tracker.watch("db", used.clone(), below_90.clone(), 1, 2);
-        tracker.observe(&Sample::number(used.clone(), 80.0, Some("%")));
+        tracker.watch("db", used.clone(), below_90.clone(), 1, 2, 0);
+        tracker.observe(&Sample::number(used.clone(), 80.0, Some("%")), 0);
         assert_eq!(tracker.state("db", &used), Some(ResourceState::Up));
 
         // A package added later is judged against the latest sample at once.
-        let added = tracker.watch("web", used.clone(), below_90.clone(), 1, 1);
-        expect!["web /fs/data/used_percent unknown->up (80% meets < 90)"]
+        let added = tracker.watch("web", used.clone(), below_90.clone(), 1, 1, 0);
+        expect!["web /fs/data/used_percent pending->up (80% meets < 90)"]
             .assert_eq(&render(added.as_slice()));
 
         // The same settings again change nothing, not even the counts.
-        tracker.observe(&Sample::number(used.clone(), 95.0, Some("%")));
+        tracker.observe(&Sample::number(used.clone(), 95.0, Some("%")), 0);
         assert_eq!(tracker.state("db", &used), Some(ResourceState::Up));
         assert_eq!(
-            tracker.watch("db", used.clone(), below_90.clone(), 1, 2),
+            tracker.watch("db", used.clone(), below_90.clone(), 1, 2, 0),
             None
         );
-        let t = tracker.observe(&Sample::number(used.clone(), 96.0, Some("%")));
+        let t = tracker.observe(&Sample::number(used.clone(), 96.0, Some("%")), 0);
         expect!["db /fs/data/used_percent up->down (96% does not meet < 90)"]
             .assert_eq(&render(&t));
 
         // New criteria keep the state and count again from the latest sample.
         let below_99 = Criteria::parse("< 99").unwrap();
-        let changed = tracker.watch("db", used.clone(), below_99, 2, 2);
+        let changed = tracker.watch("db", used.clone(), below_99, 2, 2, 0);
         assert_eq!(changed, None);
         assert_eq!(tracker.state("db", &used), Some(ResourceState::Down));
-        let t = tracker.observe(&Sample::number(used.clone(), 97.0, Some("%")));
+        let t = tracker.observe(&Sample::number(used.clone(), 97.0, Some("%")), 0);
         expect!["db /fs/data/used_percent down->up (97% meets < 99)"].assert_eq(&render(&t));
 
         assert!(tracker.unwatch("web", &used));
@@ -1115,6 +1283,10 @@ mod tests {
         tracker.unwatch_package("db");
         assert!(tracker.states("db").is_empty());
         assert_eq!(tracker.watchers(&used).count(), 0);
-        assert!(tracker.observe(&Sample::number(used, 1.0, None)).is_empty());
+        assert!(
+            tracker
+                .observe(&Sample::number(used, 1.0, None), 0)
+                .is_empty()
+        );
     }
 }

@@ -96,6 +96,8 @@ impl Topology {
             }
             info!(monitor = %cfg.name, kind = cfg.kind.type_name(), "starting monitor");
             registry.register_monitor(&cfg.name, cfg.kind.type_name());
+            let pending = 2 * (cfg.interval + cfg.timeout);
+            registry.set_pending_limit(&cfg.name, pending.as_millis() as u64);
             let events = self.events.clone();
             let emit: runtime::Emit = Arc::new(move |e| {
                 let _ = events.send(Event::Monitor(e));
@@ -254,6 +256,10 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
             Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
             Event::Tick => {
+                for t in state.hub.expire_pending(now_ms()) {
+                    info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
+                    state.manager.on_transition(&t, &state.hub).await;
+                }
                 state.manager.maintain_link().await;
                 state.manager.check_guard().await;
                 state.manager.step(&state.hub).await;

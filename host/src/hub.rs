@@ -21,6 +21,9 @@ use crate::runtime::MonitorEvent;
 /// pair and its state at the moment of subscribing.
 pub type Snapshot = Vec<(String, ResourceName, ResourceState)>;
 
+/// How long a resource that no monitor declares stays pending.
+pub const UNDECLARED_PENDING_MS: u64 = 60_000;
+
 #[derive(Debug, Default)]
 pub struct ResourceHub {
     pub registry: Registry,
@@ -37,7 +40,7 @@ impl ResourceHub {
         let applied = self.registry.apply(event, now_ms);
         let mut transitions = Vec::new();
         for sample in &applied.recorded {
-            transitions.extend(self.tracker.observe(sample));
+            transitions.extend(self.tracker.observe(sample, now_ms));
         }
         for t in &transitions {
             self.publish(t);
@@ -59,6 +62,7 @@ impl ResourceHub {
         criteria: Criteria,
         rise: u32,
         fall: u32,
+        now_ms: u64,
     ) -> Option<Transition> {
         if !self
             .watched
@@ -67,7 +71,9 @@ impl ResourceHub {
         {
             self.watched.push((package.to_owned(), resource.clone()));
         }
-        let transition = self.tracker.watch(package, resource, criteria, rise, fall);
+        let transition = self
+            .tracker
+            .watch(package, resource, criteria, rise, fall, now_ms);
         if let Some(t) = &transition {
             self.publish(t);
         }
@@ -75,10 +81,37 @@ impl ResourceHub {
     }
 
     /// Judges `resource` afresh for `package` (see [`Tracker::restart`]).
-    pub fn restart(&mut self, package: &str, resource: &ResourceName) {
-        if let Some(t) = self.tracker.restart(package, resource) {
+    pub fn restart(&mut self, package: &str, resource: &ResourceName, now_ms: u64) {
+        if let Some(t) = self.tracker.restart(package, resource, now_ms) {
             self.publish(&t);
         }
+    }
+
+    /// Resources still pending past their deadline become unknown: twice
+    /// the interval plus timeout of the monitor that declares them
+    /// (DESIGN §3), or [`UNDECLARED_PENDING_MS`] when no monitor does.
+    /// The transitions are published like any other and returned.
+    pub fn expire_pending(&mut self, now_ms: u64) -> Vec<Transition> {
+        let registry = &self.registry;
+        let transitions = self.tracker.expire_pending(now_ms, |resource| {
+            registry
+                .pending_limit_ms(resource)
+                .unwrap_or(UNDECLARED_PENDING_MS)
+        });
+        for t in &transitions {
+            self.publish(t);
+        }
+        transitions
+    }
+
+    /// The state of `resource` for `package` and since when (ms since the
+    /// epoch), `None` if not watched.
+    pub fn state_since(
+        &self,
+        package: &str,
+        resource: &ResourceName,
+    ) -> Option<(ResourceState, u64)> {
+        self.tracker.state_since(package, resource)
     }
 
     /// Stops judging every resource of `package`.
@@ -109,7 +142,7 @@ impl ResourceHub {
                 (
                     p.clone(),
                     r.clone(),
-                    self.tracker.state(p, r).unwrap_or(ResourceState::Unknown),
+                    self.tracker.state(p, r).unwrap_or(ResourceState::Pending),
                 )
             })
             .collect();
@@ -162,7 +195,7 @@ mod tests {
     fn subscribers_miss_no_transition() {
         let mut hub = hub_with_monitor();
         let eth0 = name("/net/interfaces/eth0/status");
-        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1);
+        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1, 0);
         push(&mut hub, true);
         let (snapshot, mut rx) = hub.subscribe();
         assert_eq!(
@@ -190,7 +223,7 @@ mod tests {
     fn monitor_failure_takes_watched_resources_down_to_unknown() {
         let mut hub = hub_with_monitor();
         let eth0 = name("/net/interfaces/eth0/status");
-        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1);
+        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1, 0);
         push(&mut hub, true);
         let (_, transitions) = hub.apply(
             MonitorEvent::Failed {
@@ -213,16 +246,16 @@ mod tests {
     fn restart_forgets_old_samples_and_counts_only_new_ones() {
         let mut hub = hub_with_monitor();
         let eth0 = name("/net/interfaces/eth0/status");
-        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1);
+        hub.watch("app", eth0.clone(), Criteria::default(), 1, 1, 0);
         push(&mut hub, false);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Down));
         let (_, mut rx) = hub.subscribe();
-        hub.restart("app", &eth0);
-        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Unknown));
-        assert_eq!(rx.try_recv().unwrap().to, ResourceState::Unknown);
+        hub.restart("app", &eth0, 0);
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Pending));
+        assert_eq!(rx.try_recv().unwrap().to, ResourceState::Pending);
         push(&mut hub, true);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
-        hub.restart("nobody", &eth0);
+        hub.restart("nobody", &eth0, 0);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
     }
 
@@ -235,6 +268,7 @@ mod tests {
             Criteria::default(),
             1,
             1,
+            0,
         );
         let (_, rx) = hub.subscribe();
         drop(rx);

@@ -41,6 +41,11 @@ pub struct MonitorRecord {
     /// When the monitor last reported anything, ms since the epoch.
     pub last_report_ms: Option<u64>,
     pub samples_received: u64,
+    /// How long its resources may go without a first sample before they
+    /// are unknown rather than pending (twice interval plus timeout).
+    pub pending_limit_ms: Option<u64>,
+    /// True once the monitor's declaration arrived.
+    pub declared: bool,
 }
 
 /// What [`Registry::apply`] did.
@@ -56,7 +61,14 @@ pub struct Applied {
 pub struct Registry {
     resources: BTreeMap<ResourceName, Entry>,
     monitors: BTreeMap<String, MonitorRecord>,
+    /// Samples a monitor pushed before its declaration reached the registry
+    /// (a dylib's event thread can push while its configure call is still
+    /// returning): held, then judged against the declaration when it comes.
+    early: BTreeMap<String, Vec<Sample>>,
 }
+
+/// At most this many early samples are held per monitor; more are refused.
+const EARLY_SAMPLES_LIMIT: usize = 10_000;
 
 impl Registry {
     /// Adds (or resets) a monitor before it reports.
@@ -70,13 +82,38 @@ impl Registry {
                 status: MonitorStatus::Starting,
                 last_report_ms: None,
                 samples_received: 0,
+                pending_limit_ms: None,
+                declared: false,
             },
         );
+    }
+
+    /// Sets how long the monitor's resources stay pending without a first
+    /// sample; see [`MonitorRecord::pending_limit_ms`].
+    pub fn set_pending_limit(&mut self, name: &str, limit_ms: u64) {
+        if let Some(record) = self.monitors.get_mut(name) {
+            record.pending_limit_ms = Some(limit_ms);
+        }
+    }
+
+    /// The pending limit of the monitor that publishes `name`, or else of
+    /// the first monitor declaring a pattern that matches it.
+    pub fn pending_limit_ms(&self, name: &ResourceName) -> Option<u64> {
+        let owner = self.resources.get(name).map(|e| e.monitor.as_str());
+        let record = match owner {
+            Some(monitor) => self.monitors.get(monitor),
+            None => self
+                .monitors
+                .values()
+                .find(|m| m.patterns.iter().any(|p| p.matches(name))),
+        };
+        record.and_then(|r| r.pending_limit_ms)
     }
 
     /// Forgets a monitor and its resources.
     pub fn remove_monitor(&mut self, name: &str) {
         self.monitors.remove(name);
+        self.early.remove(name);
         self.resources.retain(|_, e| e.monitor != name);
     }
 
@@ -129,13 +166,19 @@ impl Registry {
                         status: MonitorStatus::Starting,
                         last_report_ms: None,
                         samples_received: 0,
+                        pending_limit_ms: None,
+                        declared: false,
                     });
                 record.patterns = patterns;
+                record.declared = true;
                 // Resources the monitor no longer declares are gone.
                 let record = record.clone();
                 self.resources.retain(|name, e| {
                     e.monitor != monitor || record.patterns.iter().any(|p| p.matches(name))
                 });
+                if let Some(samples) = self.early.remove(&monitor) {
+                    return self.apply(MonitorEvent::Samples { monitor, samples }, now_ms);
+                }
             }
             MonitorEvent::Samples { monitor, samples } => {
                 let Some(record) = self.monitors.get_mut(&monitor) else {
@@ -144,6 +187,18 @@ impl Registry {
                         .push(format!("monitor {monitor:?} is not registered"));
                     return applied;
                 };
+                if !record.declared {
+                    let held = self.early.entry(monitor.clone()).or_default();
+                    let room = EARLY_SAMPLES_LIMIT.saturating_sub(held.len());
+                    if samples.len() > room {
+                        applied.refused.push(format!(
+                            "monitor {monitor}: {} samples before its declaration; holding at most {EARLY_SAMPLES_LIMIT}",
+                            samples.len() - room
+                        ));
+                    }
+                    held.extend(samples.into_iter().take(room));
+                    return applied;
+                }
                 record.last_report_ms = Some(now_ms);
                 record.status = MonitorStatus::Ok;
                 for sample in samples {
@@ -335,6 +390,41 @@ mod tests {
             },
             1,
         )
+    }
+
+    /// Every host start logged `sample refused ... matches none of its
+    /// declared patterns` for fs, lan, shm and volume: their event threads
+    /// pushed before the declaration reached the registry.
+    #[test]
+    fn samples_pushed_before_the_declaration_are_held_not_refused() {
+        let mut r = Registry::default();
+        r.register_monitor("fs", "dylib");
+        let early = r.apply(
+            MonitorEvent::Samples {
+                monitor: "fs".into(),
+                samples: vec![Sample::up(ResourceName::new("/fs/root/status").unwrap())],
+            },
+            1,
+        );
+        assert_eq!(
+            early,
+            Applied::default(),
+            "held: neither recorded nor refused"
+        );
+        let declared = r.apply(
+            MonitorEvent::Declared {
+                monitor: "fs".into(),
+                kind: "dylib",
+                patterns: vec![ResourcePattern::new("/fs/*/status").unwrap()],
+            },
+            2,
+        );
+        assert!(declared.refused.is_empty(), "{:?}", declared.refused);
+        assert_eq!(declared.recorded.len(), 1);
+        assert!(
+            r.get(&ResourceName::new("/fs/root/status").unwrap())
+                .is_some()
+        );
     }
 
     #[test]

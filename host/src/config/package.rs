@@ -97,6 +97,8 @@ struct RawResource {
     rise: Option<Spanned<i64>>,
     #[serde(default)]
     fall: Option<Spanned<i64>>,
+    #[serde(default)]
+    unknown_timeout_seconds: Option<Spanned<Seconds>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +151,9 @@ pub struct ResourceRequirement {
     pub evaluate: Evaluate,
     pub rise: u32,
     pub fall: u32,
+    /// How long the resource may stay unknown before a package running on
+    /// it is halted (0: at once). A pending resource never halts it.
+    pub unknown_timeout: Duration,
     /// Line of `name`.
     pub line: usize,
 }
@@ -204,6 +209,9 @@ pub struct PackageConfig {
 }
 
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a required resource may stay unknown before a running package
+/// is halted for it (DESIGN §3).
+pub const DEFAULT_UNKNOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HALT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Loads every `*.toml` in `dir` (normally `<config>/packages.d`), sorted by
@@ -658,12 +666,26 @@ pub fn load_package_text(
         };
         let rise = count(&r.rise, "rise");
         let fall = count(&r.fall, "fall");
+        let unknown_timeout = match &r.unknown_timeout_seconds {
+            None => DEFAULT_UNKNOWN_TIMEOUT,
+            Some(s) if matches!(s.get_ref(), Seconds::Int(0)) => Duration::ZERO,
+            Some(s) if matches!(s.get_ref(), Seconds::Float(f) if *f == 0.0) => Duration::ZERO,
+            Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+                err(
+                    &mut errors,
+                    s.span(),
+                    format!("unknown_timeout_seconds {e}"),
+                );
+                DEFAULT_UNKNOWN_TIMEOUT
+            }),
+        };
         resources.push(ResourceRequirement {
             name: rname,
             up,
             evaluate,
             rise,
             fall,
+            unknown_timeout,
             line: line(r.name.span()),
         });
     }

@@ -200,7 +200,14 @@ impl PackageManager {
         let node = node.as_str();
         for p in &packages {
             for r in &p.resources {
-                hub.watch(&p.name, r.name.clone(), r.up.clone(), r.rise, r.fall);
+                hub.watch(
+                    &p.name,
+                    r.name.clone(),
+                    r.up.clone(),
+                    r.rise,
+                    r.fall,
+                    vigil_sdk::now_ms(),
+                );
             }
         }
         let agent = agent::spawn(
@@ -332,6 +339,7 @@ impl PackageManager {
             packages: self.packages.values().map(PackageConfig::to_spec).collect(),
             ..ClusterSnapshot::default()
         };
+        let now = vigil_sdk::now_ms();
         for (name, p) in &self.packages {
             let state = snap.state_mut(name);
             if let Some(record) = store.packages.get(name) {
@@ -344,34 +352,30 @@ impl PackageManager {
                 }
                 state.switching_enabled = r.switching;
                 state.failed_on = r.failed_on.clone();
-            }
-            if let Some(record) = store.packages.get(name) {
-                let admin = &record.value.admin;
+                let admin = &r.admin;
                 state.halted_by_admin = admin.halted;
                 state.run_requested = admin.run;
                 state.requested_node = admin.node.clone();
             }
+            let running_on = state.running_on.clone();
             for r in &p.resources {
                 for node in &self.cluster_nodes {
-                    let state = if *node == self.node {
-                        hub.state(name, &r.name)
+                    let judged = if *node == self.node {
+                        hub.state_since(name, &r.name).map(|(state, since)| {
+                            let held = std::time::Duration::from_millis(now.saturating_sub(since));
+                            (state, held)
+                        })
                     } else {
+                        // Another node halts its own packages for a resource
+                        // unknown there too long; here it only must not be
+                        // planned away before that.
                         store
                             .resources
                             .get(&(node.clone(), r.name.clone()))
-                            .copied()
+                            .map(|&state| (state, std::time::Duration::ZERO))
                     };
-                    // A before_start resource gates the start: anything but
-                    // up blocks it. An after_start one is deferred: only a
-                    // definite down makes a running package leave, so one
-                    // not judged yet (or unknown) does not halt it.
-                    let verdict = match (r.evaluate, state) {
-                        (_, Some(ResourceState::Up)) => Some(true),
-                        (placement::Evaluate::BeforeStart, _) => Some(false),
-                        (placement::Evaluate::AfterStart, Some(ResourceState::Down)) => Some(false),
-                        (placement::Evaluate::AfterStart, _) => None,
-                    };
-                    if let Some(up) = verdict {
+                    let runs_there = running_on.contains(node);
+                    if let Some(up) = resource_verdict(r, judged, runs_there) {
                         snap.set_resource(name, node, r.name.as_str(), up);
                     }
                 }
@@ -864,7 +868,7 @@ impl PackageManager {
                                 .iter()
                                 .filter(|r| r.evaluate == placement::Evaluate::AfterStart)
                             {
-                                hub.restart(&package, &r.name);
+                                hub.restart(&package, &r.name, vigil_sdk::now_ms());
                             }
                         }
                         self.write(&package, |u| {
@@ -1055,7 +1059,7 @@ impl PackageManager {
                                 name: r.name.to_string(),
                                 state: hub
                                     .state(&p.name, &r.name)
-                                    .unwrap_or(ResourceState::Unknown)
+                                    .unwrap_or(ResourceState::Pending)
                                     .as_str()
                                     .to_owned(),
                                 evaluate: match r.evaluate {
@@ -1219,6 +1223,36 @@ impl PackageManager {
     }
 }
 
+/// What placement is told about one required resource on one node: `Some(up)`
+/// or `None` for no verdict (an `after_start` resource not judged yet does
+/// not gate anything). `judged` is the resource's state there and how long
+/// it has held, `None` when nothing is known (as pending).
+///
+/// * `up` and `down` are what they say.
+/// * `pending` (no sample since the host or its monitor started) neither
+///   starts nor halts: a package running there stays, one not running
+///   there does not start (DESIGN §3, invariant 7).
+/// * `unknown` never starts a package, and halts one running there only
+///   after `unknown_timeout` (a monitor hiccup does not fail over a healthy
+///   application; a dead monitor does in the end).
+fn resource_verdict(
+    requirement: &crate::config::package::ResourceRequirement,
+    judged: Option<(ResourceState, std::time::Duration)>,
+    runs_there: bool,
+) -> Option<bool> {
+    let gates = requirement.evaluate == placement::Evaluate::BeforeStart;
+    match judged.unwrap_or((ResourceState::Pending, std::time::Duration::ZERO)) {
+        (ResourceState::Up, _) => Some(true),
+        (ResourceState::Down, _) => Some(false),
+        (ResourceState::Pending, _) if runs_there => gates.then_some(true),
+        (ResourceState::Unknown, held) if runs_there && held < requirement.unknown_timeout => {
+            gates.then_some(true)
+        }
+        (ResourceState::Unknown, _) if runs_there => Some(false),
+        (ResourceState::Pending | ResourceState::Unknown, _) => gates.then_some(false),
+    }
+}
+
 /// The reason handed to control scripts for a placement action.
 fn lifecycle_reason(reason: ActionReason) -> Reason {
     match reason {
@@ -1228,5 +1262,73 @@ fn lifecycle_reason(reason: ActionReason) -> Reason {
         ActionReason::ResourceDown => Reason::ResourceDown,
         ActionReason::Admin => Reason::Manual,
         other => Reason::Other(other.as_str().to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::package::ResourceRequirement;
+
+    /// One row: the requirement's `evaluate`, the judged state and how long
+    /// it held (seconds; `None` = not judged at all), whether the package
+    /// runs on that node, and the verdict placement must get.
+    fn check(
+        evaluate: placement::Evaluate,
+        judged: Option<(ResourceState, u64)>,
+        runs_there: bool,
+        expected: Option<bool>,
+    ) {
+        let requirement = ResourceRequirement {
+            name: vigil_sdk::ResourceName::new("/system/memory/avail_percent").unwrap(),
+            up: crate::criteria::Criteria::parse("> 5").unwrap(),
+            evaluate,
+            rise: 1,
+            fall: 2,
+            unknown_timeout: Duration::from_secs(30),
+            line: 1,
+        };
+        let judged_at = judged.map(|(s, secs)| (s, Duration::from_secs(secs)));
+        assert_eq!(
+            resource_verdict(&requirement, judged_at, runs_there),
+            expected,
+            "{evaluate:?} {judged:?} runs_there={runs_there}"
+        );
+    }
+
+    #[test]
+    fn resource_verdicts() {
+        use ResourceState::*;
+        use placement::Evaluate::{AfterStart, BeforeStart};
+        // Up and down are what they say, running or not.
+        check(BeforeStart, Some((Up, 0)), false, Some(true));
+        check(BeforeStart, Some((Down, 0)), true, Some(false));
+        check(AfterStart, Some((Down, 0)), true, Some(false));
+        // Unknown never starts a package.
+        check(BeforeStart, Some((Unknown, 0)), false, Some(false));
+        check(AfterStart, Some((Unknown, 0)), false, None);
+        // Unknown halts a running package only after unknown_timeout.
+        check(BeforeStart, Some((Unknown, 29)), true, Some(true));
+        check(BeforeStart, Some((Unknown, 30)), true, Some(false));
+        check(AfterStart, Some((Unknown, 29)), true, None);
+        check(AfterStart, Some((Unknown, 30)), true, Some(false));
+    }
+
+    /// The README demo was halted 35 ms after a host restart re-adopted it,
+    /// because `/system/memory/avail_percent` had no sample yet.
+    #[test]
+    fn re_adopted_package_is_not_halted_for_a_resource_not_sampled_yet() {
+        use ResourceState::*;
+        use placement::Evaluate::{AfterStart, BeforeStart};
+        check(BeforeStart, Some((Pending, 0)), true, Some(true));
+        check(BeforeStart, Some((Pending, 3_600)), true, Some(true));
+        check(BeforeStart, None, true, Some(true));
+        check(AfterStart, Some((Pending, 0)), true, None);
+        // ... and pending never starts one either.
+        check(BeforeStart, Some((Pending, 0)), false, Some(false));
+        check(BeforeStart, None, false, Some(false));
+        check(AfterStart, Some((Pending, 0)), false, None);
     }
 }

@@ -264,12 +264,7 @@ fn split_resource_key(key: &str) -> Option<(String, ResourceName)> {
 }
 
 fn parse_state(s: &str) -> Option<ResourceState> {
-    match s {
-        "up" => Some(ResourceState::Up),
-        "down" => Some(ResourceState::Down),
-        "unknown" => Some(ResourceState::Unknown),
-        _ => None,
-    }
+    ResourceState::parse(s)
 }
 
 impl ClusterStore for EmbeddedStore {

@@ -1212,10 +1212,5 @@ fn to_etcd(revision: Revision) -> i64 {
 }
 
 fn parse_state(s: &str) -> Option<ResourceState> {
-    match s {
-        "up" => Some(ResourceState::Up),
-        "down" => Some(ResourceState::Down),
-        "unknown" => Some(ResourceState::Unknown),
-        _ => None,
-    }
+    ResourceState::parse(s)
 }
