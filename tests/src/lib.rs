@@ -230,7 +230,37 @@ impl ConfigDir {
         self.spawn_host(&[], &["--node", node], env)
     }
 
+    /// Starts `vigil host --node NODE` without waiting for it to answer
+    /// (to start several hosts at the same moment); see [`ConfigDir::wait_ready`].
+    pub fn spawn_host_as(&self, node: &str) -> Host {
+        self.spawn_only(&[], &["--node", node], &[])
+    }
+
+    /// Waits until `host`, started on this config dir, answers on its
+    /// socket; panics with its log if it exits first.
+    pub fn wait_ready(&self, host: &mut Host) {
+        wait_for(
+            Duration::from_secs(20),
+            "vigil host to answer on its socket",
+            || {
+                if let Some(status) = host.try_exit() {
+                    panic!(
+                        "vigil host exited early ({status}); log:\n{}",
+                        host.log_text()
+                    );
+                }
+                self.resls("/").map(drop)
+            },
+        );
+    }
+
     fn spawn_host(&self, wrapper: &[&str], host_args: &[&str], env: &[(&str, &str)]) -> Host {
+        let mut host = self.spawn_only(wrapper, host_args, env);
+        self.wait_ready(&mut host);
+        host
+    }
+
+    fn spawn_only(&self, wrapper: &[&str], host_args: &[&str], env: &[(&str, &str)]) -> Host {
         let log = self.path().join("host.log");
         let log_file = std::fs::File::create(&log).expect("create host.log");
         let vigil = vigil_bin();
@@ -254,28 +284,10 @@ impl ConfigDir {
             .stderr(log_file)
             .spawn()
             .expect("spawn vigil host");
-        let mut host = Host {
+        Host {
             child: Some(child),
             log,
-        };
-        wait_for(
-            Duration::from_secs(20),
-            "vigil host to answer on its socket",
-            || {
-                if let Some(status) = host
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "vigil host exited early ({status}); log:\n{}",
-                        host.log_text()
-                    );
-                }
-                self.resls("/").map(drop)
-            },
-        );
-        host
+        }
     }
 }
 
@@ -298,6 +310,13 @@ impl Host {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the host has exited, `None` while it runs.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Kills the host with SIGKILL (a node dying) and reaps it.

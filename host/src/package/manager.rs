@@ -229,9 +229,15 @@ impl PackageManager {
         for p in &packages {
             match snapshot.packages.get(&p.name) {
                 None => {
-                    store
+                    // Another host starting at the same moment may create it
+                    // first: that is the record we wanted, not an error.
+                    match store
                         .update_package(p.name.clone(), 0, PackageUpdate::down("configured"))
-                        .await?;
+                        .await
+                    {
+                        Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 Some(record) if record.value.owners.iter().any(|o| o == node) => {
                     info!(package = %p.name, "re-adopting a package the store says runs here");
