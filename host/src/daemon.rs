@@ -261,6 +261,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                     state.manager.on_transition(&t, &state.hub).await;
                 }
                 state.manager.maintain_link().await;
+                state.manager.publish_resource_states().await;
                 state.manager.check_guard().await;
                 state.manager.step(&state.hub).await;
             }

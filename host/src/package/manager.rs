@@ -123,6 +123,10 @@ pub struct PackageManager {
     failures: BTreeMap<String, String>,
     /// What the agent runs here now, as far as this manager knows.
     running_here: BTreeSet<String>,
+    /// Resource states of this node that other nodes have not been told
+    /// (the store write failed): sent again on every tick until it works,
+    /// or the others would plan with a stale state for ever.
+    unpublished: BTreeMap<vigil_sdk::ResourceName, ResourceState>,
     link: Option<ClusterLink>,
     claiming: Option<Claiming>,
     /// Run records and the guard's claims.
@@ -260,6 +264,7 @@ impl PackageManager {
             adopting,
             failures: BTreeMap::new(),
             running_here: BTreeSet::new(),
+            unpublished: BTreeMap::new(),
             link: cluster_link,
             claiming: None,
             run_dir,
@@ -319,6 +324,17 @@ impl PackageManager {
                     warn!(%package, error = %e, "cannot record the guard's halt; retrying");
                     continue;
                 }
+            }
+            // Nothing of it runs here any more: the permit goes too, or the
+            // adoptive node would wait for it as long as this node keeps its
+            // lease. (After a failed halt something may still run, and the
+            // package stays failed here, permit and all.)
+            if claim.phase == ClaimPhase::Halted
+                && let Some(link) = &self.link
+                && let Err(e) = link.etcd.release_package(&package, &node).await
+            {
+                warn!(%package, error = %e, "cannot release the run permit after the guard's halt; retrying");
+                continue;
             }
             self.running_here.remove(&package);
             let _ = self
@@ -726,6 +742,29 @@ impl PackageManager {
         }
     }
 
+    /// Sends the resource states other nodes have not seen yet; kept for
+    /// the next try when the store cannot take them.
+    pub async fn publish_resource_states(&mut self) {
+        if self.unpublished.is_empty() {
+            return;
+        }
+        let states: Vec<_> = self
+            .unpublished
+            .iter()
+            .map(|(r, s)| (r.clone(), *s))
+            .collect();
+        match self
+            .store
+            .set_resource_states(self.node.clone(), states)
+            .await
+        {
+            Ok(_) => self.unpublished.clear(),
+            Err(e) => {
+                warn!(error = %e, pending = self.unpublished.len(), "cannot publish resource states; retrying every second")
+            }
+        }
+    }
+
     /// True on a multi-node (etcd) cluster.
     pub fn on_cluster(&self) -> bool {
         self.link.is_some()
@@ -1008,14 +1047,9 @@ impl PackageManager {
     pub async fn on_transition(&mut self, transition: &Transition, hub: &ResourceHub) {
         // Other nodes place packages on what this node reports.
         if self.link.is_some() {
-            let states = vec![(transition.resource.clone(), transition.to)];
-            if let Err(e) = self
-                .store
-                .set_resource_states(self.node.clone(), states)
-                .await
-            {
-                warn!(error = %e, "cannot publish a resource state");
-            }
+            self.unpublished
+                .insert(transition.resource.clone(), transition.to);
+            self.publish_resource_states().await;
         }
         if self.packages.contains_key(&transition.package) {
             self.step(hub).await;
