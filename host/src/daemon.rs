@@ -335,6 +335,7 @@ async fn join_etcd(
         node.to_owned(),
         lease.id,
         keepalive.subscribe(),
+        crate::package::peers::beat_deadline(ttl),
     );
     let reaper = crate::package::peers::spawn_reaper(etcd.clone(), node.to_owned(), ttl);
     Ok(ClusterLink {
@@ -411,6 +412,7 @@ async fn start_packages(
         ctx,
         run_dir: run.join("packages"),
         link,
+        max_parallel: config.cluster.max_parallel_actions,
     };
     let manager = PackageManager::start(
         setup,

@@ -61,6 +61,8 @@ struct RawStore {
     lease_ttl_seconds: Option<Spanned<Seconds>>,
     #[serde(default)]
     path: Option<Spanned<String>>,
+    #[serde(default)]
+    max_parallel_actions: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +133,9 @@ pub struct ClusterConfig {
     /// `[store] lease_ttl_seconds` (default 3 s), whatever the store type:
     /// the guard's margin is derived from it (see [`crate::guard`]).
     pub lease_ttl: Duration,
+    /// `[store] max_parallel_actions` (default 32): how many runs and halts
+    /// this node carries out at once.
+    pub max_parallel_actions: usize,
     pub api: ApiConfig,
 }
 
@@ -213,6 +218,8 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// DESIGN §8's default node liveness lease.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+/// Runs and halts one node carries out at once (DESIGN §7a).
+const DEFAULT_MAX_PARALLEL_ACTIONS: usize = 32;
 
 /// Loads `cluster.toml`, every `monitors.d/*.toml` and every
 /// `packages.d/*.toml` below `dir`.
@@ -268,6 +275,7 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
         .collect();
 
     let mut lease_ttl = DEFAULT_LEASE_TTL;
+    let mut max_parallel_actions = DEFAULT_MAX_PARALLEL_ACTIONS;
     let store = match raw.store {
         None => StoreConfig::Embedded {
             path: dir.join("run/state"),
@@ -283,6 +291,18 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
                 }),
             };
             lease_ttl = ttl;
+            if let Some(n) = &store.max_parallel_actions {
+                match usize::try_from(*n.get_ref()) {
+                    Ok(n @ 1..=10_000) => max_parallel_actions = n,
+                    _ => errors.push(file.error_at(
+                        n.span(),
+                        format!(
+                            "store.max_parallel_actions must be from 1 to 10000, got {}",
+                            n.get_ref()
+                        ),
+                    )),
+                }
+            }
             match store.kind.get_ref().as_str() {
                 "embedded" => StoreConfig::Embedded {
                     path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
@@ -336,6 +356,7 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
             plugin_path,
             store,
             lease_ttl,
+            max_parallel_actions,
             api,
         })
     } else {

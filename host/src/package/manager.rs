@@ -128,7 +128,10 @@ pub struct PackageManager {
     /// or the others would plan with a stale state for ever.
     unpublished: BTreeMap<vigil_sdk::ResourceName, ResourceState>,
     link: Option<ClusterLink>,
-    claiming: Option<Claiming>,
+    /// Failover packages whose record is ours, waiting for their run permit.
+    claiming: BTreeMap<String, Claiming>,
+    /// At most this many runs and halts under way here at once.
+    max_parallel: usize,
     /// Run records and the guard's claims.
     run_dir: PathBuf,
 }
@@ -180,6 +183,8 @@ pub struct ManagerSetup {
     pub run_dir: PathBuf,
     /// Set on an etcd cluster.
     pub link: Option<ClusterLink>,
+    /// `[store] max_parallel_actions`.
+    pub max_parallel: usize,
 }
 
 impl PackageManager {
@@ -200,6 +205,7 @@ impl PackageManager {
             ctx,
             run_dir,
             link: cluster_link,
+            max_parallel,
         } = setup;
         let node = node.as_str();
         for p in &packages {
@@ -266,7 +272,8 @@ impl PackageManager {
             running_here: BTreeSet::new(),
             unpublished: BTreeMap::new(),
             link: cluster_link,
-            claiming: None,
+            claiming: BTreeMap::new(),
+            max_parallel,
             run_dir,
         })
     }
@@ -419,13 +426,11 @@ impl PackageManager {
         if !self.adopting.is_empty() {
             return;
         }
-        if let Some(claim) = self.claiming.clone() {
+        for claim in self.claiming.values().cloned().collect::<Vec<_>>() {
+            let package = claim.package.clone();
             if let Err(e) = self.try_claim(claim).await {
-                warn!(error = %e, "claiming a package failed; replanning");
-                self.claiming = None;
-            }
-            if self.claiming.is_some() {
-                return;
+                warn!(%package, error = %e, "claiming a package failed; replanning");
+                self.claiming.remove(&package);
             }
         }
         if let Err(e) = self.try_step(hub).await {
@@ -442,14 +447,19 @@ impl PackageManager {
         // A copy running here whose ownership went to another node (this
         // host was frozen or cut off, and the cluster moved on): stop it at
         // once, without touching a record that is no longer ours.
-        let lost = self.running_here.iter().find(|p| {
-            !self.in_flight.contains_key(*p)
-                && store
-                    .packages
-                    .get(*p)
-                    .is_some_and(|r| !r.value.owners.contains(&self.node))
-        });
-        if let Some(package) = lost.cloned() {
+        let lost: Vec<String> = self
+            .running_here
+            .iter()
+            .filter(|p| {
+                !self.in_flight.contains_key(*p)
+                    && store
+                        .packages
+                        .get(*p)
+                        .is_some_and(|r| !r.value.owners.contains(&self.node))
+            })
+            .cloned()
+            .collect();
+        for package in lost {
             warn!(%package, node = %self.node, "ownership went to another node; halting the copy here");
             self.in_flight.insert(
                 package.clone(),
@@ -463,7 +473,6 @@ impl PackageManager {
                 package,
                 reason: Reason::Other("lost_ownership".into()),
             });
-            return Ok(());
         }
         // A record that says a start or halt is under way here while none
         // is (an attempt abandoned after a store error): set it straight, or
@@ -508,41 +517,88 @@ impl PackageManager {
                     .filter(|_| lease_lost)
                     .map(|p| (p.clone(), Reason::Other("lease_lost".into()), None)),
             )
-            .find(|(p, _, _)| {
+            .filter(|(p, _, _)| {
                 !self.in_flight.contains_key(p)
                     && store.packages.get(p).is_some_and(|r| {
                         r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
                     })
-            });
-        if let Some((package, reason, then_fail)) = urgent {
-            self.failures.remove(&package);
-            return self
+            })
+            .collect::<Vec<_>>();
+        // All at once: a node that must stop everything (lease in doubt,
+        // drained) does not halt one package per step.
+        let mut halted = BTreeSet::new();
+        for (package, reason, then_fail) in urgent {
+            if !halted.insert(package.clone()) {
+                continue;
+            }
+            match self
                 .dispatch_halt(&store, &package, reason, then_fail)
-                .await;
+                .await
+            {
+                Ok(()) => {
+                    self.failures.remove(&package);
+                }
+                Err(e) => warn!(%package, error = %e, "cannot start an urgent halt; retrying"),
+            }
         }
-        if lease_lost {
+        if lease_lost || !halted.is_empty() {
             return Ok(());
         }
         let plan = placement::plan(&self.cluster_snapshot(&store, hub));
-        // The plan's order holds across nodes: only the node whose action
-        // comes first acts; the others replan when the store shows it done.
-        // (Every node computes the same plan from the same store, so the
-        // nodes take turns without a coordinator handing out work.)
-        let action = if self.in_flight.is_empty() {
-            plan.actions.first().filter(|a| a.node == self.node)
-        } else {
-            // While something else is under way, only the local fast path:
-            // a package whose required resource went down here halts now.
-            plan.actions.iter().find(|a| {
-                a.node == self.node
-                    && a.op == Op::Halt
-                    && a.reason == ActionReason::ResourceDown
-                    && !self.in_flight.contains_key(&a.package)
+        // The plan is a partial order (see `order`): carry out every action
+        // of this node that waits for nothing, up to max_parallel at once.
+        // A package being started or halted anywhere holds back the actions
+        // that depend on it; one whose owners are all gone is not busy (no
+        // one will finish that start), it is simply moved.
+        let busy: BTreeSet<String> = store
+            .packages
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.value.state,
+                    PackageState::Starting | PackageState::Halting
+                ) && r.value.owners.iter().any(|o| store.nodes.contains_key(o))
             })
-        };
-        let Some(action) = action else {
-            return Ok(());
-        };
+            .map(|r| r.value.name.clone())
+            .chain(self.in_flight.keys().cloned())
+            .chain(self.claiming.keys().cloned())
+            .collect();
+        let specs: Vec<_> = self.packages.values().map(PackageConfig::to_spec).collect();
+        let ready = super::order::ready(&plan.actions, &specs, &busy);
+        // The local fast path: a package whose required resource went down
+        // here halts now, whatever else is under way or waiting.
+        let fast = plan
+            .actions
+            .iter()
+            .filter(|a| a.op == Op::Halt && a.reason == ActionReason::ResourceDown);
+        let mut chosen: Vec<placement::Action> = Vec::new();
+        for action in fast.chain(ready) {
+            if action.node == self.node
+                && !self.in_flight.contains_key(&action.package)
+                && !self.claiming.contains_key(&action.package)
+                && !chosen.iter().any(|c| c.package == action.package)
+            {
+                chosen.push(action.clone());
+            }
+        }
+        let room = self
+            .max_parallel
+            .saturating_sub(self.in_flight.len() + self.claiming.len());
+        for action in chosen.into_iter().take(room) {
+            if let Err(e) = self.dispatch(&store, &action, hub).await {
+                warn!(package = %action.package, error = %e, "cannot carry out {action}; replanning");
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out one action of this node's plan.
+    async fn dispatch(
+        &mut self,
+        store: &Snapshot,
+        action: &placement::Action,
+        hub: &ResourceHub,
+    ) -> Result<(), StoreError> {
         let mut reason = lifecycle_reason(action.reason);
         // A package that left another node because something failed there
         // fails over here, even though no node runs it at this moment.
@@ -569,7 +625,7 @@ impl PackageManager {
                         })
                     })
                     .map(|r| format!("after_start resource {} went down on {}", r.name, self.node));
-                self.dispatch_halt(&store, &action.package, reason, deferred_down)
+                self.dispatch_halt(store, &action.package, reason, deferred_down)
                     .await
             }
             Op::Run => {
@@ -623,7 +679,7 @@ impl PackageManager {
                     revision: updated.mod_revision,
                 };
                 if failover && self.link.is_some() {
-                    self.claiming = Some(claim.clone());
+                    self.claiming.insert(claim.package.clone(), claim.clone());
                     self.try_claim(claim).await
                 } else {
                     self.launch(claim);
@@ -656,7 +712,7 @@ impl PackageManager {
     async fn try_claim(&mut self, claim: Claiming) -> Result<(), StoreError> {
         use crate::store::etcd::ClaimOutcome;
         let Some(link) = &self.link else {
-            self.claiming = None;
+            self.claiming.remove(&claim.package);
             self.launch(claim);
             return Ok(());
         };
@@ -666,7 +722,7 @@ impl PackageManager {
             .await;
         match outcome {
             Ok(ClaimOutcome::Granted(_)) => {
-                self.claiming = None;
+                self.claiming.remove(&claim.package);
                 self.launch(claim);
             }
             Ok(ClaimOutcome::HeldBy(holder)) => {
@@ -674,7 +730,7 @@ impl PackageManager {
             }
             Ok(ClaimOutcome::NotOwner { owners }) => {
                 warn!(package = %claim.package, ?owners, "ownership moved while claiming; replanning");
-                self.claiming = None;
+                self.claiming.remove(&claim.package);
             }
             Err(StoreError::Conflict { .. }) => {
                 // The record moved on (the old owner recorded its halt, say).
@@ -685,16 +741,16 @@ impl PackageManager {
                 if record.value.owners == [self.node.clone()]
                     && record.value.state == PackageState::Starting
                 {
-                    if let Some(c) = self.claiming.as_mut() {
+                    if let Some(c) = self.claiming.get_mut(&claim.package) {
                         c.revision = record.mod_revision;
                         c.fence = record.value.fence_token;
                     }
                 } else {
-                    self.claiming = None;
+                    self.claiming.remove(&claim.package);
                 }
             }
             Err(e) => {
-                self.claiming = None;
+                self.claiming.remove(&claim.package);
                 return Err(e);
             }
         }
@@ -734,6 +790,7 @@ impl PackageManager {
                     self.node.clone(),
                     lease.id,
                     keepalive.subscribe(),
+                    super::peers::beat_deadline(ttl),
                 );
                 link.lease = lease;
                 link.keepalive = keepalive;

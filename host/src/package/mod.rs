@@ -7,4 +7,5 @@
 pub mod agent;
 pub mod lifecycle;
 pub mod manager;
+pub mod order;
 pub mod peers;

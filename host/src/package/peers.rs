@@ -36,13 +36,24 @@ pub struct BeatWriter {
     last_ok: Arc<Mutex<Option<Instant>>>,
 }
 
+/// How long one heartbeat write may take: the renewal interval (10 % of
+/// the TTL), at least 100 ms. The next renewal writes the next beat.
+pub fn beat_deadline(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(100))
+}
+
 impl BeatWriter {
-    /// Writes a heartbeat after every acknowledged renewal of `lease`.
+    /// Writes a heartbeat after every acknowledged renewal of `lease`. A
+    /// write that takes longer than `deadline` is given up, so that one
+    /// request hung on a dead connection (etcd restarting) does not keep
+    /// the next renewals from being written: this node stops vouching for
+    /// its lease when its beats stop.
     pub fn spawn(
         etcd: EtcdStore,
         node: String,
         lease: LeaseId,
         mut health: watch::Receiver<LeaseHealth>,
+        deadline: Duration,
     ) -> Self {
         let last_ok: Arc<Mutex<Option<Instant>>> = Arc::default();
         let written = Arc::clone(&last_ok);
@@ -54,12 +65,13 @@ impl BeatWriter {
                 if now_renewed.is_some() && now_renewed != renewed {
                     renewed = now_renewed;
                     seq += 1;
-                    match etcd.put_beat(&node, lease, seq).await {
-                        Ok(()) => {
+                    match tokio::time::timeout(deadline, etcd.put_beat(&node, lease, seq)).await {
+                        Ok(Ok(())) => {
                             *written.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(Instant::now())
                         }
-                        Err(e) => warn!(error = %e, "cannot write this node's heartbeat"),
+                        Ok(Err(e)) => warn!(error = %e, "cannot write this node's heartbeat"),
+                        Err(_) => warn!(?deadline, "this node's heartbeat was not written in time"),
                     }
                 }
                 if health.changed().await.is_err() {

@@ -16,6 +16,7 @@ fn cluster(dir: &Path) -> ClusterConfig {
             path: dir.join("run/state"),
         },
         lease_ttl: std::time::Duration::from_secs(3),
+        max_parallel_actions: 32,
         api: ApiConfig {
             socket: dir.join("run/vigil.sock"),
             http_listen: None,
