@@ -839,3 +839,28 @@ fn run_permit_is_released_after_the_guard_halts_a_package_on_a_live_node() {
     // peers may revoke it instead, which frees the permit another way.)
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }
+
+/// `pkg halt` of a package whose owner node was dead left `status` showing
+/// it up on that node until the node came back: nobody was left to record
+/// the halt. A live node records that a gone node runs nothing.
+#[test]
+fn halting_a_package_whose_owner_is_dead_shows_it_down() {
+    let (mut c, _) = AppCluster::started(2, false, &[]);
+    c.hosts.get_mut("node1").unwrap().kill();
+    let out = c.dirs["node2"].vigil(&["pkg", "halt", "app"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(WAIT, "app down, seen from node2", || {
+        let status = c.status("node2")?;
+        let app = status["packages"][0].clone();
+        if app["state"] == "down" && app["running_on"] == serde_json::json!([]) {
+            Ok(())
+        } else {
+            Err(format!("{status}\n{}", c.logs()))
+        }
+    });
+    // Halted by the operator: it stays down, on node2 too.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = c.status("node2").unwrap();
+    assert_eq!(status["packages"][0]["state"], "down", "{status}");
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}

@@ -302,13 +302,16 @@ async fn join_etcd(
 ) -> anyhow::Result<ClusterLink> {
     use crate::store::etcd::EtcdStore;
     use crate::store::{NodeRecord, NodeState};
-    let etcd = EtcdStore::connect(
-        endpoints,
-        &config.cluster.name,
+    // Every store call gives up well within the guard's margin: a hung
+    // (not refused) request must not hold the host past the point where its
+    // guard halts everything (the margin is half the TTL).
+    let deadline = (guard::margin(ttl) / 2).clamp(
+        std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(5),
-    )
-    .await
-    .context("connecting to etcd")?;
+    );
+    let etcd = EtcdStore::connect(endpoints, &config.cluster.name, deadline)
+        .await
+        .context("connecting to etcd")?;
     let lease = etcd
         .grant_lease(ttl)
         .await

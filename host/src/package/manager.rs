@@ -497,6 +497,53 @@ impl PackageManager {
                 })
                 .await;
         }
+        // Owners that are gone (their lease expired, so their guard halted
+        // what ran there) no longer run anything: say so in the record, or
+        // a package nobody moves (halted by the operator, or with nowhere
+        // to go) would show as running on a dead node until it came back.
+        // One node does it, the first live one in cluster order.
+        let janitor = self
+            .cluster_nodes
+            .iter()
+            .find(|n| store.nodes.contains_key(*n));
+        if janitor == Some(&self.node) {
+            let stranded: Vec<String> = store
+                .packages
+                .values()
+                .filter(|r| {
+                    matches!(
+                        r.value.state,
+                        PackageState::Up | PackageState::Starting | PackageState::Halting
+                    ) && r.value.owners.iter().any(|o| !store.nodes.contains_key(o))
+                })
+                .map(|r| r.value.name.clone())
+                .collect();
+            for package in stranded {
+                let nodes: BTreeSet<String> = store.nodes.keys().cloned().collect();
+                let result = self
+                    .write(&package, |u| {
+                        let gone: Vec<String> = u
+                            .owners
+                            .iter()
+                            .filter(|o| !nodes.contains(*o))
+                            .cloned()
+                            .collect();
+                        u.owners.retain(|o| nodes.contains(o));
+                        if u.owners.is_empty() {
+                            u.state = PackageState::Down;
+                            u.left = gone.first().cloned();
+                            u.reason = format!("its node {} is gone", gone.join(", "));
+                        }
+                    })
+                    .await;
+                match result {
+                    Ok(()) => info!(%package, "recorded that a gone node no longer runs it"),
+                    Err(e) => {
+                        warn!(%package, error = %e, "cannot record that a gone node no longer runs it")
+                    }
+                }
+            }
+        }
         // Without a sure lease this node may not act as an owner: halt what
         // runs here before the lease can expire, and start nothing.
         let lease_lost = self.lease_in_doubt();
