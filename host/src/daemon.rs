@@ -198,15 +198,20 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             .context("starting the guard")?,
         )
     };
+    // Beat requests have their own channel, which the main loop always
+    // reads first: a beat waits for the event being handled, never behind a
+    // queue of store work (a resource fault that halts a hundred packages
+    // queues a hundred reports). At most one request is ever pending.
+    let (beat_tx, mut beat_rx) = mpsc::channel::<()>(1);
     {
-        let events = events.clone();
         let interval = guard::beat_interval(guard::margin(config.cluster.lease_ttl));
         tokio::spawn(async move {
             let mut beats = tokio::time::interval(interval);
             loop {
                 beats.tick().await;
-                if events.send(Event::GuardBeat).is_err() {
-                    break;
+                match beat_tx.try_send(()) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => break,
                 }
             }
         });
@@ -246,7 +251,15 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         manager,
     };
     state.manager.step(&state.hub).await;
-    while let Some(event) = inbox.recv().await {
+    loop {
+        let event = tokio::select! {
+            biased;
+            Some(()) = beat_rx.recv() => Event::GuardBeat,
+            event = inbox.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
         match event {
             Event::Monitor(e) => state.on_monitor_event(e).await,
             Event::Api(call) => {
