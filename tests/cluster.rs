@@ -864,3 +864,126 @@ fn halting_a_package_whose_owner_is_dead_shows_it_down() {
     assert_eq!(status["packages"][0]["state"], "down", "{status}");
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }
+
+/// Three nodes with a `multi_node` package `mn`, a `system_multi_node`
+/// package `sys`, and a failover package `app` that needs `mn` up on all
+/// nodes: until now these kinds were tested only inside the placement engine.
+struct MultiCluster {
+    _etcd: Etcd,
+    dirs: BTreeMap<&'static str, ConfigDir>,
+    hosts: BTreeMap<&'static str, Host>,
+}
+
+impl MultiCluster {
+    fn new() -> Self {
+        let etcd = Etcd::start();
+        let name = unique_name("multi");
+        let mut dirs = BTreeMap::new();
+        for node in NODES {
+            let cfg = ConfigDir::new();
+            cfg.write(
+                "cluster.toml",
+                &format!(
+                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
+                    etcd.endpoint
+                ),
+            );
+            cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+            let scripts = "run = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n";
+            cfg.write(
+                "packages.d/mn.toml",
+                &format!("name = \"mn\"\ntype = \"multi_node\"\nnodes = [\"*\"]\n{scripts}"),
+            );
+            cfg.write(
+                "packages.d/sys.toml",
+                &format!("name = \"sys\"\ntype = \"system_multi_node\"\n{scripts}"),
+            );
+            cfg.write(
+                "packages.d/app.toml",
+                &format!(
+                    "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n{scripts}\n[[dependency]]\npackage = \"mn\"\ncondition = \"up\"\nlocation = \"all_nodes\"\n"
+                ),
+            );
+            dirs.insert(node, cfg);
+        }
+        Self {
+            _etcd: etcd,
+            dirs,
+            hosts: BTreeMap::new(),
+        }
+    }
+
+    fn start(&mut self, node: &'static str) {
+        let host = self.dirs[node].start_host_as(node);
+        self.hosts.insert(node, host);
+    }
+
+    /// Waits until, seen from `from`, each package runs exactly on its nodes.
+    fn wait_running(&self, from: &str, want: &[(&str, &[&str])]) {
+        wait_for(WAIT, &format!("{want:?} seen from {from}"), || {
+            let status = status_of(&self.dirs[from])?;
+            let ok = want.iter().all(|(pkg, nodes)| {
+                status["packages"].as_array().is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        let mut on: Vec<String> = p["running_on"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|n| n.as_str().map(str::to_owned))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        on.sort();
+                        p["name"] == *pkg
+                            && (nodes.is_empty() || p["state"] == "up")
+                            && on == nodes.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()
+                    })
+                })
+            });
+            if ok { Ok(()) } else { Err(status.to_string()) }
+        });
+    }
+}
+
+#[test]
+fn multi_node_packages_run_on_every_live_node_and_follow_membership() {
+    let mut c = MultiCluster::new();
+    c.start("node1");
+    c.start("node2");
+    c.wait_running(
+        "node2",
+        &[
+            ("mn", &["node1", "node2"]),
+            ("sys", &["node1", "node2"]),
+            ("app", &["node1"]),
+        ],
+    );
+    // A node that joins starts its system_multi_node (and multi_node) packages.
+    c.start("node3");
+    c.wait_running(
+        "node3",
+        &[
+            ("mn", &["node1", "node2", "node3"]),
+            ("sys", &["node1", "node2", "node3"]),
+            ("app", &["node1"]),
+        ],
+    );
+    // A node's death moves nothing: the others keep their copies.
+    c.hosts.get_mut("node3").unwrap().kill();
+    c.wait_running(
+        "node1",
+        &[
+            ("mn", &["node1", "node2"]),
+            ("sys", &["node1", "node2"]),
+            ("app", &["node1"]),
+        ],
+    );
+    // app needs mn on all nodes: halting mn halts app, running it again
+    // brings app back.
+    let out = c.dirs["node1"].vigil(&["pkg", "halt", "mn"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_running("node1", &[("mn", &[]), ("app", &[])]);
+    let out = c.dirs["node1"].vigil(&["pkg", "run", "mn"]);
+    assert!(out.status.success(), "{out:?}");
+    c.wait_running("node1", &[("mn", &["node1", "node2"]), ("app", &["node1"])]);
+}
