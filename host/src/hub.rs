@@ -1,25 +1,18 @@
-//! The resource hub: the registry, the criteria tracker, and the broadcast
-//! of up/down transitions, fed together so they can never disagree.
+//! The resource hub: the registry and the criteria tracker, fed together so
+//! they can never disagree.
 //!
 //! Every sample the registry records goes through the tracker in the same
-//! call, and every transition it yields is sent to every subscriber before
-//! the call returns. A subscriber gets the current states and its receiver
-//! in one step ([`ResourceHub::subscribe`]), so it can miss nothing between
-//! reading the state and listening. Receivers are unbounded: a slow consumer
-//! delays nobody and loses nothing.
+//! call, which returns every transition it caused, in order; the daemon's
+//! main loop hands them to the package manager before it reads the next
+//! event, so none is lost or reordered.
 //!
 //! Pure state like the registry: owned by the daemon's main loop, no I/O.
 
-use tokio::sync::mpsc;
 use vigil_sdk::ResourceName;
 
 use crate::criteria::{Criteria, ResourceState, Tracker, Transition};
 use crate::registry::{Applied, Registry};
 use crate::runtime::MonitorEvent;
-
-/// What a new subscriber starts from: every watched (package, resource)
-/// pair and its state at the moment of subscribing.
-pub type Snapshot = Vec<(String, ResourceName, ResourceState)>;
 
 /// How long a resource that no monitor declares stays pending.
 pub const UNDECLARED_PENDING_MS: u64 = 60_000;
@@ -28,33 +21,22 @@ pub const UNDECLARED_PENDING_MS: u64 = 60_000;
 pub struct ResourceHub {
     pub registry: Registry,
     tracker: Tracker,
-    subscribers: Vec<mpsc::UnboundedSender<Transition>>,
-    /// Every watched pair, for snapshots.
-    watched: Vec<(String, ResourceName)>,
 }
 
 impl ResourceHub {
-    /// Records a monitor event, judges every recorded sample, and sends the
-    /// resulting transitions to all subscribers, in order.
+    /// Records a monitor event, judges every recorded sample, and returns
+    /// the resulting transitions, in order.
     pub fn apply(&mut self, event: MonitorEvent, now_ms: u64) -> (Applied, Vec<Transition>) {
         let applied = self.registry.apply(event, now_ms);
         let mut transitions = Vec::new();
         for sample in &applied.recorded {
             transitions.extend(self.tracker.observe(sample, now_ms));
         }
-        for t in &transitions {
-            self.publish(t);
-        }
         (applied, transitions)
     }
 
-    fn publish(&mut self, transition: &Transition) {
-        self.subscribers
-            .retain(|s| s.send(transition.clone()).is_ok());
-    }
-
-    /// Starts judging `resource` for `package`; a transition caused by the
-    /// latest sample is published like any other.
+    /// Starts judging `resource` for `package`; returns the transition the
+    /// latest sample caused, if any.
     pub fn watch(
         &mut self,
         package: &str,
@@ -64,44 +46,31 @@ impl ResourceHub {
         fall: u32,
         now_ms: u64,
     ) -> Option<Transition> {
-        if !self
-            .watched
-            .iter()
-            .any(|(p, r)| p == package && *r == resource)
-        {
-            self.watched.push((package.to_owned(), resource.clone()));
-        }
-        let transition = self
-            .tracker
-            .watch(package, resource, criteria, rise, fall, now_ms);
-        if let Some(t) = &transition {
-            self.publish(t);
-        }
-        transition
+        self.tracker
+            .watch(package, resource, criteria, rise, fall, now_ms)
     }
 
     /// Judges `resource` afresh for `package` (see [`Tracker::restart`]).
-    pub fn restart(&mut self, package: &str, resource: &ResourceName, now_ms: u64) {
-        if let Some(t) = self.tracker.restart(package, resource, now_ms) {
-            self.publish(&t);
-        }
+    pub fn restart(
+        &mut self,
+        package: &str,
+        resource: &ResourceName,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        self.tracker.restart(package, resource, now_ms)
     }
 
     /// Resources still pending past their deadline become unknown: twice
     /// the interval plus timeout of the monitor that declares them
     /// (DESIGN §3), or [`UNDECLARED_PENDING_MS`] when no monitor does.
-    /// The transitions are published like any other and returned.
+    /// Returns the transitions.
     pub fn expire_pending(&mut self, now_ms: u64) -> Vec<Transition> {
         let registry = &self.registry;
-        let transitions = self.tracker.expire_pending(now_ms, |resource| {
+        self.tracker.expire_pending(now_ms, |resource| {
             registry
                 .pending_limit_ms(resource)
                 .unwrap_or(UNDECLARED_PENDING_MS)
-        });
-        for t in &transitions {
-            self.publish(t);
-        }
-        transitions
+        })
     }
 
     /// The state of `resource` for `package` and since when (ms since the
@@ -117,7 +86,6 @@ impl ResourceHub {
     /// Stops judging every resource of `package`.
     pub fn unwatch_package(&mut self, package: &str) {
         self.tracker.unwatch_package(package);
-        self.watched.retain(|(p, _)| p != package);
     }
 
     pub fn state(&self, package: &str, resource: &ResourceName) -> Option<ResourceState> {
@@ -129,24 +97,6 @@ impl ResourceHub {
         ResourceName::new(resource)
             .map(|r| self.tracker.watchers(&r).map(str::to_owned).collect())
             .unwrap_or_default()
-    }
-
-    /// The current states and a receiver of every later transition.
-    pub fn subscribe(&mut self) -> (Snapshot, mpsc::UnboundedReceiver<Transition>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.subscribers.push(tx);
-        let snapshot = self
-            .watched
-            .iter()
-            .map(|(p, r)| {
-                (
-                    p.clone(),
-                    r.clone(),
-                    self.tracker.state(p, r).unwrap_or(ResourceState::Pending),
-                )
-            })
-            .collect();
-        (snapshot, rx)
     }
 }
 
@@ -192,30 +142,25 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_miss_no_transition() {
+    fn every_flip_is_a_transition_in_order() {
         let mut hub = hub_with_monitor();
         let eth0 = name("/net/interfaces/eth0/status");
         hub.watch("app", eth0.clone(), Criteria::default(), 1, 1, 0);
         push(&mut hub, true);
-        let (snapshot, mut rx) = hub.subscribe();
-        assert_eq!(
-            snapshot,
-            vec![("app".to_owned(), eth0.clone(), ResourceState::Up)]
-        );
-        let mut expected = Vec::new();
+        assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
+        let mut got = Vec::new();
         for i in 0..1000 {
-            expected.extend(push(&mut hub, i % 2 == 1));
+            got.extend(push(&mut hub, i % 2 == 1));
         }
         assert_eq!(
-            expected.len(),
+            got.len(),
             1000,
             "every flip is a transition with rise = fall = 1"
         );
-        let mut got = Vec::new();
-        while let Ok(t) = rx.try_recv() {
-            got.push(t);
+        for (i, t) in got.iter().enumerate() {
+            let up = i % 2 == 1;
+            assert_eq!(t.to.is_up(), up, "transition {i}: {t:?}");
         }
-        assert_eq!(got, expected);
         assert_eq!(hub.used_by("/net/interfaces/eth0/status"), ["app"]);
     }
 
@@ -249,30 +194,12 @@ mod tests {
         hub.watch("app", eth0.clone(), Criteria::default(), 1, 1, 0);
         push(&mut hub, false);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Down));
-        let (_, mut rx) = hub.subscribe();
-        hub.restart("app", &eth0, 0);
+        let t = hub.restart("app", &eth0, 0).expect("a transition");
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Pending));
-        assert_eq!(rx.try_recv().unwrap().to, ResourceState::Pending);
+        assert_eq!(t.to, ResourceState::Pending);
         push(&mut hub, true);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
         hub.restart("nobody", &eth0, 0);
         assert_eq!(hub.state("app", &eth0), Some(ResourceState::Up));
-    }
-
-    #[test]
-    fn dropped_subscribers_are_forgotten() {
-        let mut hub = hub_with_monitor();
-        hub.watch(
-            "app",
-            name("/net/interfaces/eth0/status"),
-            Criteria::default(),
-            1,
-            1,
-            0,
-        );
-        let (_, rx) = hub.subscribe();
-        drop(rx);
-        push(&mut hub, true);
-        assert!(hub.subscribers.is_empty());
     }
 }
