@@ -251,6 +251,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         manager,
     };
     state.manager.step(&state.hub).await;
+    let mut notifier = crate::notify::Notifier::from_env();
+    notifier.ready(&format!("node {} running", state.node));
+    notifier.watchdog(std::time::Instant::now());
     loop {
         let event = tokio::select! {
             biased;
@@ -269,6 +272,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
             Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
             Event::Tick => {
+                // The watchdog is fed from the loop itself: a loop that is
+                // stuck trips systemd's WatchdogSec like a dead process.
+                notifier.watchdog(std::time::Instant::now());
                 for t in state.hub.expire_pending(now_ms()) {
                     info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
                     state.manager.on_transition(&t, &state.hub).await;
@@ -291,6 +297,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         }
     }
     info!("vigil host stopping");
+    notifier.stopping();
     if state.manager.on_cluster() {
         // On a cluster the node's lease runs out after this host stops and
         // other nodes take its packages over, so they must not keep running
