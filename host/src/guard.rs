@@ -667,7 +667,7 @@ impl Guard {
             &mut cmd,
             spec,
             &ctx,
-            &Reason::Other(REASON.into()),
+            &Reason::GuardExpired,
             record.fence_token,
         );
         let mut child = cmd

@@ -49,7 +49,7 @@ use crate::runtime::subprocess::{self, Exit, RunOutput};
 use crate::store::FenceToken;
 
 /// Why a package is started or halted; handed to scripts as `VIGIL_REASON`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Startup,
     Failover,
@@ -57,15 +57,34 @@ pub enum Reason {
     Manual,
     ResourceDown,
     ServiceFailed,
+    /// A dependency stopped holding on its node.
     DependencyDown,
+    /// Its node is being drained (`vigil node halt`).
     NodeHalt,
     Shutdown,
-    /// Any other lower-case word.
-    Other(String),
+    /// It shares a node with a package it avoids, and yields.
+    Avoid,
+    /// A higher priority package took its node.
+    Displaced,
+    /// Its node was removed from its node list.
+    Reconfigured,
+    /// Found running on more than one node; this copy goes.
+    Duplicate,
+    /// This node could not renew its lease in time: it stops acting as owner.
+    LeaseLost,
+    /// Another node owns it now (this host was frozen or cut off).
+    LostOwnership,
+    /// Its `run` failed; the halt cleans up.
+    RunFailed,
+    /// Re-adopted after a host restart (services only, no script runs).
+    Adopted,
+    /// Halted by the guard of a host that stopped heartbeating.
+    GuardExpired,
 }
 
 impl Reason {
-    pub fn as_str(&self) -> &str {
+    /// The word `VIGIL_REASON` carries.
+    pub fn as_str(&self) -> &'static str {
         match self {
             Reason::Startup => "startup",
             Reason::Failover => "failover",
@@ -76,8 +95,23 @@ impl Reason {
             Reason::DependencyDown => "dependency_down",
             Reason::NodeHalt => "node_halt",
             Reason::Shutdown => "shutdown",
-            Reason::Other(s) => s,
+            Reason::Avoid => "avoid",
+            Reason::Displaced => "displaced",
+            Reason::Reconfigured => "reconfigured",
+            Reason::Duplicate => "duplicate",
+            Reason::LeaseLost => "lease_lost",
+            Reason::LostOwnership => "lost_ownership",
+            Reason::RunFailed => "run_failed",
+            Reason::Adopted => "adopted",
+            Reason::GuardExpired => crate::guard::REASON,
         }
+    }
+
+    /// True for a halt that does not mean the package failed where it ran
+    /// (the operator's, a shutdown's): such a halt is no reason to call the
+    /// next start elsewhere a failover.
+    pub fn is_deliberate(&self) -> bool {
+        matches!(self, Reason::Manual | Reason::Shutdown)
     }
 }
 
@@ -521,7 +555,7 @@ impl PackageRunner {
         self.last_fence = fence;
         let shared = Arc::new(Mutex::new(record.clone()));
         let (stop, stop_rx) = watch::channel(false);
-        let reason = Reason::Other("adopted".into());
+        let reason = Reason::Adopted;
         let supervisors = self
             .spec
             .services
@@ -635,7 +669,7 @@ impl PackageRunner {
             service: service.clone(),
             record: Arc::clone(record),
             events: self.events.clone(),
-            reason: reason.clone(),
+            reason: *reason,
             fence,
             stop: stop.clone(),
         };

@@ -40,7 +40,7 @@ use crate::store::{
 /// What is being carried out now.
 #[derive(Debug, Clone, PartialEq)]
 struct InFlight {
-    reason: String,
+    reason: Reason,
     /// After this halt, mark the package failed here with this reason.
     then_fail: Option<String>,
     /// False when the package's record is not ours to write (we lost it).
@@ -464,14 +464,14 @@ impl PackageManager {
             self.in_flight.insert(
                 package.clone(),
                 InFlight {
-                    reason: "lost_ownership".into(),
+                    reason: Reason::LostOwnership,
                     then_fail: None,
                     record: false,
                 },
             );
             let _ = self.agent.send(AgentCommand::Halt {
                 package,
-                reason: Reason::Other("lost_ownership".into()),
+                reason: Reason::LostOwnership,
             });
         }
         // A record that says a start or halt is under way here while none
@@ -562,7 +562,7 @@ impl PackageManager {
                 self.packages
                     .keys()
                     .filter(|_| lease_lost)
-                    .map(|p| (p.clone(), Reason::Other("lease_lost".into()), None)),
+                    .map(|p| (p.clone(), Reason::LeaseLost, None)),
             )
             .filter(|(p, _, _)| {
                 !self.in_flight.contains_key(p)
@@ -742,7 +742,7 @@ impl PackageManager {
         self.in_flight.insert(
             claim.package.clone(),
             InFlight {
-                reason: claim.reason.to_string(),
+                reason: claim.reason,
                 then_fail: None,
                 record: true,
             },
@@ -909,7 +909,7 @@ impl PackageManager {
         self.in_flight.insert(
             package.to_owned(),
             InFlight {
-                reason: reason.to_string(),
+                reason,
                 then_fail,
                 record: true,
             },
@@ -1006,7 +1006,7 @@ impl PackageManager {
                 let flight = self.in_flight.remove(&package);
                 match result {
                     Ok(()) => {
-                        let why = flight.map(|f| f.reason).unwrap_or_default();
+                        let why = flight.map_or("unrecorded", |f| f.reason.as_str());
                         info!(%package, %node, "package up");
                         self.running_here.insert(package.clone());
                         // Deferred resources count from now on, not from
@@ -1034,7 +1034,7 @@ impl PackageManager {
                                 self.dispatch_halt(
                                     &store,
                                     &package,
-                                    Reason::Other("run_failed".into()),
+                                    Reason::RunFailed,
                                     Some(format!("run failed on {node}: {e}")),
                                 )
                                 .await
@@ -1058,11 +1058,12 @@ impl PackageManager {
                     warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
                 }
                 let then_fail = flight.as_ref().and_then(|f| f.then_fail.clone());
-                let why = flight.map(|f| f.reason).unwrap_or_default();
+                let reason = flight.map(|f| f.reason);
+                let why = reason.map_or("unrecorded", |r| r.as_str());
                 match (result, then_fail) {
                     (Ok(()), None) => {
                         info!(%package, %node, "package halted");
-                        let failing = !matches!(why.as_str(), "manual" | "shutdown");
+                        let failing = !reason.is_some_and(|r| r.is_deliberate());
                         self.write(&package, |u| {
                             u.state = PackageState::Down;
                             u.owners.retain(|o| *o != node);
@@ -1405,7 +1406,11 @@ fn lifecycle_reason(reason: ActionReason) -> Reason {
         ActionReason::Failback => Reason::Failback,
         ActionReason::ResourceDown => Reason::ResourceDown,
         ActionReason::Admin => Reason::Manual,
-        other => Reason::Other(other.as_str().to_owned()),
+        ActionReason::Avoid => Reason::Avoid,
+        ActionReason::Displaced => Reason::Displaced,
+        ActionReason::Dependency => Reason::DependencyDown,
+        ActionReason::Reconfigured => Reason::Reconfigured,
+        ActionReason::Duplicate => Reason::Duplicate,
     }
 }
 
