@@ -463,10 +463,13 @@ pub fn load_package_text(
     let halt = script(&raw.halt, "halt");
     let mut timeout = |field: &Option<Spanned<Seconds>>, key: &str, default: Duration| match field {
         None => default,
-        Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
-            err(&mut errors, s.span(), format!("{key} {e}"));
-            default
-        }),
+        Some(s) => s
+            .get_ref()
+            .to_duration(super::SECONDS_BOUNDS)
+            .unwrap_or_else(|e| {
+                err(&mut errors, s.span(), format!("{key} {e}"));
+                default
+            }),
     };
     let run_timeout = timeout(
         &raw.run_timeout_seconds,
