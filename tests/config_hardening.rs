@@ -163,6 +163,12 @@ fn reload_with_a_broken_monitor_file_keeps_the_last_good_version() {
         String::from_utf8_lossy(&out.stderr).contains(&error),
         "{out:?}"
     );
+    let status = cfg.vigil(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["config_errors"][0]["kept_running"], "good",
+        "{status}"
+    );
 
     // Fixed: the new version replaces it and the error is gone.
     cfg.monitor(

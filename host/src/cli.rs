@@ -299,11 +299,24 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 }
 
 fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let result = api::call(&socket_path(config_dir)?, &Request::Status)?;
+    let socket = socket_path(config_dir)?;
+    let result = api::call(&socket, &Request::Status)?;
     let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
+    let result = api::call(&socket, &Request::ConfigErrors)?;
+    let errors: Vec<api::ConfigErrorRow> =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&out)?;
+        let mut value = serde_json::to_value(&out)?;
+        value["config_errors"] = serde_json::to_value(&errors)?;
+        print_json(&value)?;
         return Ok(0);
+    }
+    if !errors.is_empty() {
+        println!("configuration errors (`vigil check` shows them too):");
+        for e in &errors {
+            println!("  {e}");
+        }
+        println!();
     }
     println!("cluster {} (this node: {})", out.cluster, out.node);
     println!("\nNODE             STATE");

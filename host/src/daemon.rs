@@ -822,3 +822,165 @@ fn spawn_signal_handlers(events: mpsc::UnboundedSender<Event>) -> anyhow::Result
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{Expect, expect};
+
+    use super::*;
+
+    const CLUSTER: &str = "[cluster]\nname = \"t\"\nnodes = [\"node1\"]\n";
+
+    fn write_all(dir: &Path, files: &[(&str, &str)]) {
+        for sub in ["monitors.d", "packages.d"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    /// Loads `before` as the configuration in force (every monitor
+    /// running), then plans a reload to `after`, and renders the plan.
+    fn check(before: &[(&str, &str)], after: &[(&str, &str)], expect: Expect) {
+        let dir = tempfile::tempdir().unwrap();
+        write_all(dir.path(), before);
+        let current = config::load(dir.path()).expect("before loads");
+        let running = current
+            .monitors
+            .iter()
+            .map(|m| (m.name.clone(), m.clone()))
+            .collect();
+        write_all(dir.path(), after);
+        let read = config::load(dir.path()).map(|mut config| Validated {
+            errors: std::mem::take(&mut config.errors),
+            consequences: Vec::new(),
+            monitors: config.monitors.len(),
+            config,
+        });
+        let plan = plan_reload(&current, "node1", &running, &read);
+        let mut out = String::new();
+        if let Some(why) = &plan.refused {
+            out += &format!("refused: {why}\n");
+        }
+        for m in &plan.needs_restart {
+            out += &format!("needs restart: {m}\n");
+        }
+        for m in &plan.monitors {
+            out += &format!("monitor {} every {:?}\n", m.name, m.interval);
+        }
+        for e in &plan.errors {
+            out += &format!("error: {e}\n");
+        }
+        if let Some(changes) = &plan.package_changes {
+            out += &format!("packages: {changes}\n");
+        }
+        expect.assert_eq(&out.replace(&dir.path().display().to_string(), "DIR"));
+    }
+
+    fn monitor(name: &str, interval: &str) -> String {
+        format!(
+            "name = \"{name}\"\ntype = \"exec\"\ncommand = [\"x\"]\ninterval_seconds = {interval}\n"
+        )
+    }
+
+    fn package(name: &str, halt: &str) -> String {
+        format!(
+            "name = \"{name}\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"{halt}\"]\n"
+        )
+    }
+
+    #[test]
+    fn a_broken_monitor_file_keeps_the_last_good_version() {
+        let (a1, a2, b, c) = (
+            monitor("a", "1"),
+            monitor("a", "2"),
+            monitor("b", "1"),
+            monitor("c", "1"),
+        );
+        check(
+            &[
+                ("cluster.toml", CLUSTER),
+                ("monitors.d/a.toml", &a1),
+                ("monitors.d/b.toml", &b),
+            ],
+            &[
+                ("cluster.toml", CLUSTER),
+                (
+                    "monitors.d/a.toml",
+                    "name = \"a\"\ntype = \"exec\"\ninterval = 2\n",
+                ),
+                ("monitors.d/c.toml", &c),
+            ],
+            expect![[r#"
+                monitor a every 1s
+                monitor c every 1s
+                error: DIR/monitors.d/a.toml:3: unknown field `interval`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `interval_seconds`, `timeout_seconds`, `enabled`, `params` (monitor a keeps running its last good version)
+            "#]],
+        );
+        // Fixed, the new version applies.
+        check(
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a1)],
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a2)],
+            expect![[r#"
+                monitor a every 2s
+            "#]],
+        );
+    }
+
+    #[test]
+    fn cluster_toml_without_this_node_or_invalid_is_refused_whole() {
+        let a = monitor("a", "1");
+        check(
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a)],
+            &[
+                (
+                    "cluster.toml",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node9\"]\n",
+                ),
+                ("monitors.d/a.toml", &a),
+            ],
+            expect![[r#"
+                refused: DIR/cluster.toml: node "node1" is not in cluster.nodes (node9); this host cannot apply it; nothing applied
+                error: DIR/cluster.toml: node "node1" is not in cluster.nodes (node9); this host cannot apply it
+            "#]],
+        );
+        check(
+            &[("cluster.toml", CLUSTER)],
+            &[("cluster.toml", "[cluster]\nname = \"t\"\n")],
+            expect![[r#"
+                refused: cluster.toml is invalid; nothing applied
+                error: DIR/cluster.toml:1: missing field `nodes`
+            "#]],
+        );
+    }
+
+    #[test]
+    fn keys_bound_at_startup_keep_their_values_and_package_changes_are_reported() {
+        let a = monitor("a", "1");
+        check(
+            &[
+                ("cluster.toml", CLUSTER),
+                ("packages.d/p.toml", &package("p", "/bin/true")),
+                ("packages.d/q.toml", &package("q", "/bin/true")),
+            ],
+            &[
+                (
+                    "cluster.toml",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n",
+                ),
+                ("monitors.d/a.toml", &a),
+                ("packages.d/p.toml", &package("p", "/bin/false")),
+                ("packages.d/r.toml", &package("r", "/bin/true")),
+            ],
+            expect![[r#"
+                needs restart: cluster.nodes changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: [store] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: api.socket changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                monitor a every 1s
+                packages: added: r; changed: p; removed: q
+            "#]],
+        );
+    }
+}
