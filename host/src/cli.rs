@@ -12,10 +12,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{self, Request, ReslsOutput};
-use crate::config::{self, ConfigError, DEFAULT_CONFIG_DIR, MonitorConfig};
+use crate::config::{self, DEFAULT_CONFIG_DIR, MonitorConfig};
 use crate::daemon::{self, HostOptions};
 use crate::package::manager::{AdminOp, StatusOutput, WhyOutput};
 use crate::runtime::{self, MonitorEvent, RuntimeContext};
+use crate::validation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,8 +161,18 @@ pub enum MonitorCommand {
     },
 }
 
+/// The configuration directory as an absolute path, resolved once: every
+/// relative path inside is joined to it, and package scripts run in it, so
+/// a relative `-c` must not be resolved again from another directory.
+pub fn absolute_config_dir(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_owned())
+}
+
 /// Runs a parsed command; returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
+    cli.config = absolute_config_dir(&cli.config);
     match cli.command {
         Command::Host { node } => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -262,63 +273,14 @@ fn runtime_context(config_dir: &Path) -> RuntimeContext {
     }
 }
 
-/// `vigil check`: every configuration error, plus every monitor that cannot
-/// be configured (plugin missing or refused, program missing, bad params).
+/// `vigil check`: every error of [`validation::validate`], the same
+/// validation `vigil host` runs at startup and on reload.
 fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let mut errors: Vec<ConfigError> = Vec::new();
-    let mut monitors = 0;
-    match config::load(config_dir) {
-        Err(mut e) => errors.append(&mut e),
-        Ok(config) => {
-            errors.extend(config.errors.iter().cloned());
-            let ctx = runtime_context(config_dir);
-            let runtime = tokio::runtime::Runtime::new()?;
-            let mut declared = Vec::new();
-            for monitor in &config.monitors {
-                monitors += 1;
-                for event in runtime.block_on(runtime::probe(monitor, &ctx, false)) {
-                    match event {
-                        MonitorEvent::Failed { reason, .. } => errors.push(ConfigError::at(
-                            &monitor.source,
-                            monitor.line,
-                            format!("monitor {}: {reason}", monitor.name),
-                        )),
-                        MonitorEvent::Declared { mut patterns, .. } => {
-                            declared.append(&mut patterns)
-                        }
-                        MonitorEvent::Samples { .. } => {}
-                    }
-                }
-            }
-            for p in &config.packages {
-                let programs = [("run", &p.run), ("halt", &p.halt)]
-                    .into_iter()
-                    .map(|(what, argv)| (what.to_owned(), argv))
-                    .chain(
-                        p.services
-                            .iter()
-                            .map(|s| (format!("service {}", s.name), &s.command)),
-                    );
-                for (what, argv) in programs {
-                    let Some(program) = argv.first() else {
-                        continue;
-                    };
-                    if let Err(e) = runtime::check_executable(program) {
-                        errors.push(ConfigError::at(
-                            &p.source,
-                            p.lines.name,
-                            format!("package {}: {what}: {e}", p.name),
-                        ));
-                    }
-                }
-            }
-            errors.extend(config::package::check_packages(
-                &config.packages,
-                &config.cluster.nodes,
-                |name| declared.iter().any(|p| p.matches(name)),
-            ));
-        }
-    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (errors, monitors) = match runtime.block_on(validation::validate(config_dir)) {
+        Err(errors) => (errors, 0),
+        Ok(validated) => (validated.errors, validated.monitors),
+    };
     if json {
         print_json(&serde_json::json!({
             "ok": errors.is_empty(),
@@ -337,11 +299,24 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 }
 
 fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let result = api::call(&socket_path(config_dir)?, &Request::Status)?;
+    let socket = socket_path(config_dir)?;
+    let result = api::call(&socket, &Request::Status)?;
     let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
+    let result = api::call(&socket, &Request::ConfigErrors)?;
+    let errors: Vec<api::ConfigErrorRow> =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&out)?;
+        let mut value = serde_json::to_value(&out)?;
+        value["config_errors"] = serde_json::to_value(&errors)?;
+        print_json(&value)?;
         return Ok(0);
+    }
+    if !errors.is_empty() {
+        println!("configuration errors (`vigil check` shows them too):");
+        for e in &errors {
+            println!("  {e}");
+        }
+        println!();
     }
     println!("cluster {} (this node: {})", out.cluster, out.node);
     println!("\nNODE             STATE");
@@ -468,6 +443,9 @@ fn simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<i32> {
 }
 
 fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
+    if let Some(problem) = api::resls_path_problem(&args.path) {
+        bail!("resls PATH: {problem}");
+    }
     let socket = socket_path(config_dir)?;
     let result = api::call(
         &socket,
@@ -563,8 +541,11 @@ fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let result = api::call(&socket, &Request::Monitors)?;
     let rows: Vec<api::MonitorRow> =
         serde_json::from_value(result).context("decoding the answer")?;
+    let result = api::call(&socket, &Request::ConfigErrors)?;
+    let errors: Vec<api::ConfigErrorRow> =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&serde_json::json!({ "monitors": rows }))?;
+        print_json(&serde_json::json!({ "monitors": rows, "config_errors": errors }))?;
     } else {
         println!(
             "{:<16} {:<7} {:<9} {:>8} REASON",
@@ -579,6 +560,12 @@ fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
                 r.samples_received,
                 r.reason.unwrap_or_default()
             );
+        }
+        if !errors.is_empty() {
+            println!("\nconfiguration errors (`vigil check` shows them too):");
+            for e in errors {
+                println!("  {e}");
+            }
         }
     }
     Ok(0)

@@ -11,14 +11,22 @@
 //! monitors against the running ones and starts, stops or restarts them; a
 //! SIGHUP reload goes through the same path.
 //!
+//! The configuration is read and validated ([`validation::validate`], the
+//! same validation as `vigil check`) on a task, never on the loop: a reload
+//! comes back as [`Event::Reloaded`], and [`plan_reload`] (pure) decides
+//! what of it applies. A monitor whose file is now broken keeps its last good
+//! version; a `cluster.toml` without this node is refused whole; keys that
+//! cannot change on a running host (nodes, store, socket, ...) keep their old
+//! values until a restart; package changes are reported, not applied.
+//!
 //! At startup the host starts the [guard](crate::guard) and heartbeats it
 //! from the main loop itself (a timer only asks), so a loop that is stuck,
 //! not just a process that is frozen or dead, lets the guard halt the
 //! packages. A clean shutdown stops the guard; an error exit does not, and
 //! the guard halts what runs after its margin.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -26,8 +34,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use vigil_sdk::now_ms;
 
-use crate::api::{self, ApiCall, Request, Response};
-use crate::config::{self, Config, MonitorConfig};
+use crate::api::{self, ApiCall, ConfigErrorRow, Request, Response};
+use crate::config::{self, ClusterConfig, Config, ConfigError, MonitorConfig};
 use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
@@ -36,6 +44,7 @@ use crate::package::manager::{ClusterLink, ManagerChannels, ManagerSetup, Packag
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
 use crate::store::ClusterStore;
+use crate::validation::{self, Validated};
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
@@ -54,6 +63,8 @@ pub enum Event {
     StoreChanged,
     /// Re-read the configuration directory (SIGHUP).
     Reload,
+    /// The configuration a reload read and validated on its task.
+    Reloaded(Box<Result<Validated, Vec<ConfigError>>>),
     /// Stop (SIGTERM, SIGINT).
     Shutdown,
 }
@@ -72,6 +83,20 @@ impl Topology {
             ctx,
             events,
         }
+    }
+
+    /// The configs the running monitors were started from, by name.
+    pub fn running(&self) -> BTreeMap<String, MonitorConfig> {
+        self.running
+            .iter()
+            .map(|(name, (cfg, _))| (name.clone(), cfg.clone()))
+            .collect()
+    }
+
+    /// Where monitors started from now on are resolved (`plugin_path`
+    /// applies on reload).
+    pub fn set_context(&mut self, ctx: RuntimeContext) {
+        self.ctx = ctx;
     }
 
     /// Makes the running monitors match `wanted`: removed and changed ones
@@ -139,19 +164,26 @@ pub fn resolve_node(config: &Config, requested: Option<&str>) -> anyhow::Result<
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(options: HostOptions) -> anyhow::Result<()> {
-    let config = config::load(&options.config_dir).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid configuration:\n{}",
-            errors
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    for e in &config.errors {
-        error!(error = %e, "monitor left out");
-    }
+    let validated = validation::validate(&options.config_dir)
+        .await
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "invalid configuration:\n{}",
+                errors
+                    .iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    log_config_errors(&validated, &BTreeSet::new());
+    let config_errors = validated
+        .errors
+        .iter()
+        .chain(&validated.consequences)
+        .map(|e| ConfigErrorRow::new(e, None))
+        .collect();
+    let config = validated.config;
     let node = resolve_node(&config, options.node.as_deref())?;
     let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
 
@@ -249,6 +281,10 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         hub,
         topology,
         manager,
+        config_errors,
+        reload: ReloadState::Idle,
+        events: events.clone(),
+        config_dir: options.config_dir.clone(),
     };
     state.manager.step(&state.hub).await;
     let mut notifier = crate::notify::Notifier::from_env();
@@ -292,7 +328,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 }
             }
             Event::StoreChanged => state.manager.step(&state.hub).await,
-            Event::Reload => state.reload(&options),
+            Event::Reload => state.start_reload(),
+            Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,
         }
     }
@@ -453,10 +490,215 @@ async fn start_packages(
 
 struct DaemonState {
     node: String,
+    /// The configuration in force: monitors as running, packages as the
+    /// package manager was started with, `cluster.toml` as bound.
     config: Config,
     hub: ResourceHub,
     topology: Topology,
     manager: PackageManager,
+    /// Errors of the last startup or reload, for `monitor list`.
+    config_errors: Vec<ConfigErrorRow>,
+    reload: ReloadState,
+    events: mpsc::UnboundedSender<Event>,
+    config_dir: PathBuf,
+}
+
+/// Whether a reload task runs; a SIGHUP during one queues one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReloadState {
+    Idle,
+    Running,
+    RunningThenAgain,
+}
+
+/// Logs every error of a validation, and what is left out for it (not the
+/// monitor files in `kept`, whose last good version keeps running).
+fn log_config_errors(validated: &Validated, kept: &BTreeSet<PathBuf>) {
+    for e in &validated.errors {
+        error!(error = %e, "configuration error");
+    }
+    for e in &validated.consequences {
+        error!(error = %e, "package left out: a package it names was left out");
+    }
+    let packages_d = validated.config.cluster.dir.join("packages.d");
+    let monitors_d = validated.config.cluster.dir.join("monitors.d");
+    let running: BTreeSet<&Path> = validated
+        .config
+        .monitors
+        .iter()
+        .map(|m| m.source.as_path())
+        .collect();
+    for file in validated.broken_files() {
+        if file.starts_with(&packages_d) {
+            warn!(file = %file.display(), "package file left out");
+        } else if file.starts_with(&monitors_d) && !running.contains(file) && !kept.contains(file) {
+            warn!(file = %file.display(), "monitor file left out");
+        }
+    }
+}
+
+/// What a reload applies, decided from the configuration in force, the
+/// monitors running and what the reload read.
+#[derive(Debug)]
+pub struct ReloadPlan {
+    /// Why nothing is applied, if nothing is.
+    pub refused: Option<String>,
+    /// `cluster.toml` as it applies: the new one with the old values of the
+    /// keys that need a restart.
+    pub cluster: Option<ClusterConfig>,
+    /// One message per `cluster.toml` key that changed but needs a restart.
+    pub needs_restart: Vec<String>,
+    /// The monitors that should run.
+    pub monitors: Vec<MonitorConfig>,
+    /// Errors for `monitor list`, with the monitor kept because of each.
+    pub errors: Vec<ConfigErrorRow>,
+    /// What changed in packages.d (not applied), if anything.
+    pub package_changes: Option<String>,
+}
+
+/// Decides what a reload applies (no I/O).
+pub fn plan_reload(
+    current: &Config,
+    node: &str,
+    running: &BTreeMap<String, MonitorConfig>,
+    read: &Result<Validated, Vec<ConfigError>>,
+) -> ReloadPlan {
+    let refuse = |why: String, errors: Vec<ConfigErrorRow>| ReloadPlan {
+        refused: Some(why),
+        cluster: None,
+        needs_restart: Vec::new(),
+        monitors: Vec::new(),
+        errors,
+        package_changes: None,
+    };
+    let validated = match read {
+        Err(errors) => {
+            return refuse(
+                "cluster.toml is invalid; nothing applied".to_owned(),
+                errors
+                    .iter()
+                    .map(|e| ConfigErrorRow::new(e, None))
+                    .collect(),
+            );
+        }
+        Ok(v) => v,
+    };
+    let new = &validated.config;
+    let cluster_file = new.cluster.dir.join("cluster.toml");
+    if !new.cluster.nodes.iter().any(|n| n == node) {
+        let error = ConfigError::file(
+            &cluster_file,
+            format!(
+                "node {node:?} is not in cluster.nodes ({}); this host cannot apply it",
+                new.cluster.nodes.join(", ")
+            ),
+        );
+        return refuse(
+            format!("{error}; nothing applied"),
+            vec![ConfigErrorRow::new(&error, None)],
+        );
+    }
+
+    // Keys bound at startup keep their old values.
+    let old = &current.cluster;
+    let mut cluster = new.cluster.clone();
+    let mut needs_restart = Vec::new();
+    let mut keep = |changed: bool, key: &str| {
+        if changed {
+            needs_restart.push(format!(
+                "{key} changed in {}: this needs a restart of vigil host; keeping the old value",
+                cluster_file.display()
+            ));
+        }
+    };
+    keep(old.name != cluster.name, "cluster.name");
+    keep(old.nodes != cluster.nodes, "cluster.nodes");
+    keep(
+        old.store != cluster.store || old.lease_ttl != cluster.lease_ttl,
+        "[store]",
+    );
+    keep(old.api.socket != cluster.api.socket, "api.socket");
+    keep(
+        old.api.http_listen != cluster.api.http_listen,
+        "api.http_listen",
+    );
+    cluster.name = old.name.clone();
+    cluster.nodes = old.nodes.clone();
+    cluster.store = old.store.clone();
+    cluster.lease_ttl = old.lease_ttl;
+    cluster.api = old.api.clone();
+
+    // A monitor whose file has an error keeps the version that runs.
+    let broken = validated.broken_files();
+    let mut monitors: Vec<MonitorConfig> = Vec::new();
+    let mut kept: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (name, cfg) in running {
+        if !broken.contains(cfg.source.as_path()) {
+            continue;
+        }
+        let same = new.monitors.iter().any(|m| m == cfg);
+        if !same {
+            kept.insert(cfg.source.clone(), name.clone());
+        }
+        monitors.push(cfg.clone());
+    }
+    for m in &new.monitors {
+        let replaced = kept.contains_key(&m.source) || monitors.iter().any(|k| k.name == m.name);
+        if !replaced {
+            monitors.push(m.clone());
+        }
+    }
+    let errors = validated
+        .errors
+        .iter()
+        .chain(&validated.consequences)
+        .map(|e| ConfigErrorRow::new(e, kept.get(&e.file).cloned()))
+        .collect();
+
+    ReloadPlan {
+        refused: None,
+        cluster: Some(cluster),
+        needs_restart,
+        monitors,
+        errors,
+        package_changes: package_changes(&current.packages, &new.packages),
+    }
+}
+
+/// Names of added, changed and removed packages, if any.
+fn package_changes(
+    old: &[config::package::PackageConfig],
+    new: &[config::package::PackageConfig],
+) -> Option<String> {
+    let same = |a: &config::package::PackageConfig, b: &config::package::PackageConfig| {
+        let (mut a, mut b) = (a.clone(), b.clone());
+        a.lines = Default::default();
+        b.lines = Default::default();
+        a == b
+    };
+    let names = |list: Vec<&str>| list.join(", ");
+    let added: Vec<&str> = new
+        .iter()
+        .filter(|n| !old.iter().any(|o| o.name == n.name))
+        .map(|p| p.name.as_str())
+        .collect();
+    let removed: Vec<&str> = old
+        .iter()
+        .filter(|o| !new.iter().any(|n| n.name == o.name))
+        .map(|p| p.name.as_str())
+        .collect();
+    let changed: Vec<&str> = new
+        .iter()
+        .filter(|n| old.iter().any(|o| o.name == n.name && !same(o, n)))
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    for (what, list) in [("added", added), ("changed", changed), ("removed", removed)] {
+        if !list.is_empty() {
+            parts.push(format!("{what}: {}", names(list)));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 impl DaemonState {
@@ -515,6 +757,7 @@ impl DaemonState {
                     Err(e) => Response::error(e),
                 }
             }
+            Request::ConfigErrors => Response::ok(&self.config_errors),
             Request::Monitors => Response::ok(
                 self.hub
                     .registry
@@ -526,27 +769,68 @@ impl DaemonState {
         }
     }
 
-    fn reload(&mut self, options: &HostOptions) {
-        match config::load(&options.config_dir) {
-            Err(errors) => {
-                for e in errors {
-                    error!(error = %e, "reload refused: cluster.toml is invalid");
+    /// Reads and validates the configuration on a task; the result comes
+    /// back as [`Event::Reloaded`], so a file that blocks or a slow probe
+    /// never stops the loop (heartbeats, the socket, package work).
+    fn start_reload(&mut self) {
+        if self.reload != ReloadState::Idle {
+            self.reload = ReloadState::RunningThenAgain;
+            return;
+        }
+        self.reload = ReloadState::Running;
+        let (dir, events) = (self.config_dir.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let result = validation::validate(&dir).await;
+            let _ = events.send(Event::Reloaded(Box::new(result)));
+        });
+    }
+
+    fn finish_reload(&mut self, read: Result<Validated, Vec<ConfigError>>) {
+        let plan = plan_reload(&self.config, &self.node, &self.topology.running(), &read);
+        self.config_errors = plan.errors;
+        if let Some(why) = plan.refused {
+            for e in &self.config_errors {
+                error!(error = %e, "configuration error");
+            }
+            error!(reason = %why, "reload refused");
+        } else if let (Some(cluster), Ok(validated)) = (plan.cluster, read) {
+            let kept: BTreeSet<PathBuf> = self
+                .config_errors
+                .iter()
+                .filter(|e| e.kept_running.is_some())
+                .map(|e| e.file.clone())
+                .collect();
+            log_config_errors(&validated, &kept);
+            for message in &plan.needs_restart {
+                error!("{message}");
+            }
+            for e in &self.config_errors {
+                if let Some(monitor) = &e.kept_running {
+                    warn!(monitor = %monitor, file = %e.file.display(), "keeping the last good version of the monitor");
                 }
             }
-            Ok(config) => {
-                for e in &config.errors {
-                    error!(error = %e, "monitor left out");
-                }
-                self.topology
-                    .reconcile(&config.monitors, &mut self.hub.registry);
-                if config.packages != self.config.packages {
-                    warn!(
-                        "package configuration changed: restart `vigil host` to apply it (packages keep running and are re-adopted)"
-                    );
-                }
-                info!(monitors = config.monitors.len(), "configuration reloaded");
-                self.config = config;
+            if let Some(changes) = &plan.package_changes {
+                warn!(
+                    %changes,
+                    "packages.d changed and is not applied by a reload: packages change with `vigil apply` (not available yet) or a restart of vigil host (running packages are re-adopted)"
+                );
             }
+            self.topology
+                .set_context(validation::runtime_context(&cluster));
+            self.topology
+                .reconcile(&plan.monitors, &mut self.hub.registry);
+            info!(
+                monitors = plan.monitors.len(),
+                errors = self.config_errors.len(),
+                "configuration reloaded"
+            );
+            self.config.cluster = cluster;
+            self.config.monitors = plan.monitors;
+        }
+        let again = self.reload == ReloadState::RunningThenAgain;
+        self.reload = ReloadState::Idle;
+        if again {
+            self.start_reload();
         }
     }
 }
@@ -569,4 +853,166 @@ fn spawn_signal_handlers(events: mpsc::UnboundedSender<Event>) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{Expect, expect};
+
+    use super::*;
+
+    const CLUSTER: &str = "[cluster]\nname = \"t\"\nnodes = [\"node1\"]\n";
+
+    fn write_all(dir: &Path, files: &[(&str, &str)]) {
+        for sub in ["monitors.d", "packages.d"] {
+            let _ = std::fs::remove_dir_all(dir.join(sub));
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    /// Loads `before` as the configuration in force (every monitor
+    /// running), then plans a reload to `after`, and renders the plan.
+    fn check(before: &[(&str, &str)], after: &[(&str, &str)], expect: Expect) {
+        let dir = tempfile::tempdir().unwrap();
+        write_all(dir.path(), before);
+        let current = config::load(dir.path()).expect("before loads");
+        let running = current
+            .monitors
+            .iter()
+            .map(|m| (m.name.clone(), m.clone()))
+            .collect();
+        write_all(dir.path(), after);
+        let read = config::load(dir.path()).map(|mut config| Validated {
+            errors: std::mem::take(&mut config.errors),
+            consequences: Vec::new(),
+            monitors: config.monitors.len(),
+            config,
+        });
+        let plan = plan_reload(&current, "node1", &running, &read);
+        let mut out = String::new();
+        if let Some(why) = &plan.refused {
+            out += &format!("refused: {why}\n");
+        }
+        for m in &plan.needs_restart {
+            out += &format!("needs restart: {m}\n");
+        }
+        for m in &plan.monitors {
+            out += &format!("monitor {} every {:?}\n", m.name, m.interval);
+        }
+        for e in &plan.errors {
+            out += &format!("error: {e}\n");
+        }
+        if let Some(changes) = &plan.package_changes {
+            out += &format!("packages: {changes}\n");
+        }
+        expect.assert_eq(&out.replace(&dir.path().display().to_string(), "DIR"));
+    }
+
+    fn monitor(name: &str, interval: &str) -> String {
+        format!(
+            "name = \"{name}\"\ntype = \"exec\"\ncommand = [\"x\"]\ninterval_seconds = {interval}\n"
+        )
+    }
+
+    fn package(name: &str, halt: &str) -> String {
+        format!(
+            "name = \"{name}\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"{halt}\"]\n"
+        )
+    }
+
+    #[test]
+    fn a_broken_monitor_file_keeps_the_last_good_version() {
+        let (a1, a2, b, c) = (
+            monitor("a", "1"),
+            monitor("a", "2"),
+            monitor("b", "1"),
+            monitor("c", "1"),
+        );
+        check(
+            &[
+                ("cluster.toml", CLUSTER),
+                ("monitors.d/a.toml", &a1),
+                ("monitors.d/b.toml", &b),
+            ],
+            &[
+                ("cluster.toml", CLUSTER),
+                (
+                    "monitors.d/a.toml",
+                    "name = \"a\"\ntype = \"exec\"\ninterval = 2\n",
+                ),
+                ("monitors.d/c.toml", &c),
+            ],
+            expect![[r#"
+                monitor a every 1s
+                monitor c every 1s
+                error: DIR/monitors.d/a.toml:3: unknown field `interval`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `interval_seconds`, `timeout_seconds`, `enabled`, `params` (monitor a keeps running its last good version)
+            "#]],
+        );
+        // Fixed, the new version applies.
+        check(
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a1)],
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a2)],
+            expect![[r#"
+                monitor a every 2s
+            "#]],
+        );
+    }
+
+    #[test]
+    fn cluster_toml_without_this_node_or_invalid_is_refused_whole() {
+        let a = monitor("a", "1");
+        check(
+            &[("cluster.toml", CLUSTER), ("monitors.d/a.toml", &a)],
+            &[
+                (
+                    "cluster.toml",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node9\"]\n",
+                ),
+                ("monitors.d/a.toml", &a),
+            ],
+            expect![[r#"
+                refused: DIR/cluster.toml: node "node1" is not in cluster.nodes (node9); this host cannot apply it; nothing applied
+                error: DIR/cluster.toml: node "node1" is not in cluster.nodes (node9); this host cannot apply it
+            "#]],
+        );
+        check(
+            &[("cluster.toml", CLUSTER)],
+            &[("cluster.toml", "[cluster]\nname = \"t\"\n")],
+            expect![[r#"
+                refused: cluster.toml is invalid; nothing applied
+                error: DIR/cluster.toml:1: missing field `nodes`
+            "#]],
+        );
+    }
+
+    #[test]
+    fn keys_bound_at_startup_keep_their_values_and_package_changes_are_reported() {
+        let a = monitor("a", "1");
+        check(
+            &[
+                ("cluster.toml", CLUSTER),
+                ("packages.d/p.toml", &package("p", "/bin/true")),
+                ("packages.d/q.toml", &package("q", "/bin/true")),
+            ],
+            &[
+                (
+                    "cluster.toml",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n",
+                ),
+                ("monitors.d/a.toml", &a),
+                ("packages.d/p.toml", &package("p", "/bin/false")),
+                ("packages.d/r.toml", &package("r", "/bin/true")),
+            ],
+            expect![[r#"
+                needs restart: cluster.nodes changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: [store] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: api.socket changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                monitor a every 1s
+                packages: added: r; changed: p; removed: q
+            "#]],
+        );
+    }
 }

@@ -105,17 +105,65 @@ enum Seconds {
 }
 
 impl Seconds {
-    fn to_duration(self) -> Result<Duration, String> {
+    /// The duration, if it is a finite number of seconds within `bounds`.
+    fn to_duration(self, bounds: (f64, f64)) -> Result<Duration, String> {
         let secs = match self {
             Seconds::Int(i) => i as f64,
             Seconds::Float(f) => f,
         };
-        if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        let (min, max) = bounds;
+        if !secs.is_finite() || secs < min || secs > max {
+            // 1e-300 written out in full is three hundred zeros.
+            let got = if secs != 0.0 && secs.is_finite() && !(1e-3..1e9).contains(&secs.abs()) {
+                format!("{secs:e}")
+            } else {
+                format!("{secs}")
+            };
             return Err(format!(
-                "must be more than 0 and at most 86400 seconds, got {secs}"
+                "must be a number of seconds from {min} to {max}, got {got}"
             ));
         }
         Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+/// Bounds of monitor intervals and of every timeout: below 10 ms a poll
+/// loop only burns CPU; above a day it is a typo.
+pub(crate) const SECONDS_BOUNDS: (f64, f64) = (0.01, 86_400.0);
+/// Bounds of `lease_ttl_seconds`: etcd leases are whole seconds, and a node
+/// silent for more than an hour is not being watched.
+const LEASE_TTL_BOUNDS: (f64, f64) = (1.0, 3_600.0);
+
+/// Why `endpoint` is not an etcd endpoint (`[http[s]://]host:port`).
+fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (host, port) = v6.split_once("]:")?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Some("the address in [] is not an IPv6 address");
+            }
+            (host, port)
+        }
+        None => match rest.rsplit_once(':') {
+            Some(hp) => hp,
+            None => return Some("it has no :port"),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !host_ok {
+        return Some("the host is not a name or an address");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => None,
+        _ => Some("the port is not a number from 1 to 65535"),
     }
 }
 
@@ -240,6 +288,11 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
 pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
     let path = dir.join("cluster.toml");
     let file = SourceFile::read(&path).map_err(|e| vec![e])?;
+    load_cluster_text(dir, &file)
+}
+
+/// Validates the text of `dir`'s `cluster.toml` (read by the caller).
+pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig, Vec<ConfigError>> {
     let raw: RawClusterFile = file.parse().map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let cluster = raw.cluster.into_inner();
@@ -285,10 +338,14 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
             let store = store.into_inner();
             let ttl = match store.lease_ttl_seconds {
                 None => DEFAULT_LEASE_TTL,
-                Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
-                    errors.push(file.error_at(s.span(), format!("store.lease_ttl_seconds {e}")));
-                    DEFAULT_LEASE_TTL
-                }),
+                Some(s) => s
+                    .get_ref()
+                    .to_duration(LEASE_TTL_BOUNDS)
+                    .unwrap_or_else(|e| {
+                        errors
+                            .push(file.error_at(s.span(), format!("store.lease_ttl_seconds {e}")));
+                        DEFAULT_LEASE_TTL
+                    }),
             };
             lease_ttl = ttl;
             if let Some(n) = &store.max_parallel_actions {
@@ -304,14 +361,30 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
                 }
             }
             match store.kind.get_ref().as_str() {
-                "embedded" => StoreConfig::Embedded {
-                    path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
-                },
+                "embedded" => {
+                    if let Some(p) = store.path.as_ref().filter(|p| p.get_ref().is_empty()) {
+                        errors.push(file.error_at(p.span(), "store.path must not be empty"));
+                    }
+                    StoreConfig::Embedded {
+                        path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
+                    }
+                }
                 "etcd" => {
                     if store.endpoints.is_empty() {
                         errors.push(
                             file.error_at(span, "store.type = \"etcd\" needs store.endpoints"),
                         );
+                    }
+                    for e in &store.endpoints {
+                        if let Some(problem) = endpoint_problem(e.get_ref()) {
+                            errors.push(file.error_at(
+                                e.span(),
+                                format!(
+                                    "store.endpoints: {:?} is not an etcd endpoint such as \"http://127.0.0.1:2379\": {problem}",
+                                    e.get_ref()
+                                ),
+                            ));
+                        }
                     }
                     StoreConfig::Etcd {
                         endpoints: store
@@ -339,15 +412,36 @@ pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {
         socket: None,
         http_listen: None,
     });
+    let socket = match &api.socket {
+        None => dir.join("run/vigil.sock"),
+        Some(s) => {
+            let path = dir.join(s.get_ref());
+            if s.get_ref().is_empty() {
+                errors.push(file.error_at(s.span(), "api.socket must not be empty"));
+            } else if let Some(problem) = crate::api::socket_path_problem(&path) {
+                errors.push(file.error_at(s.span(), format!("api.socket: {problem}")));
+            }
+            path
+        }
+    };
+    if let Some(h) = &api.http_listen
+        && h.get_ref().parse::<std::net::SocketAddr>().is_err()
+    {
+        errors.push(file.error_at(
+            h.span(),
+            format!(
+                "api.http_listen {:?} is not an IP address and port such as \"127.0.0.1:7878\"",
+                h.get_ref()
+            ),
+        ));
+    }
     let api = ApiConfig {
-        socket: dir.join(
-            api.socket
-                .as_ref()
-                .map_or("run/vigil.sock", |s| s.get_ref()),
-        ),
+        socket,
         http_listen: api.http_listen.map(|h| h.into_inner()),
     };
 
+    // Keys are checked table by table; report them in file order.
+    errors.sort_by_key(|e| e.line);
     if errors.is_empty() {
         Ok(ClusterConfig {
             dir: dir.to_owned(),
@@ -421,6 +515,14 @@ pub fn load_monitors(dir: &Path) -> (Vec<MonitorConfig>, Vec<ConfigError>) {
 /// Also returns the line of its `name`, for duplicate-name messages.
 pub fn load_monitor_file(path: &Path) -> Result<Option<(MonitorConfig, usize)>, Vec<ConfigError>> {
     let file = SourceFile::read(path).map_err(|e| vec![e])?;
+    load_monitor_text(&file)
+}
+
+/// Validates one monitor registration's text (read by the caller).
+pub fn load_monitor_text(
+    file: &SourceFile,
+) -> Result<Option<(MonitorConfig, usize)>, Vec<ConfigError>> {
+    let path = file.path.as_path();
     let raw: RawMonitor = file.parse().map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let name = raw.name.get_ref().clone();
@@ -437,7 +539,7 @@ pub fn load_monitor_file(path: &Path) -> Result<Option<(MonitorConfig, usize)>, 
                     errors: &mut Vec<ConfigError>| {
         match field {
             None => default,
-            Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+            Some(s) => s.get_ref().to_duration(SECONDS_BOUNDS).unwrap_or_else(|e| {
                 errors.push(file.error_at(s.span(), format!("{key} {e}")));
                 default
             }),

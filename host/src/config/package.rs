@@ -471,10 +471,13 @@ pub fn load_package_text(
     let halt = script(&raw.halt, "halt");
     let mut timeout = |field: &Option<Spanned<Seconds>>, key: &str, default: Duration| match field {
         None => default,
-        Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
-            err(&mut errors, s.span(), format!("{key} {e}"));
-            default
-        }),
+        Some(s) => s
+            .get_ref()
+            .to_duration(super::SECONDS_BOUNDS)
+            .unwrap_or_else(|e| {
+                err(&mut errors, s.span(), format!("{key} {e}"));
+                default
+            }),
     };
     let run_timeout = timeout(
         &raw.run_timeout_seconds,
@@ -666,11 +669,10 @@ pub fn load_package_text(
         };
         let rise = count(&r.rise, "rise");
         let fall = count(&r.fall, "fall");
+        // 0 is allowed: halt at once on unknown.
         let unknown_timeout = match &r.unknown_timeout_seconds {
             None => DEFAULT_UNKNOWN_TIMEOUT,
-            Some(s) if matches!(s.get_ref(), Seconds::Int(0)) => Duration::ZERO,
-            Some(s) if matches!(s.get_ref(), Seconds::Float(f) if *f == 0.0) => Duration::ZERO,
-            Some(s) => s.get_ref().to_duration().unwrap_or_else(|e| {
+            Some(s) => s.get_ref().to_duration((0.0, 86_400.0)).unwrap_or_else(|e| {
                 err(
                     &mut errors,
                     s.span(),

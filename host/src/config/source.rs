@@ -51,21 +51,48 @@ pub struct SourceFile {
     pub text: String,
 }
 
-/// Largest configuration file read, to keep a mistaken path from eating memory.
-const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest configuration file read (1 MiB): far above any real
+/// registration, small enough that a mistaken path cannot eat memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 impl SourceFile {
+    /// Reads a configuration file without ever blocking on it: the file is
+    /// opened with `O_NONBLOCK` (a FIFO opens at once instead of waiting
+    /// for a writer) and checked with `fstat` before anything is read, so a
+    /// FIFO, a device or a socket is refused as "not a regular file" and a
+    /// file over [`MAX_CONFIG_BYTES`] as "too large".
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let meta = std::fs::metadata(path)
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
             .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        if !meta.is_file() {
+            return Err(ConfigError::file(path, "not a regular file"));
+        }
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::file(
                 path,
-                format!("larger than {MAX_CONFIG_BYTES} bytes"),
+                format!("too large ({} bytes, limit {MAX_CONFIG_BYTES})", meta.len()),
             ));
         }
-        let bytes = std::fs::read(path)
+        // The file may grow between fstat and read: read one byte more than
+        // the limit to notice.
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::file(
+                path,
+                format!("too large (more than {MAX_CONFIG_BYTES} bytes, limit {MAX_CONFIG_BYTES})"),
+            ));
+        }
         let text = String::from_utf8(bytes)
             .map_err(|e| ConfigError::file(path, format!("not UTF-8: {e}")))?;
         Ok(Self {

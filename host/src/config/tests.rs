@@ -100,7 +100,7 @@ fn errors_name_file_and_line_and_keep_other_monitors() {
             monitor d Dylib { plugin: "p" } every 5s timeout 2s params {}
             DIR/monitors.d/a.toml:5: unknown field `intervall`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `interval_seconds`, `timeout_seconds`, `enabled`, `params`
             DIR/monitors.d/b.toml:2: type "snmp" is not one of "dylib", "exec", "nagios"
-            DIR/monitors.d/c.toml:4: interval_seconds must be more than 0 and at most 86400 seconds, got 0
+            DIR/monitors.d/c.toml:4: interval_seconds must be a number of seconds from 0.01 to 86400, got 0
             DIR/monitors.d/c.toml:3: command must name a program
             DIR/monitors.d/e.toml:1: monitor name "d" is already used by DIR/monitors.d/d.toml
             DIR/monitors.d/f.toml:4: mode "forever" is not one of "oneshot", "stream"
@@ -141,4 +141,79 @@ fn missing_cluster_file_is_reported() {
             .to_string()
             .starts_with("/nonexistent-vigil-dir/cluster.toml: cannot read")
     );
+}
+
+#[test]
+fn cluster_values_the_host_could_not_use_are_errors() {
+    let long = format!("/tmp/{}", "s".repeat(200));
+    check(
+        "[cluster]\nname = \"x\"\nnodes = [\"n1\"]\n[api]\nhttp_listen = \"not an address\"\nsocket = \"\"\n[store]\ntype = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"127.0.0.1:99999\", \"http://a b:1\", \"[::1]:2379\", \"nohost\", \"https://etcd-1.example:2379/\"]\nlease_ttl_seconds = 0.5\n",
+        &[],
+        expect![[r#"
+            DIR/cluster.toml:5: api.http_listen "not an address" is not an IP address and port such as "127.0.0.1:7878"
+            DIR/cluster.toml:6: api.socket must not be empty
+            DIR/cluster.toml:9: store.endpoints: "127.0.0.1:99999" is not an etcd endpoint such as "http://127.0.0.1:2379": the port is not a number from 1 to 65535
+            DIR/cluster.toml:9: store.endpoints: "http://a b:1" is not an etcd endpoint such as "http://127.0.0.1:2379": the host is not a name or an address
+            DIR/cluster.toml:9: store.endpoints: "nohost" is not an etcd endpoint such as "http://127.0.0.1:2379": it has no :port
+            DIR/cluster.toml:10: store.lease_ttl_seconds must be a number of seconds from 1 to 3600, got 0.5
+        "#]],
+    );
+    check(
+        &format!(
+            "[cluster]\nname = \"x\"\nnodes = [\"n1\"]\n[api]\nhttp_listen = \"127.0.0.1:99999\"\nsocket = \"{long}\"\n[store]\ntype = \"embedded\"\npath = \"\"\nlease_ttl_seconds = inf\n"
+        ),
+        &[],
+        expect![[r#"
+            DIR/cluster.toml:5: api.http_listen "127.0.0.1:99999" is not an IP address and port such as "127.0.0.1:7878"
+            DIR/cluster.toml:6: api.socket: /tmp/ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss is too long for a Unix socket (205 bytes; with its temporary name 216, limit 107)
+            DIR/cluster.toml:9: store.path must not be empty
+            DIR/cluster.toml:10: store.lease_ttl_seconds must be a number of seconds from 1 to 3600, got inf
+        "#]],
+    );
+    check(
+        "[cluster]\nname = \"x\"\nnodes = [\"n1\"]\n[api]\nhttp_listen = \"[::1]:7878\"\nsocket = \"run/api.sock\"\n[store]\ntype = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\nlease_ttl_seconds = 2\n",
+        &[(
+            "m.toml",
+            "name = \"m\"\ntype = \"exec\"\ncommand = [\"x\"]\ninterval_seconds = 1e-300\ntimeout_seconds = 0.01\n",
+        )],
+        expect![[r#"
+            cluster x nodes ["n1"] store Etcd { endpoints: ["10.0.0.1:2379"], lease_ttl: 2s }
+            DIR/monitors.d/m.toml:4: interval_seconds must be a number of seconds from 0.01 to 86400, got 1e-300
+        "#]],
+    );
+}
+
+#[test]
+fn files_that_are_not_regular_or_too_large_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let monitors = dir.path().join("monitors.d");
+    std::fs::create_dir(&monitors).unwrap();
+    nix::unistd::mkfifo(
+        &monitors.join("fifo.toml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::create_dir(monitors.join("dir.toml")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", monitors.join("zero.toml")).unwrap();
+    std::fs::write(monitors.join("big.toml"), vec![b'#'; (1 << 20) + 1]).unwrap();
+    std::fs::write(monitors.join("limit.toml"), {
+        let mut text = b"name = \"limit\"\ntype = \"exec\"\ncommand = [\"x\"]\n".to_vec();
+        text.resize(1 << 20, b'\n');
+        text
+    })
+    .unwrap();
+    let (loaded, errors) = load_monitors(&monitors);
+    let rendered: String = errors
+        .iter()
+        .map(|e| format!("{e}\n"))
+        .collect::<String>()
+        .replace(&dir.path().display().to_string(), "DIR");
+    let expected = expect![[r#"
+        DIR/monitors.d/big.toml: too large (1048577 bytes, limit 1048576)
+        DIR/monitors.d/dir.toml: not a regular file
+        DIR/monitors.d/fifo.toml: not a regular file
+        DIR/monitors.d/zero.toml: not a regular file
+    "#]];
+    expected.assert_eq(&rendered);
+    assert_eq!(loaded.len(), 1, "the file at the limit loads");
 }

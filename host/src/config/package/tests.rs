@@ -282,7 +282,7 @@ package = "d"
             DIR/packages.d/c.toml:5: failback_policy does not apply to type = "multi_node": it runs on every eligible node
             DIR/packages.d/c.toml:5: failback_policy "sometimes" is not one of "manual", "automatic"
             DIR/packages.d/c.toml:8: priority must be 0 or more, got -1
-            DIR/packages.d/c.toml:11: run_timeout_seconds must be more than 0 and at most 86400 seconds, got 0
+            DIR/packages.d/c.toml:11: run_timeout_seconds must be a number of seconds from 0.01 to 86400, got 0
             DIR/packages.d/c.toml:6: follow does not apply to type = "multi_node": it runs on every eligible node
             DIR/packages.d/c.toml:6: package "c" cannot follow itself
             DIR/packages.d/c.toml:7: package "c" cannot avoid itself

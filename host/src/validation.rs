@@ -1,0 +1,174 @@
+//! The one validation that `vigil check` prints and `vigil host` acts on, at
+//! startup and on every reload, so that the two never disagree.
+//!
+//! [`validate`] reads the configuration directory off the caller's thread
+//! (a blocking task with a deadline: a file on a hung file system must not
+//! stop the host's main loop), probes every monitor once for its declared
+//! patterns (each probe has its monitor's own deadline), checks that every
+//! package program is executable, and cross-checks the packages against the
+//! nodes and the declared resources. Every error carries `file:line`.
+//!
+//! It decides nothing about a running host: what to keep, start or leave out
+//! on a reload is `daemon`'s. It only says which packages are left out,
+//! since that follows from the errors alone.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vigil_sdk::ResourcePattern;
+
+use crate::config::{self, Config, ConfigError};
+use crate::runtime::{self, MonitorEvent, RuntimeContext};
+
+/// How long reading the configuration directory may take. Files are opened
+/// without blocking (see `config::SourceFile::read`), so only a stuck file
+/// system gets near it.
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The outcome of [`validate`] when `cluster.toml` is usable.
+#[derive(Debug)]
+pub struct Validated {
+    /// What loaded, with every package that has an error left out.
+    pub config: Config,
+    /// Every error, in the order `vigil check` prints them: file errors,
+    /// monitor probes, package programs, package cross-checks.
+    pub errors: Vec<ConfigError>,
+    /// Errors of packages that are left out only because a package they
+    /// name was left out (not printed by `check`, which names the cause).
+    pub consequences: Vec<ConfigError>,
+    /// How many monitors were probed.
+    pub monitors: usize,
+}
+
+impl Validated {
+    /// The files that have an error.
+    pub fn broken_files(&self) -> BTreeSet<&Path> {
+        self.errors.iter().map(|e| e.file.as_path()).collect()
+    }
+}
+
+/// The runtime context monitors of `config` are resolved in.
+pub fn runtime_context(cluster: &config::ClusterConfig) -> RuntimeContext {
+    RuntimeContext {
+        config_dir: cluster.dir.clone(),
+        plugin_search: runtime::dylib::search_path(&cluster.plugin_path),
+    }
+}
+
+/// Loads and validates everything under `dir`. `Err` when `cluster.toml`
+/// itself is unusable (or the directory could not be read in time).
+pub async fn validate(dir: &Path) -> Result<Validated, Vec<ConfigError>> {
+    let owned = dir.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let config = config::load(&owned)?;
+        let programs = program_errors(&config);
+        Ok::<_, Vec<ConfigError>>((config, programs))
+    });
+    let (mut config, program_errors) = match tokio::time::timeout(READ_DEADLINE, read).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => {
+            return Err(vec![ConfigError::file(
+                dir,
+                format!("reading the configuration failed: {e}"),
+            )]);
+        }
+        Err(_) => {
+            return Err(vec![ConfigError::file(
+                dir,
+                format!(
+                    "reading the configuration did not finish within {}s",
+                    READ_DEADLINE.as_secs()
+                ),
+            )]);
+        }
+    };
+    let mut errors = std::mem::take(&mut config.errors);
+
+    // Probes run at once; each has its monitor's own deadline.
+    let ctx = runtime_context(&config.cluster);
+    let probes: Vec<_> = config
+        .monitors
+        .iter()
+        .map(|m| {
+            let (m, ctx) = (m.clone(), ctx.clone());
+            tokio::spawn(async move { runtime::probe(&m, &ctx, false).await })
+        })
+        .collect();
+    let mut declared: Vec<ResourcePattern> = Vec::new();
+    for (monitor, probe) in config.monitors.iter().zip(probes) {
+        let events = probe.await.unwrap_or_else(|e| {
+            vec![MonitorEvent::Failed {
+                monitor: monitor.name.clone(),
+                reason: format!("probe task failed: {e}"),
+            }]
+        });
+        for event in events {
+            match event {
+                MonitorEvent::Failed { reason, .. } => errors.push(ConfigError::at(
+                    &monitor.source,
+                    monitor.line,
+                    format!("monitor {}: {reason}", monitor.name),
+                )),
+                MonitorEvent::Declared { mut patterns, .. } => declared.append(&mut patterns),
+                MonitorEvent::Samples { .. } => {}
+            }
+        }
+    }
+    errors.extend(program_errors);
+    let is_declared = |name: &vigil_sdk::ResourceName| declared.iter().any(|p| p.matches(name));
+    errors.extend(config::package::check_packages(
+        &config.packages,
+        &config.cluster.nodes,
+        is_declared,
+    ));
+
+    // Leave out every package with an error, then again those that only
+    // failed because of what was left out, until nothing changes.
+    let mut consequences = Vec::new();
+    let mut broken: BTreeSet<PathBuf> = errors.iter().map(|e| e.file.clone()).collect();
+    loop {
+        config.packages.retain(|p| !broken.contains(&p.source));
+        let again =
+            config::package::check_packages(&config.packages, &config.cluster.nodes, is_declared);
+        if again.is_empty() {
+            break;
+        }
+        broken.extend(again.iter().map(|e| e.file.clone()));
+        consequences.extend(again);
+    }
+    Ok(Validated {
+        monitors: config.monitors.len(),
+        config,
+        errors,
+        consequences,
+    })
+}
+
+/// Every package program that is not an executable file.
+fn program_errors(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for p in &config.packages {
+        let programs = [("run", &p.run), ("halt", &p.halt)]
+            .into_iter()
+            .map(|(what, argv)| (what.to_owned(), argv))
+            .chain(
+                p.services
+                    .iter()
+                    .map(|s| (format!("service {}", s.name), &s.command)),
+            );
+        for (what, argv) in programs {
+            let Some(program) = argv.first() else {
+                continue;
+            };
+            if let Err(e) = runtime::check_executable(program) {
+                errors.push(ConfigError::at(
+                    &p.source,
+                    p.lines.name,
+                    format!("package {}: {what}: {e}", p.name),
+                ));
+            }
+        }
+    }
+    errors
+}
