@@ -540,3 +540,151 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
         "{page}"
     );
 }
+
+/// Kills whatever still runs `sleep <marker>` when dropped, so a failing
+/// test leaves nothing behind either.
+struct Sleeps(String);
+
+impl Sleeps {
+    /// A `sleep` command line no other test uses: `offset` tells tests apart,
+    /// the test process id tells concurrent runs apart.
+    fn new(offset: u32) -> Self {
+        Self(format!("sleep {}", offset + std::process::id()))
+    }
+
+    fn alive(&self) -> Vec<(i32, char)> {
+        processes_matching(&self.0)
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .collect()
+    }
+
+    fn wait_all_gone(&self, what: &str) {
+        wait_for(WAIT, what, || {
+            let left = self.alive();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} still running: {left:?}", self.0))
+            }
+        });
+    }
+}
+
+impl Drop for Sleeps {
+    fn drop(&mut self) {
+        for (pid, _) in self.alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// An exec monitor script that answers hello, publishes `/<name>/x`, and
+/// runs `body` (shell) before exiting.
+fn exec_script(cfg: &ConfigDir, name: &str, body: &str) {
+    cfg.script(
+        &format!("{name}.sh"),
+        &format!(
+            "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/{name}/x\"]}}'\n{body}\n"
+        ),
+    );
+}
+
+fn exec_monitor(cfg: &ConfigDir, name: &str, interval: &str, timeout: &str) {
+    cfg.monitor(
+        name,
+        &format!(
+            "name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = {interval}\ntimeout_seconds = {timeout}\n"
+        ),
+    );
+}
+
+#[test]
+fn children_a_oneshot_monitor_leaves_behind_are_killed_after_each_run() {
+    let cfg = ConfigDir::new();
+    let forgotten = Sleeps::new(610_000);
+    let holder = Sleeps::new(620_000);
+    let count = cfg.path().join("count");
+    // The first five runs each leave ten sleeps in the group (not holding
+    // stdout) and one that holds stdout open; later runs are clean, so once
+    // the count passes five nothing of ours may be left.
+    exec_script(
+        &cfg,
+        "leaky",
+        &format!(
+            "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\nif [ $n -le 5 ]; then\n  for i in 1 2 3 4 5 6 7 8 9 10; do {forgotten} >/dev/null 2>&1 & done\n  {holder} &\nfi\necho \"{{\\\"type\\\":\\\"sample\\\",\\\"name\\\":\\\"/leaky/x\\\",\\\"value\\\":$n}}\"",
+            count = count.display(),
+            forgotten = forgotten.0,
+            holder = holder.0,
+        ),
+    );
+    exec_monitor(&cfg, "leaky", "0.2", "5");
+    let _host = cfg.start_host();
+    wait_for(WAIT, "seven runs", || {
+        let r = known(&cfg, "/leaky/x")?;
+        match r["value"].as_f64() {
+            Some(v) if v >= 7.0 => Ok(()),
+            _ => Err(r.to_string()),
+        }
+    });
+    forgotten.wait_all_gone("the forgotten children to be killed with their run");
+    holder.wait_all_gone("the grandchildren holding stdout to be killed");
+}
+
+#[test]
+fn host_sigterm_kills_the_children_of_a_running_oneshot_monitor() {
+    let cfg = ConfigDir::new();
+    let sleeps = Sleeps::new(630_000);
+    exec_script(&cfg, "slow", &format!("{} &\nwait", sleeps.0));
+    exec_monitor(&cfg, "slow", "60", "50");
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the run to start its child", || {
+        if sleeps.alive().is_empty() {
+            Err("no child yet".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+    sleeps.wait_all_gone("the running monitor's children to die with the host");
+}
+
+#[test]
+fn removing_a_running_exec_monitor_on_reload_kills_its_children() {
+    let cfg = ConfigDir::new();
+    let sleeps = Sleeps::new(640_000);
+    exec_script(&cfg, "removed", &format!("{} &\nwait", sleeps.0));
+    exec_monitor(&cfg, "removed", "60", "50");
+    exec_script(
+        &cfg,
+        "kept",
+        "echo '{\"type\":\"sample\",\"name\":\"/kept/x\",\"value\":\"up\"}'",
+    );
+    exec_monitor(&cfg, "kept", "0.5", "5");
+    let host = cfg.start_host();
+    wait_for(WAIT, "the run to start its child", || {
+        if sleeps.alive().is_empty() {
+            Err("no child yet".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    std::fs::remove_file(cfg.path().join("monitors.d/removed.toml")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for(WAIT, "the removed monitor to be gone", || {
+        match cfg.monitor_state("removed") {
+            Err(_) => Ok(()),
+            Ok(m) => Err(m.to_string()),
+        }
+    });
+    sleeps.wait_all_gone("the removed monitor's running child to be killed");
+    wait_for(WAIT, "the kept monitor to go on", || known(&cfg, "/kept/x"));
+}

@@ -338,7 +338,7 @@ async fn stream_once(
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
-    let guard = GroupGuard(child.id());
+    let group = subprocess::ProcessGroup::of(&child);
     let hello = exec::host_hello(&config.name, Mode::Stream, config.interval, &config.params);
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
@@ -397,24 +397,8 @@ async fn stream_once(
             Err(reason) => break reason,
         }
     };
-    drop(guard);
-    subprocess::kill_and_reap(&mut child).await;
+    subprocess::kill_and_reap(&group, &mut child).await;
     reason
-}
-
-/// Kills a process group when dropped, including when the task owning it is
-/// aborted at shutdown.
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// Runs a monitor once outside the daemon (for `vigil check` and

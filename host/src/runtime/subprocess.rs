@@ -1,7 +1,12 @@
 //! Running untrusted monitor programs: each child in its own process group,
 //! every run under a deadline, every output under a size bound, every child
-//! reaped. On timeout or overflow the whole group is killed with SIGKILL, so
-//! a script's own children go too.
+//! reaped. When a run ends, however it ends (normal exit, timeout, overflow,
+//! or the task running it being dropped at shutdown or reload), the whole
+//! group is killed with SIGKILL, so a script's own children go too.
+//!
+//! What it does not do: catch a descendant that leaves the group on purpose
+//! (`setsid`, `setpgid`). Only a cgroup would; see docs/operations.md for
+//! why the host does not make one per monitor.
 //!
 //! This module knows nothing of the exec protocol or Nagios conventions; it
 //! hands back bytes and how the process ended.
@@ -95,16 +100,41 @@ fn spawn_command(mut cmd: Command) -> Result<Child, SpawnError> {
     cmd.spawn().map_err(|source| SpawnError { program, source })
 }
 
-/// Kills the child's whole process group. Harmless if it is already gone.
-pub fn kill_group(child: &Child) {
-    if let Some(pid) = child.id() {
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+/// The process group of a spawned child, killed with SIGKILL when dropped.
+///
+/// It keeps the group id from the spawn because `Child::id` forgets the pid
+/// once the child has been reaped, and a group outlives its leader: the
+/// children a script left behind are still in it after it exited. Holding
+/// the id is safe: the kernel does not hand out a pid again while a process
+/// group of that number has members, and once the group is empty a kill hits
+/// nothing (`ESRCH`).
+#[derive(Debug)]
+pub struct ProcessGroup(Option<Pid>);
+
+impl ProcessGroup {
+    /// The group of `child`, which must have been spawned with
+    /// `process_group(0)` (as [`command`] does): its pid is its group id.
+    pub fn of(child: &Child) -> Self {
+        Self(child.id().map(|pid| Pid::from_raw(pid as i32)))
+    }
+
+    /// Kills every process left in the group. Harmless if it is empty.
+    pub fn kill(&self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
 /// Kills the group and waits for the child, so it never lingers as a zombie.
-pub async fn kill_and_reap(child: &mut Child) {
-    kill_group(child);
+pub async fn kill_and_reap(group: &ProcessGroup, child: &mut Child) {
+    group.kill();
     let _ = child.wait().await;
 }
 
@@ -145,6 +175,9 @@ pub async fn run_command(
 ) -> Result<RunOutput, SpawnError> {
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     let mut child = spawn_command(cmd)?;
+    // Dropped also when the task running this is aborted (monitor removed,
+    // host stopping): the group dies with the run.
+    let group = ProcessGroup::of(&child);
     if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
         let input = input.to_vec();
         // A child that never reads stdin must not block us: write in the
@@ -156,7 +189,7 @@ pub async fn run_command(
     // Both are pipes as `command` sets them up; a caller that changed
     // that gets an error instead of a panic.
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_and_reap(&mut child).await;
+        kill_and_reap(&group, &mut child).await;
         return Err(SpawnError {
             program,
             source: std::io::Error::other("stdout and stderr must be piped"),
@@ -195,8 +228,9 @@ pub async fn run_command(
             _ = tokio::time::sleep_until(deadline) => break Exit::TimedOut,
         }
     };
-    // Whatever happened, nothing of the group may outlive the run.
-    kill_and_reap(&mut child).await;
+    // Whatever happened, nothing of the group may outlive the run: not the
+    // children a script started and forgot, not a grandchild holding stdout.
+    kill_and_reap(&group, &mut child).await;
     let stderr = tokio::time::timeout(EXIT_GRACE, stderr_task)
         .await
         .ok()
@@ -318,6 +352,66 @@ mod tests {
         assert_eq!(out.stderr.trim(), "err");
     }
 
+    /// Waits (up to 5 s) until `pid` is gone or a zombie; false if it is
+    /// still running then.
+    async fn ends(pid: i32) -> bool {
+        for _ in 0..250 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Not ours to leave behind, whatever the assertion says.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        false
+    }
+
+    fn read_pid(path: &std::path::Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn children_left_in_the_group_after_a_normal_exit_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // The child does not hold stdout: the run ends at once, with the
+        // sleep still in the group.
+        let script = format!(
+            "sleep 1000 >/dev/null 2>&1 & echo $! > {}; echo done",
+            pidfile.display()
+        );
+        let out = run_once(&sh(&script), None, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out.exit, Exit::Code(0));
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "child {pid} survived the run");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
+        let run =
+            tokio::spawn(
+                async move { run_once(&sh(&script), None, Duration::from_secs(600)).await },
+            );
+        while std::fs::read_to_string(&pidfile).map_or(true, |s| !s.ends_with('\n')) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What the daemon does to a monitor it removes or stops.
+        run.abort();
+        let _ = run.await;
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "child {pid} survived the aborted run");
+    }
+
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,16 +451,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grandchild_holding_stdout_does_not_hang_the_run() {
-        let out = run_once(
-            &sh("echo hi; sleep 1000 & exit 0"),
-            None,
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap();
+    async fn grandchild_holding_stdout_does_not_hang_the_run_nor_outlive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "echo hi; sleep 1000 & echo $! > {}; exit 0",
+            pidfile.display()
+        );
+        let out = run_once(&sh(&script), None, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(out.exit, Exit::Code(0));
         assert_eq!(out.stdout, b"hi\n");
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "grandchild {pid} outlived the run");
     }
 
     #[tokio::test]
