@@ -688,3 +688,48 @@ fn removing_a_running_exec_monitor_on_reload_kills_its_children() {
     sleeps.wait_all_gone("the removed monitor's running child to be killed");
     wait_for(WAIT, "the kept monitor to go on", || known(&cfg, "/kept/x"));
 }
+
+#[test]
+fn a_truncated_plugin_is_refused_by_check_and_host_without_a_crash() {
+    let cfg = ConfigDir::new();
+    // What a deploy that was cut short leaves: the first 3,000 bytes of a
+    // good plugin, executable, owned by us.
+    let good = std::fs::read(plugin_lib("vigil_testkit")).unwrap();
+    let cut = cfg.path().join("libcut.so");
+    std::fs::write(&cut, &good[..3000]).unwrap();
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cfg.monitor(
+        "cut",
+        "name = \"cut\"\ntype = \"dylib\"\nplugin = \"./libcut.so\"\ninterval_seconds = 0.5\n[params]\ninstance = \"cut\"\n",
+    );
+    cfg.monitor(
+        "fine",
+        "name = \"fine\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\ninterval_seconds = 0.5\n[params]\ninstance = \"fine\"\n",
+    );
+    let out = cfg.vigil(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let want = format!(
+        "plugin {}/./libcut.so is not a complete ELF shared object (the section header table ends at byte",
+        cfg.path().display()
+    );
+    assert!(
+        stdout.contains(&want) || stderr.contains(&want),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the cut plugin to be refused", || {
+        monitor_failed_with(&cfg, "cut", "is not a complete ELF shared object")
+    });
+    wait_for(WAIT, "the good plugin to go on", || {
+        known(&cfg, "/testkit/fine/r0")
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+}
