@@ -733,3 +733,182 @@ fn a_truncated_plugin_is_refused_by_check_and_host_without_a_crash() {
     let status = host.stop().expect("host was running");
     assert!(status.success(), "host exited with {status}");
 }
+
+/// Lines of the host log that contain all of `needles`.
+fn log_lines(host: &Host, needles: &[&str]) -> usize {
+    host.log_text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn monitor_output_floods_are_bounded_in_the_host_log() {
+    let cfg = ConfigDir::new();
+    // 200,000 lines of stderr as fast as the shell can, then a sample.
+    cfg.script(
+        "noisy.sh",
+        "#!/bin/sh\nread -r hello\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/noisy/x\"],\"capabilities\":[\"stream\"]}'\nyes 'stderr flood line' | head -n 200000 >&2\necho '{\"type\":\"sample\",\"name\":\"/noisy/x\",\"value\":\"done\"}'\nexec sleep 600\n",
+    );
+    cfg.monitor(
+        "noisy",
+        "name = \"noisy\"\ntype = \"exec\"\nmode = \"stream\"\ncommand = [\"./noisy.sh\"]\ntimeout_seconds = 5\n",
+    );
+    // 5,000 log messages per run.
+    exec_script(
+        &cfg,
+        "chatty",
+        "i=0; while [ $i -lt 5000 ]; do echo '{\"type\":\"log\",\"level\":\"warn\",\"message\":\"chatter\"}'; i=$((i+1)); done\necho '{\"type\":\"sample\",\"name\":\"/chatty/x\",\"value\":\"up\"}'",
+    );
+    exec_monitor(&cfg, "chatty", "0.5", "20");
+    // A 900 kB error message every run.
+    exec_script(
+        &cfg,
+        "wordy",
+        "printf '{\"type\":\"error\",\"message\":\"'; head -c 900000 /dev/zero | tr '\\0' 'e'; echo '\"}'",
+    );
+    exec_monitor(&cfg, "wordy", "0.2", "5");
+    let host = cfg.start_host();
+    wait_for(WAIT, "the noisy monitor's sample", || {
+        let r = known(&cfg, "/noisy/x")?;
+        if r["value"] == "done" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    wait_for(WAIT, "two chatty runs", || {
+        let n = log_lines(&host, &["monitor=chatty", "lines suppressed"]);
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} suppression notes"))
+        }
+    });
+    let wordy = wait_for(WAIT, "the wordy error", || {
+        monitor_failed_with(&cfg, "wordy", "eeee")
+    });
+    // Ten more runs of each at their intervals.
+    std::thread::sleep(Duration::from_secs(2));
+    let reason = wordy["reason"].as_str().unwrap();
+    assert!(
+        reason.len() <= 1024,
+        "reason kept whole: {} bytes",
+        reason.len()
+    );
+    assert!(
+        reason.ends_with("bytes cut)"),
+        "{}",
+        &reason[reason.len() - 40..]
+    );
+
+    let stderr_lines = log_lines(&host, &["monitor=noisy", "stderr flood line"]);
+    assert!(
+        (1..1000).contains(&stderr_lines),
+        "{stderr_lines} of 200000 stderr lines logged"
+    );
+    assert!(
+        log_lines(&host, &["noisy", "lines suppressed"]) >= 1,
+        "no suppression note for the stderr flood"
+    );
+    let chatter = log_lines(&host, &["chatter"]);
+    assert!(chatter < 1000, "{chatter} log messages logged");
+    // Identical failures are logged once a minute: once here.
+    let failures = log_lines(&host, &["wordy", "monitor failed"]);
+    assert_eq!(failures, 1, "the same failure was logged {failures} times");
+    let longest = host.log_text().lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2048, "a log line of {longest} bytes");
+}
+
+/// `vigil monitor test NAME --json`, parsed, with its exit code.
+fn monitor_test_json(cfg: &ConfigDir, name: &str) -> (Option<i32>, serde_json::Value) {
+    let out = cfg.vigil(&["monitor", "test", name, "--json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "monitor test output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+fn nagios_monitor(cfg: &ConfigDir, name: &str, script: &str) {
+    cfg.script(&format!("{name}.sh"), script);
+    cfg.monitor(
+        name,
+        &format!("name = \"{name}\"\ntype = \"nagios\"\ncommand = [\"./{name}.sh\"]\n"),
+    );
+}
+
+#[test]
+fn an_exec_sample_with_invalid_utf8_is_refused_with_a_reason() {
+    let cfg = ConfigDir::new();
+    exec_script(
+        &cfg,
+        "latin1",
+        "printf '{\"type\":\"sample\",\"name\":\"/latin1/x\",\"value\":\"caf\\351\"}\\n'",
+    );
+    exec_monitor(&cfg, "latin1", "1", "5");
+    let (code, v) = monitor_test_json(&cfg, "latin1");
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["samples"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!(["line 2: not valid UTF-8 (bad byte at offset 48)"]),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_nagios_check_killed_by_a_signal_publishes_nothing_known() {
+    let cfg = ConfigDir::new();
+    nagios_monitor(
+        &cfg,
+        "killed",
+        "#!/bin/sh\necho 'OK - fine | load=1;5;10'\nkill -9 $$\n",
+    );
+    let (code, v) = monitor_test_json(&cfg, "killed");
+    assert_eq!(code, Some(1), "{v}");
+    let known: Vec<&serde_json::Value> = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["value"].is_null())
+        .collect();
+    assert!(known.is_empty(), "known samples from a killed check: {v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!(["killed by signal 9"]),
+        "{v}"
+    );
+}
+
+#[test]
+fn nagios_perfdata_items_dropped_are_reported_as_errors_naming_their_label() {
+    let cfg = ConfigDir::new();
+    nagios_monitor(
+        &cfg,
+        "perf",
+        "#!/bin/sh\necho 'OK - fine | comma=1,5 notanumber=nan huge=1e309 good=2s'\nexit 0\n",
+    );
+    let (code, v) = monitor_test_json(&cfg, "perf");
+    assert_eq!(code, Some(1), "{v}");
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 3, "{v}");
+    for (label, error) in ["comma=", "notanumber=", "huge="].iter().zip(&errors) {
+        assert!(error.contains(label), "{error} does not name {label}");
+    }
+    let good = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"].as_str().unwrap().ends_with("/good"))
+        .unwrap_or_else(|| panic!("no good sample: {v}"));
+    assert_eq!(good["value"], 2.0);
+}

@@ -276,9 +276,15 @@ pub enum LineError {
 }
 
 /// Reads newline-terminated lines with a bound on each line's length.
+///
+/// Cancel-safe: a partial line waits in the reader, so a `next_line` dropped
+/// by a timeout loses nothing. A line longer than the bound is reported once
+/// and the rest of it, up to its newline, is skipped.
 pub struct BoundedLines<R> {
     reader: BufReader<R>,
     max: usize,
+    line: Vec<u8>,
+    skipping: bool,
 }
 
 impl<R: AsyncRead + Unpin> BoundedLines<R> {
@@ -286,48 +292,62 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         Self {
             reader: BufReader::new(reader),
             max,
+            line: Vec::new(),
+            skipping: false,
         }
     }
 
-    /// The next line without its newline; `None` at end of stream.
+    /// The next line without its newline (nor a `\r` before it), invalid
+    /// UTF-8 replaced; `None` at end of stream.
     pub async fn next_line(&mut self) -> Result<Option<String>, LineError> {
-        let mut line = Vec::new();
+        Ok(self.next_line_bytes().await?.map(|line| {
+            String::from_utf8(line)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }))
+    }
+
+    /// The next line's bytes without its newline (nor a `\r` before it);
+    /// `None` at end of stream.
+    pub async fn next_line_bytes(&mut self) -> Result<Option<Vec<u8>>, LineError> {
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                return Ok(if line.is_empty() {
+                self.skipping = false;
+                return Ok(if self.line.is_empty() {
                     None
                 } else {
-                    Some(lossy(line))
+                    Some(trim_cr(std::mem::take(&mut self.line)))
                 });
             }
-            match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => {
-                    line.extend_from_slice(&buf[..i]);
-                    self.reader.consume(i + 1);
-                    if line.len() > self.max {
-                        return Err(LineError::TooLong(self.max));
-                    }
-                    return Ok(Some(lossy(line)));
-                }
-                None => {
-                    let n = buf.len();
-                    line.extend_from_slice(buf);
-                    self.reader.consume(n);
-                    if line.len() > self.max {
-                        return Err(LineError::TooLong(self.max));
-                    }
-                }
+            let (len, newline) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i, true),
+                None => (buf.len(), false),
+            };
+            if !self.skipping {
+                self.line.extend_from_slice(&buf[..len]);
+            }
+            self.reader.consume(len + usize::from(newline));
+            if self.skipping {
+                self.skipping = !newline;
+                continue;
+            }
+            if self.line.len() > self.max {
+                self.line.clear();
+                self.skipping = !newline;
+                return Err(LineError::TooLong(self.max));
+            }
+            if newline {
+                return Ok(Some(trim_cr(std::mem::take(&mut self.line))));
             }
         }
     }
 }
 
-fn lossy(mut line: Vec<u8>) -> String {
+fn trim_cr(mut line: Vec<u8>) -> Vec<u8> {
     if line.last() == Some(&b'\r') {
         line.pop();
     }
-    String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    line
 }
 
 #[cfg(test)]
@@ -477,6 +497,36 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/prog"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_arriving_in_pieces_is_skipped_to_its_newline() {
+        let (mut writer, reader) = tokio::io::duplex(16);
+        tokio::spawn(async move {
+            let long = format!("{}\nok\n", "a".repeat(100));
+            let _ = writer.write_all(long.as_bytes()).await;
+        });
+        let mut lines = BoundedLines::new(reader, 20);
+        assert!(matches!(
+            lines.next_line().await,
+            Err(LineError::TooLong(20))
+        ));
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ok"));
+        assert_eq!(lines.next_line().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_read_across_a_timeout_is_not_lost() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = BoundedLines::new(reader, 100);
+        writer.write_all(b"first ha").await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(50), lines.next_line()).await;
+        assert!(cut.is_err(), "a partial line is not a line");
+        writer.write_all(b"lf\n").await.unwrap();
+        assert_eq!(
+            lines.next_line().await.unwrap().as_deref(),
+            Some("first half")
+        );
     }
 
     #[tokio::test]
