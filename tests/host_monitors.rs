@@ -912,3 +912,57 @@ fn nagios_perfdata_items_dropped_are_reported_as_errors_naming_their_label() {
         .unwrap_or_else(|| panic!("no good sample: {v}"));
     assert_eq!(good["value"], 2.0);
 }
+
+#[test]
+fn an_isolated_dylib_that_segfaults_costs_only_its_own_resources_and_is_restarted() {
+    let cfg = ConfigDir::new();
+    cfg.monitor(
+        "crashy",
+        "name = \"crashy\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\nisolation = \"process\"\ninterval_seconds = 0.2\ntimeout_seconds = 2\n[params]\ninstance = \"crashy\"\nbehavior = \"segfault\"\nafter_polls = 3\n",
+    );
+    cfg.monitor(
+        "good",
+        "name = \"good\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\ninterval_seconds = 0.2\n[params]\ninstance = \"good\"\n",
+    );
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the isolated plugin's first samples", || {
+        known(&cfg, "/testkit/crashy/r0")
+    });
+    wait_for(WAIT, "the crash to make its resources unknown", || {
+        unknown_with(&cfg, "/testkit/crashy/r0", "SIGSEGV")
+    });
+    let before = cfg.monitor_state("good").unwrap()["samples_received"]
+        .as_u64()
+        .unwrap();
+    // Restarted: a fresh child publishes again (its first polls are good).
+    wait_for(WAIT, "the isolated plugin to be restarted", || {
+        known(&cfg, "/testkit/crashy/r0")
+    });
+    wait_for(WAIT, "the second crash", || {
+        unknown_with(&cfg, "/testkit/crashy/r0", "SIGSEGV")
+    });
+    // The host and the other monitor went on all along.
+    wait_for(WAIT, "the good monitor to go on", || {
+        let after = cfg.monitor_state("good")?["samples_received"]
+            .as_u64()
+            .unwrap_or(0);
+        if after > before {
+            known(&cfg, "/testkit/good/r0").map(drop)
+        } else {
+            Err(format!("{after} samples"))
+        }
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+    wait_for(WAIT, "no isolated child to outlive the host", || {
+        let left: Vec<_> = processes_matching("monitor serve-dylib")
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}

@@ -14,6 +14,7 @@
 
 pub mod dylib;
 pub mod exec;
+pub mod isolated;
 pub mod output;
 pub mod subprocess;
 
@@ -26,7 +27,7 @@ use tracing::info;
 use vigil_sdk::proto::{MAX_LINE_BYTES, Mode};
 use vigil_sdk::{ResourcePattern, Sample, nagios};
 
-use crate::config::{MonitorConfig, MonitorKind};
+use crate::config::{Isolation, MonitorConfig, MonitorKind};
 use exec::{ExecMessage, ExecParser};
 use output::{MAX_TEXT_LEN, MonitorLog, Source, cap_text};
 use subprocess::{BoundedLines, Exit};
@@ -91,7 +92,14 @@ pub fn spawn(config: MonitorConfig, ctx: RuntimeContext, emit: Emit) -> RunningM
     };
     let task = tokio::spawn(async move {
         match config.kind.clone() {
-            MonitorKind::Dylib { plugin } => run_dylib(&config, &plugin, &ctx, &emit).await,
+            MonitorKind::Dylib {
+                plugin,
+                isolation: Isolation::Process,
+            } => run_isolated(&config, &plugin, &ctx, &emit, &log).await,
+            MonitorKind::Dylib {
+                plugin,
+                isolation: Isolation::InProcess,
+            } => run_dylib(&config, &plugin, &ctx, &emit).await,
             MonitorKind::Exec {
                 command,
                 mode: Mode::Oneshot,
@@ -224,6 +232,42 @@ async fn run_dylib(config: &MonitorConfig, plugin: &str, ctx: &RuntimeContext, e
         }
         ticks.tick().await;
     }
+}
+
+/// The command that serves `plugin` in a child process (see [`isolated`]).
+fn isolated_command(
+    config: &MonitorConfig,
+    plugin: &str,
+    ctx: &RuntimeContext,
+) -> Result<Vec<String>, String> {
+    let path =
+        dylib::resolve(plugin, &ctx.config_dir, &ctx.plugin_search).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the vigil executable to serve the plugin: {e}"))?;
+    Ok(isolated::command(&exe, &path, config.timeout))
+}
+
+/// Runs a dylib monitor in a child process as a streaming exec monitor: a
+/// crash ends the stream, and the stream runner makes the resources unknown
+/// and restarts it with backoff.
+async fn run_isolated(
+    config: &MonitorConfig,
+    plugin: &str,
+    ctx: &RuntimeContext,
+    emit: &Emit,
+    log: &MonitorLog,
+) {
+    let mut ticks = ticker(config.interval);
+    // Retries until the plugin is found: it may be installed after the host starts.
+    let command = loop {
+        match isolated_command(config, plugin, ctx) {
+            Ok(command) => break command,
+            Err(reason) => emit(failed(config, reason)),
+        }
+        ticks.tick().await;
+    };
+    info!(monitor = %config.name, "dylib monitor starting in its own process");
+    run_stream(config, &command, emit, log).await;
 }
 
 async fn start_dylib(
@@ -425,6 +469,9 @@ async fn stream_once(
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BoundedLines::new(stdout, MAX_LINE_BYTES);
     let mut parser = ExecParser::new(Mode::Stream);
+    // What the monitor last said was wrong: a monitor that explains itself
+    // and exits is reported with its explanation, not only its exit status.
+    let mut last_error: Option<String> = None;
     let reason = loop {
         let next = if parser.greeted() {
             Ok(lines.next_line_bytes().await)
@@ -437,7 +484,10 @@ async fn stream_once(
             Ok(Ok(None)) => {
                 let status = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
                 break match status {
-                    Ok(Ok(s)) => format!("exited ({s})"),
+                    Ok(Ok(s)) => match &last_error {
+                        Some(said) => format!("{said} (then exited: {s})"),
+                        None => format!("exited ({s})"),
+                    },
                     _ => "closed stdout".to_owned(),
                 };
             }
@@ -446,6 +496,7 @@ async fn stream_once(
         match parser.feed_bytes(&bytes) {
             Ok(ExecMessage::Hello(patterns)) => emit(declared(config, patterns)),
             Ok(ExecMessage::Samples(samples)) => {
+                last_error = None;
                 emit(MonitorEvent::Samples {
                     monitor: config.name.clone(),
                     samples,
@@ -454,7 +505,10 @@ async fn stream_once(
                     break String::new();
                 }
             }
-            Ok(ExecMessage::Error(message)) => emit(failed(config, message)),
+            Ok(ExecMessage::Error(message)) => {
+                emit(failed(config, &message));
+                last_error = Some(message);
+            }
             Ok(ExecMessage::Log { level, message }) => {
                 log.line(Source::LogMessage, level.as_deref(), &message)
             }
@@ -487,7 +541,29 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
         Arc::new(move |e| collected.lock().unwrap_or_else(|p| p.into_inner()).push(e))
     };
     match &config.kind {
-        MonitorKind::Dylib { plugin } => match start_dylib(config, plugin, ctx, None).await {
+        MonitorKind::Dylib {
+            plugin,
+            isolation: Isolation::Process,
+        } => match isolated_command(config, plugin, ctx) {
+            Ok(command) => {
+                let budget = config.timeout.max(config.interval) + config.timeout;
+                match tokio::time::timeout(
+                    budget,
+                    stream_once(config, &command, &emit, &log, Some(())),
+                )
+                .await
+                {
+                    Ok(reason) if reason.is_empty() => {}
+                    Ok(reason) => emit(failed(config, reason)),
+                    Err(_) => emit(failed(config, format!("no samples within {budget:?}"))),
+                }
+            }
+            Err(reason) => emit(failed(config, reason)),
+        },
+        MonitorKind::Dylib {
+            plugin,
+            isolation: Isolation::InProcess,
+        } => match start_dylib(config, plugin, ctx, None).await {
             Ok((worker, patterns)) => {
                 emit(declared(config, patterns));
                 if poll {
