@@ -2,13 +2,13 @@
 //!
 //! Before a library is opened its file and the directory holding it must be
 //! owned by root or by the daemon's user and writable by nobody else. The
-//! file is then read once into memory, checked to be a complete ELF shared
-//! object (header, program and section header tables, every loadable
-//! segment inside the file), and loaded from a sealed private copy (a
-//! `memfd`), never from the path: a partial copy left by a deploy is refused
-//! with a message instead of killing the host with SIGBUS when the loader
-//! touches pages past its end, and a file rewritten after the check cannot
-//! change what runs. Once opened, its ABI version is read through a
+//! file is then copied once, by the kernel, into a sealed private `memfd`;
+//! the copy is checked to be a complete ELF shared object (header, program
+//! and section header tables, every loadable segment inside the file) and
+//! loaded, never the path: a partial copy left by a deploy is refused with a
+//! message instead of killing the host with SIGBUS when the loader touches
+//! pages past its end, and a file rewritten after the check cannot change
+//! what runs. Once opened, its ABI version is read through a
 //! fixed-signature symbol before anything else. Each monitor
 //! instance lives on a dedicated worker thread, so a poll that hangs blocks
 //! only that thread: the scheduler stops waiting at the deadline and marks
@@ -21,7 +21,7 @@
 //! Unloading one while its threads run would crash the host.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -354,23 +354,22 @@ fn open_private_copy(path: &Path) -> Result<Arc<Loaded>, LoadError> {
             detail: format!("{} bytes is more than {MAX_PLUGIN_BYTES}", meta.size()),
         });
     }
-    let mut bytes = Vec::with_capacity(meta.size() as usize);
-    (&mut file)
-        .take(MAX_PLUGIN_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 != meta.size() {
+    // The kernel copies (no pass through our memory), the copy is sealed,
+    // and the checks read the copy: what is checked is what gets loaded.
+    let (copy, copied) = private_copy(path, &mut file).map_err(io)?;
+    if copied != meta.size() {
         return Err(LoadError::Changed {
             path: path.to_owned(),
             expected: meta.size(),
-            read: bytes.len() as u64,
+            read: copied,
         });
     }
-    check_elf(&bytes).map_err(|detail| LoadError::Incomplete {
-        path: path.to_owned(),
-        detail,
-    })?;
-    let copy = private_copy(path, &bytes).map_err(io)?;
+    with_mapping(&copy, copied)
+        .map_err(io)?
+        .map_err(|detail| LoadError::Incomplete {
+            path: path.to_owned(),
+            detail,
+        })?;
     let proc_path = format!("/proc/self/fd/{}", copy.as_raw_fd());
     // SAFETY: loading runs the library's initialisers; the permission checks
     // above are what make running this code acceptable, and the sealed copy
@@ -389,9 +388,35 @@ fn open_private_copy(path: &Path) -> Result<Arc<Loaded>, LoadError> {
     Ok(entry)
 }
 
-/// A sealed in-memory file holding `bytes`: nobody, us included, can change
-/// its size or contents once written.
-fn private_copy(path: &Path, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+/// [`check_elf`] on the sealed copy, mapped read-only: only the pages the
+/// check reads (the headers) are touched.
+fn with_mapping(copy: &OwnedFd, len: u64) -> std::io::Result<Result<(), String>> {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+    let Some(size) = std::num::NonZeroUsize::new(len as usize) else {
+        return Ok(Err("the file is empty".to_owned()));
+    };
+    // SAFETY: a private read-only mapping of a memfd sealed against
+    // shrinking and writing: its bytes cannot change or vanish while mapped,
+    // so the slice stays valid until the munmap below.
+    unsafe {
+        let at = mmap(
+            None,
+            size,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_PRIVATE,
+            copy,
+            0,
+        )?;
+        let bytes = std::slice::from_raw_parts(at.as_ptr().cast::<u8>(), size.get());
+        let verdict = check_elf(bytes);
+        munmap(at, size.get())?;
+        Ok(verdict)
+    }
+}
+
+/// A sealed in-memory copy of `file` and how many bytes it holds: nobody, us
+/// included, can change its size or contents once written.
+fn private_copy(path: &Path, file: &mut std::fs::File) -> std::io::Result<(OwnedFd, u64)> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
     let name = format!(
@@ -402,9 +427,10 @@ fn private_copy(path: &Path, bytes: &[u8]) -> std::io::Result<OwnedFd> {
         name.as_str(),
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
-    let fd = OwnedFd::from(file);
+    let mut copy = std::fs::File::from(fd);
+    // std copies file to file with copy_file_range/sendfile where it can.
+    let copied = std::io::copy(&mut file.take(MAX_PLUGIN_BYTES + 1), &mut copy)?;
+    let fd = OwnedFd::from(copy);
     fcntl(
         &fd,
         FcntlArg::F_ADD_SEALS(
@@ -414,7 +440,7 @@ fn private_copy(path: &Path, bytes: &[u8]) -> std::io::Result<OwnedFd> {
                 | SealFlag::F_SEAL_SEAL,
         ),
     )?;
-    Ok(fd)
+    Ok((fd, copied))
 }
 
 /// An opened, checked monitor library.
