@@ -540,3 +540,429 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
         "{page}"
     );
 }
+
+/// Kills whatever still runs `sleep <marker>` when dropped, so a failing
+/// test leaves nothing behind either.
+struct Sleeps(String);
+
+impl Sleeps {
+    /// A `sleep` command line no other test uses: `offset` tells tests apart,
+    /// the test process id tells concurrent runs apart.
+    fn new(offset: u32) -> Self {
+        Self(format!("sleep {}", offset + std::process::id()))
+    }
+
+    fn alive(&self) -> Vec<(i32, char)> {
+        processes_matching(&self.0)
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .collect()
+    }
+
+    fn wait_all_gone(&self, what: &str) {
+        wait_for(WAIT, what, || {
+            let left = self.alive();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} still running: {left:?}", self.0))
+            }
+        });
+    }
+}
+
+impl Drop for Sleeps {
+    fn drop(&mut self) {
+        for (pid, _) in self.alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// An exec monitor script that answers hello, publishes `/<name>/x`, and
+/// runs `body` (shell) before exiting.
+fn exec_script(cfg: &ConfigDir, name: &str, body: &str) {
+    cfg.script(
+        &format!("{name}.sh"),
+        &format!(
+            "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/{name}/x\"]}}'\n{body}\n"
+        ),
+    );
+}
+
+fn exec_monitor(cfg: &ConfigDir, name: &str, interval: &str, timeout: &str) {
+    cfg.monitor(
+        name,
+        &format!(
+            "name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = {interval}\ntimeout_seconds = {timeout}\n"
+        ),
+    );
+}
+
+#[test]
+fn children_a_oneshot_monitor_leaves_behind_are_killed_after_each_run() {
+    let cfg = ConfigDir::new();
+    let forgotten = Sleeps::new(610_000);
+    let holder = Sleeps::new(620_000);
+    let count = cfg.path().join("count");
+    // The first five runs each leave ten sleeps in the group (not holding
+    // stdout) and one that holds stdout open; later runs are clean, so once
+    // the count passes five nothing of ours may be left.
+    exec_script(
+        &cfg,
+        "leaky",
+        &format!(
+            "n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}\nif [ $n -le 5 ]; then\n  for i in 1 2 3 4 5 6 7 8 9 10; do {forgotten} >/dev/null 2>&1 & done\n  {holder} &\nfi\necho \"{{\\\"type\\\":\\\"sample\\\",\\\"name\\\":\\\"/leaky/x\\\",\\\"value\\\":$n}}\"",
+            count = count.display(),
+            forgotten = forgotten.0,
+            holder = holder.0,
+        ),
+    );
+    exec_monitor(&cfg, "leaky", "0.2", "5");
+    let _host = cfg.start_host();
+    wait_for(WAIT, "seven runs", || {
+        let r = known(&cfg, "/leaky/x")?;
+        match r["value"].as_f64() {
+            Some(v) if v >= 7.0 => Ok(()),
+            _ => Err(r.to_string()),
+        }
+    });
+    forgotten.wait_all_gone("the forgotten children to be killed with their run");
+    holder.wait_all_gone("the grandchildren holding stdout to be killed");
+}
+
+#[test]
+fn host_sigterm_kills_the_children_of_a_running_oneshot_monitor() {
+    let cfg = ConfigDir::new();
+    let sleeps = Sleeps::new(630_000);
+    exec_script(&cfg, "slow", &format!("{} &\nwait", sleeps.0));
+    exec_monitor(&cfg, "slow", "60", "50");
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the run to start its child", || {
+        if sleeps.alive().is_empty() {
+            Err("no child yet".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+    sleeps.wait_all_gone("the running monitor's children to die with the host");
+}
+
+#[test]
+fn removing_a_running_exec_monitor_on_reload_kills_its_children() {
+    let cfg = ConfigDir::new();
+    let sleeps = Sleeps::new(640_000);
+    exec_script(&cfg, "removed", &format!("{} &\nwait", sleeps.0));
+    exec_monitor(&cfg, "removed", "60", "50");
+    exec_script(
+        &cfg,
+        "kept",
+        "echo '{\"type\":\"sample\",\"name\":\"/kept/x\",\"value\":\"up\"}'",
+    );
+    exec_monitor(&cfg, "kept", "0.5", "5");
+    let host = cfg.start_host();
+    wait_for(WAIT, "the run to start its child", || {
+        if sleeps.alive().is_empty() {
+            Err("no child yet".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    std::fs::remove_file(cfg.path().join("monitors.d/removed.toml")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for(WAIT, "the removed monitor to be gone", || {
+        match cfg.monitor_state("removed") {
+            Err(_) => Ok(()),
+            Ok(m) => Err(m.to_string()),
+        }
+    });
+    sleeps.wait_all_gone("the removed monitor's running child to be killed");
+    wait_for(WAIT, "the kept monitor to go on", || known(&cfg, "/kept/x"));
+}
+
+#[test]
+fn a_truncated_plugin_is_refused_by_check_and_host_without_a_crash() {
+    let cfg = ConfigDir::new();
+    // What a deploy that was cut short leaves: the first 3,000 bytes of a
+    // good plugin, executable, owned by us.
+    let good = std::fs::read(plugin_lib("vigil_testkit")).unwrap();
+    let cut = cfg.path().join("libcut.so");
+    std::fs::write(&cut, &good[..3000]).unwrap();
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    cfg.monitor(
+        "cut",
+        "name = \"cut\"\ntype = \"dylib\"\nplugin = \"./libcut.so\"\ninterval_seconds = 0.5\n[params]\ninstance = \"cut\"\n",
+    );
+    cfg.monitor(
+        "fine",
+        "name = \"fine\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\ninterval_seconds = 0.5\n[params]\ninstance = \"fine\"\n",
+    );
+    let out = cfg.vigil(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let want = format!(
+        "plugin {}/./libcut.so is not a complete ELF shared object (the section header table ends at byte",
+        cfg.path().display()
+    );
+    assert!(
+        stdout.contains(&want) || stderr.contains(&want),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the cut plugin to be refused", || {
+        monitor_failed_with(&cfg, "cut", "is not a complete ELF shared object")
+    });
+    wait_for(WAIT, "the good plugin to go on", || {
+        known(&cfg, "/testkit/fine/r0")
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+}
+
+/// Lines of the host log that contain all of `needles`.
+fn log_lines(host: &Host, needles: &[&str]) -> usize {
+    host.log_text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn monitor_output_floods_are_bounded_in_the_host_log() {
+    let cfg = ConfigDir::new();
+    // 200,000 lines of stderr as fast as the shell can, then a sample.
+    cfg.script(
+        "noisy.sh",
+        "#!/bin/sh\nread -r hello\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/noisy/x\"],\"capabilities\":[\"stream\"]}'\nyes 'stderr flood line' | head -n 200000 >&2\necho '{\"type\":\"sample\",\"name\":\"/noisy/x\",\"value\":\"done\"}'\nexec sleep 600\n",
+    );
+    cfg.monitor(
+        "noisy",
+        "name = \"noisy\"\ntype = \"exec\"\nmode = \"stream\"\ncommand = [\"./noisy.sh\"]\ntimeout_seconds = 5\n",
+    );
+    // 5,000 log messages per run.
+    exec_script(
+        &cfg,
+        "chatty",
+        "i=0; while [ $i -lt 5000 ]; do echo '{\"type\":\"log\",\"level\":\"warn\",\"message\":\"chatter\"}'; i=$((i+1)); done\necho '{\"type\":\"sample\",\"name\":\"/chatty/x\",\"value\":\"up\"}'",
+    );
+    exec_monitor(&cfg, "chatty", "0.5", "20");
+    // A 900 kB error message every run.
+    exec_script(
+        &cfg,
+        "wordy",
+        "printf '{\"type\":\"error\",\"message\":\"'; head -c 900000 /dev/zero | tr '\\0' 'e'; echo '\"}'",
+    );
+    exec_monitor(&cfg, "wordy", "0.2", "5");
+    let host = cfg.start_host();
+    wait_for(WAIT, "the noisy monitor's sample", || {
+        let r = known(&cfg, "/noisy/x")?;
+        if r["value"] == "done" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    wait_for(WAIT, "two chatty runs", || {
+        let n = log_lines(&host, &["monitor=chatty", "lines suppressed"]);
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} suppression notes"))
+        }
+    });
+    let wordy = wait_for(WAIT, "the wordy error", || {
+        monitor_failed_with(&cfg, "wordy", "eeee")
+    });
+    // Ten more runs of each at their intervals.
+    std::thread::sleep(Duration::from_secs(2));
+    let reason = wordy["reason"].as_str().unwrap();
+    assert!(
+        reason.len() <= 1024,
+        "reason kept whole: {} bytes",
+        reason.len()
+    );
+    assert!(
+        reason.ends_with("bytes cut)"),
+        "{}",
+        &reason[reason.len() - 40..]
+    );
+
+    let stderr_lines = log_lines(&host, &["monitor=noisy", "stderr flood line"]);
+    assert!(
+        (1..1000).contains(&stderr_lines),
+        "{stderr_lines} of 200000 stderr lines logged"
+    );
+    assert!(
+        log_lines(&host, &["noisy", "lines suppressed"]) >= 1,
+        "no suppression note for the stderr flood"
+    );
+    let chatter = log_lines(&host, &["chatter"]);
+    assert!(chatter < 1000, "{chatter} log messages logged");
+    // Identical failures are logged once a minute: once here.
+    let failures = log_lines(&host, &["wordy", "monitor failed"]);
+    assert_eq!(failures, 1, "the same failure was logged {failures} times");
+    let longest = host.log_text().lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2048, "a log line of {longest} bytes");
+}
+
+/// `vigil monitor test NAME --json`, parsed, with its exit code.
+fn monitor_test_json(cfg: &ConfigDir, name: &str) -> (Option<i32>, serde_json::Value) {
+    let out = cfg.vigil(&["monitor", "test", name, "--json"]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "monitor test output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), v)
+}
+
+fn nagios_monitor(cfg: &ConfigDir, name: &str, script: &str) {
+    cfg.script(&format!("{name}.sh"), script);
+    cfg.monitor(
+        name,
+        &format!("name = \"{name}\"\ntype = \"nagios\"\ncommand = [\"./{name}.sh\"]\n"),
+    );
+}
+
+#[test]
+fn an_exec_sample_with_invalid_utf8_is_refused_with_a_reason() {
+    let cfg = ConfigDir::new();
+    exec_script(
+        &cfg,
+        "latin1",
+        "printf '{\"type\":\"sample\",\"name\":\"/latin1/x\",\"value\":\"caf\\351\"}\\n'",
+    );
+    exec_monitor(&cfg, "latin1", "1", "5");
+    let (code, v) = monitor_test_json(&cfg, "latin1");
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["samples"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!(["line 2: not valid UTF-8 (bad byte at offset 48)"]),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_nagios_check_killed_by_a_signal_publishes_nothing_known() {
+    let cfg = ConfigDir::new();
+    nagios_monitor(
+        &cfg,
+        "killed",
+        "#!/bin/sh\necho 'OK - fine | load=1;5;10'\nkill -9 $$\n",
+    );
+    let (code, v) = monitor_test_json(&cfg, "killed");
+    assert_eq!(code, Some(1), "{v}");
+    let known: Vec<&serde_json::Value> = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["value"].is_null())
+        .collect();
+    assert!(known.is_empty(), "known samples from a killed check: {v}");
+    assert_eq!(
+        v["errors"],
+        serde_json::json!(["killed by signal 9"]),
+        "{v}"
+    );
+}
+
+#[test]
+fn nagios_perfdata_items_dropped_are_reported_as_errors_naming_their_label() {
+    let cfg = ConfigDir::new();
+    nagios_monitor(
+        &cfg,
+        "perf",
+        "#!/bin/sh\necho 'OK - fine | comma=1,5 notanumber=nan huge=1e309 good=2s'\nexit 0\n",
+    );
+    let (code, v) = monitor_test_json(&cfg, "perf");
+    assert_eq!(code, Some(1), "{v}");
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(errors.len(), 3, "{v}");
+    for (label, error) in ["comma=", "notanumber=", "huge="].iter().zip(&errors) {
+        assert!(error.contains(label), "{error} does not name {label}");
+    }
+    let good = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"].as_str().unwrap().ends_with("/good"))
+        .unwrap_or_else(|| panic!("no good sample: {v}"));
+    assert_eq!(good["value"], 2.0);
+}
+
+#[test]
+fn an_isolated_dylib_that_segfaults_costs_only_its_own_resources_and_is_restarted() {
+    let cfg = ConfigDir::new();
+    cfg.monitor(
+        "crashy",
+        "name = \"crashy\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\nisolation = \"process\"\ninterval_seconds = 0.2\ntimeout_seconds = 2\n[params]\ninstance = \"crashy\"\nbehavior = \"segfault\"\nafter_polls = 3\n",
+    );
+    cfg.monitor(
+        "good",
+        "name = \"good\"\ntype = \"dylib\"\nplugin = \"vigil_testkit\"\ninterval_seconds = 0.2\n[params]\ninstance = \"good\"\n",
+    );
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "the isolated plugin's first samples", || {
+        known(&cfg, "/testkit/crashy/r0")
+    });
+    wait_for(WAIT, "the crash to make its resources unknown", || {
+        unknown_with(&cfg, "/testkit/crashy/r0", "SIGSEGV")
+    });
+    let before = cfg.monitor_state("good").unwrap()["samples_received"]
+        .as_u64()
+        .unwrap();
+    // Restarted: a fresh child publishes again (its first polls are good).
+    wait_for(WAIT, "the isolated plugin to be restarted", || {
+        known(&cfg, "/testkit/crashy/r0")
+    });
+    wait_for(WAIT, "the second crash", || {
+        unknown_with(&cfg, "/testkit/crashy/r0", "SIGSEGV")
+    });
+    // The host and the other monitor went on all along.
+    wait_for(WAIT, "the good monitor to go on", || {
+        let after = cfg.monitor_state("good")?["samples_received"]
+            .as_u64()
+            .unwrap_or(0);
+        if after > before {
+            known(&cfg, "/testkit/good/r0").map(drop)
+        } else {
+            Err(format!("{after} samples"))
+        }
+    });
+    let status = host.stop().expect("host was running");
+    assert!(status.success(), "host exited with {status}");
+    wait_for(WAIT, "no isolated child to outlive the host", || {
+        let left: Vec<_> = processes_matching("monitor serve-dylib")
+            .into_iter()
+            .filter(|(_, state)| *state != 'Z')
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}

@@ -159,6 +159,15 @@ pub enum MonitorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve one dylib plugin over the exec protocol on stdin/stdout; the
+    /// host runs this for `isolation = "process"`. Not for people.
+    #[command(hide = true)]
+    ServeDylib {
+        #[arg(long)]
+        plugin: PathBuf,
+        #[arg(long)]
+        timeout_ms: u64,
+    },
 }
 
 /// The configuration directory as an absolute path, resolved once: every
@@ -193,6 +202,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             monitor_test(&cli.config, &monitor, json)
         }
         Command::Monitor(MonitorCommand::List { json }) => monitor_list(&cli.config, json),
+        Command::Monitor(MonitorCommand::ServeDylib { plugin, timeout_ms }) => Ok(
+            runtime::isolated::serve(plugin, std::time::Duration::from_millis(timeout_ms)),
+        ),
         Command::Simulate(args) => simulate(&cli.config, &args),
         Command::Status { json } => status(&cli.config, json),
         Command::Pkg {
@@ -686,6 +698,10 @@ type = "dylib"
 # then /usr/lib/vigil/plugins. The file must not be group/world-writable and
 # must be owned by root or the daemon's user.
 plugin = "vigil_load"
+
+# dylib only: "in_process" (default) or "process" (a child process of its
+# own: a crash costs only this monitor's resources; restarted with backoff).
+# isolation = "in_process"
 
 # exec / nagios: the program and its arguments (no shell).
 # command = ["/usr/lib/nagios/plugins/check_disk", "-w", "10%", "-c", "5%", "-p", "/"]

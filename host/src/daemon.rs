@@ -948,7 +948,7 @@ mod tests {
             expect![[r#"
                 monitor a every 1s
                 monitor c every 1s
-                error: DIR/monitors.d/a.toml:3: unknown field `interval`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `interval_seconds`, `timeout_seconds`, `enabled`, `params` (monitor a keeps running its last good version)
+                error: DIR/monitors.d/a.toml:3: unknown field `interval`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `isolation`, `interval_seconds`, `timeout_seconds`, `enabled`, `params` (monitor a keeps running its last good version)
             "#]],
         );
         // Fixed, the new version applies.

@@ -87,6 +87,8 @@ struct RawMonitor {
     #[serde(default)]
     mode: Option<Spanned<String>>,
     #[serde(default)]
+    isolation: Option<Spanned<String>>,
+    #[serde(default)]
     interval_seconds: Option<Spanned<Seconds>>,
     #[serde(default)]
     timeout_seconds: Option<Spanned<Seconds>>,
@@ -203,12 +205,24 @@ pub struct ApiConfig {
     pub http_listen: Option<String>,
 }
 
+/// Where a dylib monitor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// In the host process, on its own thread (the default).
+    #[default]
+    InProcess,
+    /// In a child process of its own (`vigil monitor serve-dylib`), so a
+    /// crash costs only that monitor.
+    Process,
+}
+
 /// How a monitor is run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorKind {
     /// `plugin` as written: a path (contains `/`) or a name to search.
     Dylib {
         plugin: String,
+        isolation: Isolation,
     },
     Exec {
         command: Vec<String>,
@@ -600,14 +614,27 @@ pub fn load_monitor_text(
                 &mut errors,
                 span_of(&raw.mode, &raw.kind),
             );
+            let isolation = match raw.isolation.as_ref().map(|i| (i, i.get_ref().as_str())) {
+                None | Some((_, "in_process")) => Isolation::InProcess,
+                Some((_, "process")) => Isolation::Process,
+                Some((i, other)) => {
+                    errors.push(file.error_at(
+                        i.span(),
+                        format!("isolation {other:?} is not one of \"in_process\", \"process\""),
+                    ));
+                    Isolation::InProcess
+                }
+            };
             match &raw.plugin {
                 Some(p) if !p.get_ref().trim().is_empty() => MonitorKind::Dylib {
                     plugin: p.get_ref().clone(),
+                    isolation,
                 },
                 Some(p) => {
                     errors.push(file.error_at(p.span(), "plugin must not be empty"));
                     MonitorKind::Dylib {
                         plugin: String::new(),
+                        isolation: Isolation::InProcess,
                     }
                 }
                 None => {
@@ -617,6 +644,7 @@ pub fn load_monitor_text(
                     ));
                     MonitorKind::Dylib {
                         plugin: String::new(),
+                        isolation: Isolation::InProcess,
                     }
                 }
             }
@@ -627,6 +655,12 @@ pub fn load_monitor_text(
                 "plugin",
                 &mut errors,
                 span_of(&raw.plugin, &raw.kind),
+            );
+            refuse(
+                raw.isolation.is_some(),
+                "isolation",
+                &mut errors,
+                span_of(&raw.isolation, &raw.kind),
             );
             let mode = match &raw.mode {
                 None => Mode::Oneshot,
@@ -655,6 +689,12 @@ pub fn load_monitor_text(
                 span_of(&raw.plugin, &raw.kind),
             );
             refuse(
+                raw.isolation.is_some(),
+                "isolation",
+                &mut errors,
+                span_of(&raw.isolation, &raw.kind),
+            );
+            refuse(
                 raw.mode.is_some(),
                 "mode",
                 &mut errors,
@@ -671,6 +711,7 @@ pub fn load_monitor_text(
             ));
             MonitorKind::Dylib {
                 plugin: String::new(),
+                isolation: Isolation::InProcess,
             }
         }
     };

@@ -672,14 +672,17 @@ pub fn load_package_text(
         // 0 is allowed: halt at once on unknown.
         let unknown_timeout = match &r.unknown_timeout_seconds {
             None => DEFAULT_UNKNOWN_TIMEOUT,
-            Some(s) => s.get_ref().to_duration((0.0, 86_400.0)).unwrap_or_else(|e| {
-                err(
-                    &mut errors,
-                    s.span(),
-                    format!("unknown_timeout_seconds {e}"),
-                );
-                DEFAULT_UNKNOWN_TIMEOUT
-            }),
+            Some(s) => s
+                .get_ref()
+                .to_duration((0.0, 86_400.0))
+                .unwrap_or_else(|e| {
+                    err(
+                        &mut errors,
+                        s.span(),
+                        format!("unknown_timeout_seconds {e}"),
+                    );
+                    DEFAULT_UNKNOWN_TIMEOUT
+                }),
         };
         resources.push(ResourceRequirement {
             name: rname,

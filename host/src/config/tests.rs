@@ -62,7 +62,7 @@ fn valid_monitors_of_each_kind() {
         ],
         expect![[r#"
             cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
-            monitor lan Dylib { plugin: "vigil_lan" } every 5s timeout 2s params {"interfaces":["eth0"]}
+            monitor lan Dylib { plugin: "vigil_lan", isolation: InProcess } every 5s timeout 2s params {"interfaces":["eth0"]}
             monitor load Nagios { command: ["check_load", "-w", "1,1,1"] } every 500ms timeout 2s params {}
             monitor tail Exec { command: ["./t.sh"], mode: Stream } every 5s timeout 2s params {}
         "#]],
@@ -97,8 +97,8 @@ fn errors_name_file_and_line_and_keep_other_monitors() {
         ],
         expect![[r#"
             cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
-            monitor d Dylib { plugin: "p" } every 5s timeout 2s params {}
-            DIR/monitors.d/a.toml:5: unknown field `intervall`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `interval_seconds`, `timeout_seconds`, `enabled`, `params`
+            monitor d Dylib { plugin: "p", isolation: InProcess } every 5s timeout 2s params {}
+            DIR/monitors.d/a.toml:5: unknown field `intervall`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `isolation`, `interval_seconds`, `timeout_seconds`, `enabled`, `params`
             DIR/monitors.d/b.toml:2: type "snmp" is not one of "dylib", "exec", "nagios"
             DIR/monitors.d/c.toml:4: interval_seconds must be a number of seconds from 0.01 to 86400, got 0
             DIR/monitors.d/c.toml:3: command must name a program
@@ -216,4 +216,31 @@ fn files_that_are_not_regular_or_too_large_are_refused_without_blocking() {
     "#]];
     expected.assert_eq(&rendered);
     assert_eq!(loaded.len(), 1, "the file at the limit loads");
+}
+
+#[test]
+fn isolation_applies_to_dylib_monitors_only() {
+    check(
+        CLUSTER,
+        &[
+            (
+                "own.toml",
+                "name = \"own\"\ntype = \"dylib\"\nplugin = \"p\"\nisolation = \"process\"\n",
+            ),
+            (
+                "typo.toml",
+                "name = \"typo\"\ntype = \"dylib\"\nplugin = \"p\"\nisolation = \"sandbox\"\n",
+            ),
+            (
+                "exec.toml",
+                "name = \"exec\"\ntype = \"exec\"\ncommand = [\"x\"]\nisolation = \"process\"\n",
+            ),
+        ],
+        expect![[r#"
+            cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
+            monitor own Dylib { plugin: "p", isolation: Process } every 5s timeout 2s params {}
+            DIR/monitors.d/exec.toml:4: isolation does not apply to type = "exec"
+            DIR/monitors.d/typo.toml:4: isolation "sandbox" is not one of "in_process", "process"
+        "#]],
+    );
 }

@@ -67,8 +67,21 @@ impl ExecParser {
 
     /// Interprets the next line; errors say which line and why.
     pub fn feed(&mut self, line: &str) -> Result<ExecMessage, String> {
+        self.feed_bytes(line.as_bytes())
+    }
+
+    /// [`ExecParser::feed`] for a line as read: a line that is not UTF-8
+    /// is refused, not patched, since replacement characters would become
+    /// names, values and reasons the monitor never sent.
+    pub fn feed_bytes(&mut self, bytes: &[u8]) -> Result<ExecMessage, String> {
         self.line += 1;
         let at = self.line;
+        let line = std::str::from_utf8(bytes).map_err(|e| {
+            format!(
+                "line {at}: not valid UTF-8 (bad byte at offset {})",
+                e.valid_up_to()
+            )
+        })?;
         if line.trim().is_empty() {
             return Ok(ExecMessage::Nothing);
         }
@@ -180,6 +193,24 @@ mod tests {
                 error: line 7: sample for /app/x/up: value must be a number, a string or null, got {"a":1}
                 error: line 8: line is not JSON with a known shape: expected ident at line 1 column 2
             "#]],
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_line() {
+        let mut parser = ExecParser::new(Mode::Oneshot);
+        parser
+            .feed(r#"{"type":"hello","protocol":1,"publishes":["/a/*"]}"#)
+            .unwrap();
+        let bad = b"{\"type\":\"sample\",\"name\":\"/a/b\",\"value\":\"caf\xe9\"}";
+        assert_eq!(
+            parser.feed_bytes(bad),
+            Err("line 2: not valid UTF-8 (bad byte at offset 43)".to_owned())
+        );
+        // The numbering goes on after it.
+        assert_eq!(
+            parser.feed("garbage").unwrap_err(),
+            "line 3: line is not JSON with a known shape: expected value at line 1 column 1"
         );
     }
 

@@ -14,6 +14,8 @@
 
 pub mod dylib;
 pub mod exec;
+pub mod isolated;
+pub mod output;
 pub mod subprocess;
 
 use std::path::PathBuf;
@@ -21,12 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::info;
 use vigil_sdk::proto::{MAX_LINE_BYTES, Mode};
 use vigil_sdk::{ResourcePattern, Sample, nagios};
 
-use crate::config::{MonitorConfig, MonitorKind};
+use crate::config::{Isolation, MonitorConfig, MonitorKind};
 use exec::{ExecMessage, ExecParser};
+use output::{MAX_TEXT_LEN, MonitorLog, Source, cap_text};
 use subprocess::{BoundedLines, Exit};
 
 /// What a monitor reported.
@@ -74,21 +77,41 @@ impl Drop for RunningMonitor {
 pub fn spawn(config: MonitorConfig, ctx: RuntimeContext, emit: Emit) -> RunningMonitor {
     let config = resolve_command(config, &ctx);
     let name = config.name.clone();
+    let log = MonitorLog::new(&name);
+    // Every failure, from the task or from a plugin's event thread, is
+    // logged through the monitor's gate: a failing monitor repeats itself
+    // every interval, and that must not fill the log.
+    let emit: Emit = {
+        let log = log.clone();
+        Arc::new(move |event: MonitorEvent| {
+            if let MonitorEvent::Failed { reason, .. } = &event {
+                log.failure(reason);
+            }
+            emit(event)
+        })
+    };
     let task = tokio::spawn(async move {
         match config.kind.clone() {
-            MonitorKind::Dylib { plugin } => run_dylib(&config, &plugin, &ctx, &emit).await,
+            MonitorKind::Dylib {
+                plugin,
+                isolation: Isolation::Process,
+            } => run_isolated(&config, &plugin, &ctx, &emit, &log).await,
+            MonitorKind::Dylib {
+                plugin,
+                isolation: Isolation::InProcess,
+            } => run_dylib(&config, &plugin, &ctx, &emit).await,
             MonitorKind::Exec {
                 command,
                 mode: Mode::Oneshot,
-            } => run_periodic(&config, &emit, Periodic::Exec(&command)).await,
+            } => run_periodic(&config, &emit, &log, Periodic::Exec(&command)).await,
             MonitorKind::Exec {
                 command,
                 mode: Mode::Stream,
-            } => run_stream(&config, &command, &emit).await,
+            } => run_stream(&config, &command, &emit, &log).await,
             MonitorKind::Nagios { command } => {
                 if let Some(patterns) = nagios_patterns(&config.name, &emit) {
                     emit(declared(&config, patterns));
-                    run_periodic(&config, &emit, Periodic::Nagios(&command)).await;
+                    run_periodic(&config, &emit, &log, Periodic::Nagios(&command)).await;
                 }
             }
         }
@@ -117,12 +140,13 @@ fn declared(config: &MonitorConfig, patterns: Vec<ResourcePattern>) -> MonitorEv
     }
 }
 
-fn failed(config: &MonitorConfig, reason: impl Into<String>) -> MonitorEvent {
-    let reason = reason.into();
-    warn!(monitor = %config.name, %reason, "monitor failed");
+/// A failure, its reason cut to [`MAX_TEXT_LEN`] like a sample's: a monitor
+/// that says 900 kB of why must not have them kept, shown and logged.
+/// Logging is the caller's emit's job (see [`spawn`]).
+fn failed(config: &MonitorConfig, reason: impl AsRef<str>) -> MonitorEvent {
     MonitorEvent::Failed {
         monitor: config.name.clone(),
-        reason,
+        reason: cap_text(reason.as_ref(), MAX_TEXT_LEN),
     }
 }
 
@@ -132,7 +156,7 @@ fn nagios_patterns(name: &str, emit: &Emit) -> Option<Vec<ResourcePattern>> {
         Err(e) => {
             emit(MonitorEvent::Failed {
                 monitor: name.to_owned(),
-                reason: e.to_string(),
+                reason: cap_text(&e.to_string(), MAX_TEXT_LEN),
             });
             None
         }
@@ -164,12 +188,18 @@ enum Periodic<'a> {
     Nagios(&'a [String]),
 }
 
-async fn run_periodic(config: &MonitorConfig, emit: &Emit, run: Periodic<'_>) {
+async fn run_periodic(config: &MonitorConfig, emit: &Emit, log: &MonitorLog, run: Periodic<'_>) {
     let mut ticks = ticker(config.interval);
     loop {
         let events = match run {
-            Periodic::Exec(command) => exec_once(config, command).await,
-            Periodic::Nagios(command) => nagios_once(config, command).await,
+            Periodic::Exec(command) => exec_once(config, command, log).await,
+            Periodic::Nagios(command) => {
+                let run = nagios_once(config, command).await;
+                for dropped in &run.dropped {
+                    log.warning(dropped);
+                }
+                run.events
+            }
         };
         for event in events {
             emit(event);
@@ -204,6 +234,42 @@ async fn run_dylib(config: &MonitorConfig, plugin: &str, ctx: &RuntimeContext, e
     }
 }
 
+/// The command that serves `plugin` in a child process (see [`isolated`]).
+fn isolated_command(
+    config: &MonitorConfig,
+    plugin: &str,
+    ctx: &RuntimeContext,
+) -> Result<Vec<String>, String> {
+    let path =
+        dylib::resolve(plugin, &ctx.config_dir, &ctx.plugin_search).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the vigil executable to serve the plugin: {e}"))?;
+    Ok(isolated::command(&exe, &path, config.timeout))
+}
+
+/// Runs a dylib monitor in a child process as a streaming exec monitor: a
+/// crash ends the stream, and the stream runner makes the resources unknown
+/// and restarts it with backoff.
+async fn run_isolated(
+    config: &MonitorConfig,
+    plugin: &str,
+    ctx: &RuntimeContext,
+    emit: &Emit,
+    log: &MonitorLog,
+) {
+    let mut ticks = ticker(config.interval);
+    // Retries until the plugin is found: it may be installed after the host starts.
+    let command = loop {
+        match isolated_command(config, plugin, ctx) {
+            Ok(command) => break command,
+            Err(reason) => emit(failed(config, reason)),
+        }
+        ticks.tick().await;
+    };
+    info!(monitor = %config.name, "dylib monitor starting in its own process");
+    run_stream(config, &command, emit, log).await;
+}
+
 async fn start_dylib(
     config: &MonitorConfig,
     plugin: &str,
@@ -224,7 +290,7 @@ async fn start_dylib(
                     },
                     Err(e) => MonitorEvent::Failed {
                         monitor: name.clone(),
-                        reason: e.to_string(),
+                        reason: cap_text(&e.to_string(), MAX_TEXT_LEN),
                     },
                 })
             },
@@ -243,7 +309,11 @@ async fn start_dylib(
 }
 
 /// One run of a one-shot exec monitor.
-async fn exec_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEvent> {
+async fn exec_once(
+    config: &MonitorConfig,
+    command: &[String],
+    log: &MonitorLog,
+) -> Vec<MonitorEvent> {
     let hello = exec::host_hello(&config.name, Mode::Oneshot, config.interval, &config.params);
     let out = match subprocess::run_once(command, Some(&hello), config.timeout).await {
         Ok(out) => out,
@@ -255,18 +325,21 @@ async fn exec_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEve
     let mut parser = ExecParser::new(Mode::Oneshot);
     let mut events = Vec::new();
     let mut samples = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        match parser.feed(line) {
+    let stdout = out.stdout.strip_suffix(b"\n").unwrap_or(&out.stdout);
+    for bytes in stdout.split(|b| *b == b'\n') {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        match parser.feed_bytes(bytes) {
             Ok(ExecMessage::Hello(patterns)) => events.push(declared(config, patterns)),
             Ok(ExecMessage::Samples(mut s)) => samples.append(&mut s),
             Ok(ExecMessage::Error(message)) => return vec![failed(config, message)],
-            Ok(ExecMessage::Log { message, .. }) => {
-                info!(monitor = %config.name, %message, "monitor log")
+            Ok(ExecMessage::Log { level, message }) => {
+                log.line(Source::LogMessage, level.as_deref(), &message)
             }
             Ok(ExecMessage::Nothing) => {}
             Err(reason) => return vec![failed(config, reason)],
         }
     }
+    log.flush();
     if !parser.greeted() {
         return vec![failed(config, "exited without a hello line")];
     }
@@ -277,33 +350,51 @@ async fn exec_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEve
     events
 }
 
-/// One run of a Nagios check: exit code and output become samples.
-async fn nagios_once(config: &MonitorConfig, command: &[String]) -> Vec<MonitorEvent> {
+/// One run of a Nagios check: exit code and output become samples, and
+/// what of the output had to be dropped (each perfdata item, by label)
+/// becomes a warning.
+struct NagiosRun {
+    events: Vec<MonitorEvent>,
+    dropped: Vec<String>,
+}
+
+async fn nagios_once(config: &MonitorConfig, command: &[String]) -> NagiosRun {
+    let only = |event| NagiosRun {
+        events: vec![event],
+        dropped: Vec::new(),
+    };
     let out = match subprocess::run_once(command, None, config.timeout).await {
         Ok(out) => out,
-        Err(e) => return vec![failed(config, e.to_string())],
+        Err(e) => return only(failed(config, e.to_string())),
     };
     let code = match out.exit {
-        Exit::Code(c) => Some(c),
-        Exit::Signal(_) => None,
-        Exit::TimedOut | Exit::OutputTooLarge => {
-            return vec![failed(config, out.describe_failure(config.timeout))];
+        Exit::Code(c) => c,
+        // A check killed half way may have printed perfdata from before it
+        // broke, or nonsense: none of it is trusted.
+        Exit::Signal(_) | Exit::TimedOut | Exit::OutputTooLarge => {
+            return only(failed(config, out.describe_failure(config.timeout)));
         }
     };
-    let output = nagios::CheckOutput::parse(code, &String::from_utf8_lossy(&out.stdout));
+    let output = nagios::CheckOutput::parse(Some(code), &String::from_utf8_lossy(&out.stdout));
     match nagios::samples(&config.name, &output) {
-        Ok(result) => {
-            for error in &result.errors {
-                debug!(monitor = %config.name, %error, "perfdata item skipped");
-            }
-            vec![MonitorEvent::Samples {
+        Ok(result) => NagiosRun {
+            events: vec![MonitorEvent::Samples {
                 monitor: config.name.clone(),
                 samples: result.samples,
-            }]
-        }
-        Err(e) => vec![failed(config, e.to_string())],
+            }],
+            dropped: result
+                .errors
+                .iter()
+                .map(|e| cap_text(&e.to_string(), MAX_TEXT_LEN))
+                .collect(),
+        },
+        Err(e) => only(failed(config, e.to_string())),
     }
 }
+
+/// Longest stderr line of a streaming monitor read whole (and then cut to
+/// [`MAX_TEXT_LEN`] in the log); a longer one is logged as a note.
+const MAX_STDERR_LINE: usize = 4096;
 
 /// Longest a streaming monitor waits before a restart.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -312,11 +403,11 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs a streaming exec monitor for ever, restarting it with exponential
 /// backoff (1 s doubling to 60 s) whenever it exits or misbehaves.
-async fn run_stream(config: &MonitorConfig, command: &[String], emit: &Emit) {
+async fn run_stream(config: &MonitorConfig, command: &[String], emit: &Emit, log: &MonitorLog) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
-        let reason = stream_once(config, command, emit, None).await;
+        let reason = stream_once(config, command, emit, log, None).await;
         emit(failed(config, reason));
         if started.elapsed() >= HEALTHY_RUN {
             backoff = Duration::from_secs(1);
@@ -332,52 +423,80 @@ async fn stream_once(
     config: &MonitorConfig,
     command: &[String],
     emit: &Emit,
+    log: &MonitorLog,
     until_samples: Option<()>,
 ) -> String {
     let mut child = match subprocess::spawn(command, true) {
         Ok(c) => c,
         Err(e) => return e.to_string(),
     };
-    let guard = GroupGuard(child.id());
+    let group = subprocess::ProcessGroup::of(&child);
     let hello = exec::host_hello(&config.name, Mode::Stream, config.interval, &config.params);
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
         let _ = stdin.write_all(&hello).await;
     }
-    if let Some(stderr) = child.stderr.take() {
-        let name = config.name.clone();
+    let stderr_task = child.stderr.take().map(|stderr| {
+        let log = log.clone();
         tokio::spawn(async move {
-            let mut lines = BoundedLines::new(stderr, 4096);
-            while let Ok(Some(line)) = lines.next_line().await {
-                info!(monitor = %name, line = %line, "monitor stderr");
+            // Read all of it, whatever is logged: a child blocked on a full
+            // stderr pipe would stop sending samples.
+            let mut lines = BoundedLines::new(stderr, MAX_STDERR_LINE);
+            loop {
+                // A quiet second reports what a flood that stopped dropped.
+                let next =
+                    match tokio::time::timeout(Duration::from_secs(1), lines.next_line()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            log.flush();
+                            continue;
+                        }
+                    };
+                match next {
+                    Ok(Some(line)) => log.line(Source::Stderr, None, &line),
+                    Err(subprocess::LineError::TooLong(max)) => log.line(
+                        Source::Stderr,
+                        None,
+                        &format!("(a line longer than {max} bytes, not shown)"),
+                    ),
+                    Ok(None) | Err(subprocess::LineError::Io(_)) => break,
+                }
             }
-        });
-    }
+            log.flush();
+        })
+    });
     // Piped in `spawn`, so present.
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BoundedLines::new(stdout, MAX_LINE_BYTES);
     let mut parser = ExecParser::new(Mode::Stream);
+    // What the monitor last said was wrong: a monitor that explains itself
+    // and exits is reported with its explanation, not only its exit status.
+    let mut last_error: Option<String> = None;
     let reason = loop {
         let next = if parser.greeted() {
-            Ok(lines.next_line().await)
+            Ok(lines.next_line_bytes().await)
         } else {
-            tokio::time::timeout(config.timeout, lines.next_line()).await
+            tokio::time::timeout(config.timeout, lines.next_line_bytes()).await
         };
-        let line = match next {
+        let bytes = match next {
             Err(_) => break format!("no hello within {:?}", config.timeout),
             Ok(Err(e)) => break format!("stdout: {e}"),
             Ok(Ok(None)) => {
                 let status = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
                 break match status {
-                    Ok(Ok(s)) => format!("exited ({s})"),
+                    Ok(Ok(s)) => match &last_error {
+                        Some(said) => format!("{said} (then exited: {s})"),
+                        None => format!("exited ({s})"),
+                    },
                     _ => "closed stdout".to_owned(),
                 };
             }
-            Ok(Ok(Some(line))) => line,
+            Ok(Ok(Some(bytes))) => bytes,
         };
-        match parser.feed(&line) {
+        match parser.feed_bytes(&bytes) {
             Ok(ExecMessage::Hello(patterns)) => emit(declared(config, patterns)),
             Ok(ExecMessage::Samples(samples)) => {
+                last_error = None;
                 emit(MonitorEvent::Samples {
                     monitor: config.name.clone(),
                     samples,
@@ -386,9 +505,12 @@ async fn stream_once(
                     break String::new();
                 }
             }
-            Ok(ExecMessage::Error(message)) => emit(failed(config, message)),
-            Ok(ExecMessage::Log { message, .. }) => {
-                info!(monitor = %config.name, %message, "monitor log")
+            Ok(ExecMessage::Error(message)) => {
+                emit(failed(config, &message));
+                last_error = Some(message);
+            }
+            Ok(ExecMessage::Log { level, message }) => {
+                log.line(Source::LogMessage, level.as_deref(), &message)
             }
             Ok(ExecMessage::Nothing) => {}
             // A bad line makes the resources unknown; the stream goes on, and
@@ -397,24 +519,13 @@ async fn stream_once(
             Err(reason) => break reason,
         }
     };
-    drop(guard);
-    subprocess::kill_and_reap(&mut child).await;
-    reason
-}
-
-/// Kills a process group when dropped, including when the task owning it is
-/// aborted at shutdown.
-struct GroupGuard(Option<u32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+    subprocess::kill_and_reap(&group, &mut child).await;
+    if let Some(task) = stderr_task {
+        // The group is dead, so stderr is at its end or nearly.
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
     }
+    log.flush();
+    reason
 }
 
 /// Runs a monitor once outside the daemon (for `vigil check` and
@@ -423,13 +534,36 @@ impl Drop for GroupGuard {
 /// since their hello comes from the program).
 pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> Vec<MonitorEvent> {
     let config = &resolve_command(config.clone(), ctx);
+    let log = MonitorLog::new(&config.name);
     let collected = Arc::new(std::sync::Mutex::new(Vec::new()));
     let emit: Emit = {
         let collected = Arc::clone(&collected);
         Arc::new(move |e| collected.lock().unwrap_or_else(|p| p.into_inner()).push(e))
     };
     match &config.kind {
-        MonitorKind::Dylib { plugin } => match start_dylib(config, plugin, ctx, None).await {
+        MonitorKind::Dylib {
+            plugin,
+            isolation: Isolation::Process,
+        } => match isolated_command(config, plugin, ctx) {
+            Ok(command) => {
+                let budget = config.timeout.max(config.interval) + config.timeout;
+                match tokio::time::timeout(
+                    budget,
+                    stream_once(config, &command, &emit, &log, Some(())),
+                )
+                .await
+                {
+                    Ok(reason) if reason.is_empty() => {}
+                    Ok(reason) => emit(failed(config, reason)),
+                    Err(_) => emit(failed(config, format!("no samples within {budget:?}"))),
+                }
+            }
+            Err(reason) => emit(failed(config, reason)),
+        },
+        MonitorKind::Dylib {
+            plugin,
+            isolation: Isolation::InProcess,
+        } => match start_dylib(config, plugin, ctx, None).await {
             Ok((worker, patterns)) => {
                 emit(declared(config, patterns));
                 if poll {
@@ -448,7 +582,7 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
             command,
             mode: Mode::Oneshot,
         } => {
-            for e in exec_once(config, command).await {
+            for e in exec_once(config, command, &log).await {
                 emit(e);
             }
         }
@@ -457,7 +591,8 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
             mode: Mode::Stream,
         } => {
             let budget = config.timeout.max(config.interval) + config.timeout;
-            match tokio::time::timeout(budget, stream_once(config, command, &emit, Some(()))).await
+            match tokio::time::timeout(budget, stream_once(config, command, &emit, &log, Some(())))
+                .await
             {
                 Ok(reason) if reason.is_empty() => {}
                 Ok(reason) => emit(failed(config, reason)),
@@ -468,8 +603,13 @@ pub async fn probe(config: &MonitorConfig, ctx: &RuntimeContext, poll: bool) -> 
             if let Some(patterns) = nagios_patterns(&config.name, &emit) {
                 emit(declared(config, patterns));
                 if poll {
-                    for e in nagios_once(config, command).await {
+                    let run = nagios_once(config, command).await;
+                    for e in run.events {
                         emit(e);
+                    }
+                    // For `monitor test`, every dropped item is an error.
+                    for reason in run.dropped {
+                        emit(failed(config, reason));
                     }
                 } else if let Err(e) = check_executable(&command[0]) {
                     emit(failed(config, e));

@@ -1,7 +1,12 @@
 //! Running untrusted monitor programs: each child in its own process group,
 //! every run under a deadline, every output under a size bound, every child
-//! reaped. On timeout or overflow the whole group is killed with SIGKILL, so
-//! a script's own children go too.
+//! reaped. When a run ends, however it ends (normal exit, timeout, overflow,
+//! or the task running it being dropped at shutdown or reload), the whole
+//! group is killed with SIGKILL, so a script's own children go too.
+//!
+//! What it does not do: catch a descendant that leaves the group on purpose
+//! (`setsid`, `setpgid`). Only a cgroup would; see docs/operations.md for
+//! why the host does not make one per monitor.
 //!
 //! This module knows nothing of the exec protocol or Nagios conventions; it
 //! hands back bytes and how the process ended.
@@ -95,16 +100,41 @@ fn spawn_command(mut cmd: Command) -> Result<Child, SpawnError> {
     cmd.spawn().map_err(|source| SpawnError { program, source })
 }
 
-/// Kills the child's whole process group. Harmless if it is already gone.
-pub fn kill_group(child: &Child) {
-    if let Some(pid) = child.id() {
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+/// The process group of a spawned child, killed with SIGKILL when dropped.
+///
+/// It keeps the group id from the spawn because `Child::id` forgets the pid
+/// once the child has been reaped, and a group outlives its leader: the
+/// children a script left behind are still in it after it exited. Holding
+/// the id is safe: the kernel does not hand out a pid again while a process
+/// group of that number has members, and once the group is empty a kill hits
+/// nothing (`ESRCH`).
+#[derive(Debug)]
+pub struct ProcessGroup(Option<Pid>);
+
+impl ProcessGroup {
+    /// The group of `child`, which must have been spawned with
+    /// `process_group(0)` (as [`command`] does): its pid is its group id.
+    pub fn of(child: &Child) -> Self {
+        Self(child.id().map(|pid| Pid::from_raw(pid as i32)))
+    }
+
+    /// Kills every process left in the group. Harmless if it is empty.
+    pub fn kill(&self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
 /// Kills the group and waits for the child, so it never lingers as a zombie.
-pub async fn kill_and_reap(child: &mut Child) {
-    kill_group(child);
+pub async fn kill_and_reap(group: &ProcessGroup, child: &mut Child) {
+    group.kill();
     let _ = child.wait().await;
 }
 
@@ -145,6 +175,9 @@ pub async fn run_command(
 ) -> Result<RunOutput, SpawnError> {
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     let mut child = spawn_command(cmd)?;
+    // Dropped also when the task running this is aborted (monitor removed,
+    // host stopping): the group dies with the run.
+    let group = ProcessGroup::of(&child);
     if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
         let input = input.to_vec();
         // A child that never reads stdin must not block us: write in the
@@ -156,7 +189,7 @@ pub async fn run_command(
     // Both are pipes as `command` sets them up; a caller that changed
     // that gets an error instead of a panic.
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_and_reap(&mut child).await;
+        kill_and_reap(&group, &mut child).await;
         return Err(SpawnError {
             program,
             source: std::io::Error::other("stdout and stderr must be piped"),
@@ -195,8 +228,9 @@ pub async fn run_command(
             _ = tokio::time::sleep_until(deadline) => break Exit::TimedOut,
         }
     };
-    // Whatever happened, nothing of the group may outlive the run.
-    kill_and_reap(&mut child).await;
+    // Whatever happened, nothing of the group may outlive the run: not the
+    // children a script started and forgot, not a grandchild holding stdout.
+    kill_and_reap(&group, &mut child).await;
     let stderr = tokio::time::timeout(EXIT_GRACE, stderr_task)
         .await
         .ok()
@@ -242,9 +276,15 @@ pub enum LineError {
 }
 
 /// Reads newline-terminated lines with a bound on each line's length.
+///
+/// Cancel-safe: a partial line waits in the reader, so a `next_line` dropped
+/// by a timeout loses nothing. A line longer than the bound is reported once
+/// and the rest of it, up to its newline, is skipped.
 pub struct BoundedLines<R> {
     reader: BufReader<R>,
     max: usize,
+    line: Vec<u8>,
+    skipping: bool,
 }
 
 impl<R: AsyncRead + Unpin> BoundedLines<R> {
@@ -252,48 +292,62 @@ impl<R: AsyncRead + Unpin> BoundedLines<R> {
         Self {
             reader: BufReader::new(reader),
             max,
+            line: Vec::new(),
+            skipping: false,
         }
     }
 
-    /// The next line without its newline; `None` at end of stream.
+    /// The next line without its newline (nor a `\r` before it), invalid
+    /// UTF-8 replaced; `None` at end of stream.
     pub async fn next_line(&mut self) -> Result<Option<String>, LineError> {
-        let mut line = Vec::new();
+        Ok(self.next_line_bytes().await?.map(|line| {
+            String::from_utf8(line)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }))
+    }
+
+    /// The next line's bytes without its newline (nor a `\r` before it);
+    /// `None` at end of stream.
+    pub async fn next_line_bytes(&mut self) -> Result<Option<Vec<u8>>, LineError> {
         loop {
             let buf = self.reader.fill_buf().await?;
             if buf.is_empty() {
-                return Ok(if line.is_empty() {
+                self.skipping = false;
+                return Ok(if self.line.is_empty() {
                     None
                 } else {
-                    Some(lossy(line))
+                    Some(trim_cr(std::mem::take(&mut self.line)))
                 });
             }
-            match buf.iter().position(|b| *b == b'\n') {
-                Some(i) => {
-                    line.extend_from_slice(&buf[..i]);
-                    self.reader.consume(i + 1);
-                    if line.len() > self.max {
-                        return Err(LineError::TooLong(self.max));
-                    }
-                    return Ok(Some(lossy(line)));
-                }
-                None => {
-                    let n = buf.len();
-                    line.extend_from_slice(buf);
-                    self.reader.consume(n);
-                    if line.len() > self.max {
-                        return Err(LineError::TooLong(self.max));
-                    }
-                }
+            let (len, newline) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i, true),
+                None => (buf.len(), false),
+            };
+            if !self.skipping {
+                self.line.extend_from_slice(&buf[..len]);
+            }
+            self.reader.consume(len + usize::from(newline));
+            if self.skipping {
+                self.skipping = !newline;
+                continue;
+            }
+            if self.line.len() > self.max {
+                self.line.clear();
+                self.skipping = !newline;
+                return Err(LineError::TooLong(self.max));
+            }
+            if newline {
+                return Ok(Some(trim_cr(std::mem::take(&mut self.line))));
             }
         }
     }
 }
 
-fn lossy(mut line: Vec<u8>) -> String {
+fn trim_cr(mut line: Vec<u8>) -> Vec<u8> {
     if line.last() == Some(&b'\r') {
         line.pop();
     }
-    String::from_utf8(line).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    line
 }
 
 #[cfg(test)]
@@ -316,6 +370,66 @@ mod tests {
         assert_eq!(out.exit, Exit::Code(3));
         assert_eq!(out.stdout, b"in\nout\n");
         assert_eq!(out.stderr.trim(), "err");
+    }
+
+    /// Waits (up to 5 s) until `pid` is gone or a zombie; false if it is
+    /// still running then.
+    async fn ends(pid: i32) -> bool {
+        for _ in 0..250 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Not ours to leave behind, whatever the assertion says.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        false
+    }
+
+    fn read_pid(path: &std::path::Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn children_left_in_the_group_after_a_normal_exit_are_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // The child does not hold stdout: the run ends at once, with the
+        // sleep still in the group.
+        let script = format!(
+            "sleep 1000 >/dev/null 2>&1 & echo $! > {}; echo done",
+            pidfile.display()
+        );
+        let out = run_once(&sh(&script), None, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out.exit, Exit::Code(0));
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "child {pid} survived the run");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
+        let run =
+            tokio::spawn(
+                async move { run_once(&sh(&script), None, Duration::from_secs(600)).await },
+            );
+        while std::fs::read_to_string(&pidfile).map_or(true, |s| !s.ends_with('\n')) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // What the daemon does to a monitor it removes or stops.
+        run.abort();
+        let _ = run.await;
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "child {pid} survived the aborted run");
     }
 
     #[tokio::test]
@@ -357,16 +471,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn grandchild_holding_stdout_does_not_hang_the_run() {
-        let out = run_once(
-            &sh("echo hi; sleep 1000 & exit 0"),
-            None,
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap();
+    async fn grandchild_holding_stdout_does_not_hang_the_run_nor_outlive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "echo hi; sleep 1000 & echo $! > {}; exit 0",
+            pidfile.display()
+        );
+        let out = run_once(&sh(&script), None, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(out.exit, Exit::Code(0));
         assert_eq!(out.stdout, b"hi\n");
+        let pid = read_pid(&pidfile);
+        assert!(ends(pid).await, "grandchild {pid} outlived the run");
     }
 
     #[tokio::test]
@@ -379,6 +497,36 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/prog"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_long_line_arriving_in_pieces_is_skipped_to_its_newline() {
+        let (mut writer, reader) = tokio::io::duplex(16);
+        tokio::spawn(async move {
+            let long = format!("{}\nok\n", "a".repeat(100));
+            let _ = writer.write_all(long.as_bytes()).await;
+        });
+        let mut lines = BoundedLines::new(reader, 20);
+        assert!(matches!(
+            lines.next_line().await,
+            Err(LineError::TooLong(20))
+        ));
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ok"));
+        assert_eq!(lines.next_line().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_line_read_across_a_timeout_is_not_lost() {
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut lines = BoundedLines::new(reader, 100);
+        writer.write_all(b"first ha").await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(50), lines.next_line()).await;
+        assert!(cut.is_err(), "a partial line is not a line");
+        writer.write_all(b"lf\n").await.unwrap();
+        assert_eq!(
+            lines.next_line().await.unwrap().as_deref(),
+            Some("first half")
+        );
     }
 
     #[tokio::test]

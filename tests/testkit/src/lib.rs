@@ -3,7 +3,7 @@
 //! healthy, hangs, panics, or publishes many resources.
 //!
 //! Params: `instance` (name segment, required), `behavior` (`ok`, `hang`,
-//! `panic`, `panic_configure`, `undeclared`; default `ok`), `count`
+//! `panic`, `panic_configure`, `undeclared`, `segfault`; default `ok`), `count`
 //! (resources to publish, default 1), `push_ms` (push a sample of resource 0
 //! every N ms from an event thread; default off), `after_polls` (behave
 //! well for this many polls first; default 0).
@@ -28,6 +28,8 @@ enum Behavior {
     Panic,
     PanicConfigure,
     Undeclared,
+    /// Dies of SIGSEGV in poll, as a broken C plugin would.
+    Segfault,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +96,21 @@ impl Monitor for Testkit {
                 std::thread::sleep(Duration::from_secs(3600));
             },
             Behavior::Panic => panic!("testkit: panicking in poll as asked"),
+            Behavior::Segfault => {
+                // SAFETY: none wanted: this kills the process on purpose, the
+                // way a plugin's bad pointer would.
+                unsafe {
+                    // No core file left wherever the test runs.
+                    let none = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::setrlimit(libc::RLIMIT_CORE, &none);
+                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                    libc::raise(libc::SIGSEGV);
+                }
+                unreachable!("SIGSEGV is fatal")
+            }
             Behavior::Undeclared => {
                 let name = ResourceName::new("/elsewhere/x").map_err(|e| e.to_string())?;
                 Ok(vec![Sample::up(name)])
