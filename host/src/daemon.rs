@@ -242,6 +242,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         hub,
         topology,
         manager,
+        refusal_logs: BTreeMap::new(),
     };
     state.manager.step(&state.hub).await;
     while let Some(event) = inbox.recv().await {
@@ -425,18 +426,32 @@ struct DaemonState {
     hub: ResourceHub,
     topology: Topology,
     manager: PackageManager,
+    /// Per monitor, the log budget for its refused samples: a monitor that
+    /// floods undeclared samples must not flood the log.
+    refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
 }
 
 impl DaemonState {
     async fn on_monitor_event(&mut self, event: MonitorEvent) {
+        let monitor = match &event {
+            MonitorEvent::Declared { monitor, .. }
+            | MonitorEvent::Samples { monitor, .. }
+            | MonitorEvent::Failed { monitor, .. } => monitor.clone(),
+        };
         let (applied, transitions) = self.hub.apply(event, now_ms());
         // One line per recorded sample: its log timestamp is when the host
         // knew the value, which `bench/detection_latency` measures against.
         for sample in &applied.recorded {
             debug!(resource = %sample.name, value = %sample.value.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string), "sample recorded");
         }
-        for refusal in applied.refused {
-            warn!(%refusal, "sample refused");
+        if !applied.refused.is_empty() {
+            let log = self
+                .refusal_logs
+                .entry(monitor.clone())
+                .or_insert_with(|| runtime::output::MonitorLog::new(&monitor));
+            for refusal in &applied.refused {
+                log.refused(refusal);
+            }
         }
         for t in &transitions {
             info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
