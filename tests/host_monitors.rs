@@ -966,3 +966,36 @@ fn an_isolated_dylib_that_segfaults_costs_only_its_own_resources_and_is_restarte
         }
     });
 }
+
+#[test]
+fn a_flood_of_undeclared_samples_is_rate_limited_in_the_host_log() {
+    let cfg = ConfigDir::new();
+    // 100,000 samples for a resource the monitor never declared, then one
+    // it did.
+    cfg.script(
+        "liar.sh",
+        "#!/bin/sh\nread -r hello\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/liar/x\"],\"capabilities\":[\"stream\"]}'\nyes '{\"type\":\"sample\",\"name\":\"/elsewhere/x\",\"value\":1}' | head -n 100000\necho '{\"type\":\"sample\",\"name\":\"/liar/x\",\"value\":\"done\"}'\nexec sleep 600\n",
+    );
+    cfg.monitor(
+        "liar",
+        "name = \"liar\"\ntype = \"exec\"\nmode = \"stream\"\ncommand = [\"./liar.sh\"]\ntimeout_seconds = 5\n",
+    );
+    let host = cfg.start_host();
+    wait_for(
+        Duration::from_secs(120),
+        "the declared sample after the flood",
+        || {
+            let r = known(&cfg, "/liar/x")?;
+            if r["value"] == "done" {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    let refusals = log_lines(&host, &["sample refused"]);
+    assert!(
+        (1..1000).contains(&refusals),
+        "{refusals} of 100000 refusals logged"
+    );
+}

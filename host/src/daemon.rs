@@ -285,6 +285,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         reload: ReloadState::Idle,
         events: events.clone(),
         config_dir: options.config_dir.clone(),
+        refusal_logs: BTreeMap::new(),
     };
     state.manager.step(&state.hub).await;
     let mut notifier = crate::notify::Notifier::from_env();
@@ -501,6 +502,9 @@ struct DaemonState {
     reload: ReloadState,
     events: mpsc::UnboundedSender<Event>,
     config_dir: PathBuf,
+    /// Per monitor, the log budget for its refused samples: a monitor that
+    /// floods undeclared samples must not flood the log.
+    refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
 }
 
 /// Whether a reload task runs; a SIGHUP during one queues one more.
@@ -703,14 +707,25 @@ fn package_changes(
 
 impl DaemonState {
     async fn on_monitor_event(&mut self, event: MonitorEvent) {
+        let monitor = match &event {
+            MonitorEvent::Declared { monitor, .. }
+            | MonitorEvent::Samples { monitor, .. }
+            | MonitorEvent::Failed { monitor, .. } => monitor.clone(),
+        };
         let (applied, transitions) = self.hub.apply(event, now_ms());
         // One line per recorded sample: its log timestamp is when the host
         // knew the value, which `bench/detection_latency` measures against.
         for sample in &applied.recorded {
             debug!(resource = %sample.name, value = %sample.value.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string), "sample recorded");
         }
-        for refusal in applied.refused {
-            warn!(%refusal, "sample refused");
+        if !applied.refused.is_empty() {
+            let log = self
+                .refusal_logs
+                .entry(monitor.clone())
+                .or_insert_with(|| runtime::output::MonitorLog::new(&monitor));
+            for refusal in &applied.refused {
+                log.refused(refusal);
+            }
         }
         for t in &transitions {
             info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");

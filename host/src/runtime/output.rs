@@ -224,6 +224,17 @@ impl MonitorLog {
         self.repeatable(Repeat::Warning, message);
     }
 
+    /// Logs a sample the registry refused, within the budget (a monitor
+    /// that sends many undeclared samples repeats the same refusal).
+    pub fn refused(&self, refusal: &str) {
+        let Verdict::Log { suppressed } = self.gate().line(Instant::now()) else {
+            return;
+        };
+        self.report_suppressed(suppressed);
+        let refusal = cap_text(refusal, MAX_TEXT_LEN);
+        warn!(monitor = %self.name, %refusal, "sample refused");
+    }
+
     fn repeatable(&self, kind: Repeat, message: &str) {
         let FailureVerdict::Log {
             repeated,
