@@ -161,6 +161,28 @@ impl Drop for ClusterLink {
     }
 }
 
+/// An action ready to be recorded: the record write, and what follows it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    package: String,
+    revision: crate::store::Revision,
+    update: PackageUpdate,
+    then: AfterWrite,
+}
+
+/// What is handed to the agent once the record is written.
+#[derive(Debug, Clone)]
+enum AfterWrite {
+    Halt {
+        reason: Reason,
+        then_fail: Option<String>,
+    },
+    Run {
+        reason: Reason,
+        failover: bool,
+    },
+}
+
 /// A failover package whose ownership record is ours, waiting for the
 /// lease-bound permit to run (the previous holder must release it or die).
 #[derive(Debug, Clone)]
@@ -574,20 +596,19 @@ impl PackageManager {
         // All at once: a node that must stop everything (lease in doubt,
         // drained) does not halt one package per step.
         let mut halted = BTreeSet::new();
+        let mut prepared = Vec::new();
         for (package, reason, then_fail) in urgent {
-            if !halted.insert(package.clone()) {
-                continue;
-            }
-            match self
-                .dispatch_halt(&store, &package, reason, then_fail)
-                .await
+            if halted.insert(package.clone())
+                && let Some(p) = self.prepare_halt(&store, &package, reason, then_fail)
             {
-                Ok(()) => {
-                    self.failures.remove(&package);
-                }
-                Err(e) => warn!(%package, error = %e, "cannot start an urgent halt; retrying"),
+                prepared.push(p);
             }
         }
+        self.carry_out(prepared).await;
+        // A failure whose halt is under way is handled; one whose record
+        // write failed stays for the next step.
+        let in_flight = &self.in_flight;
+        self.failures.retain(|p, _| !in_flight.contains_key(p));
         if lease_lost || !halted.is_empty() {
             return Ok(());
         }
@@ -631,21 +652,110 @@ impl PackageManager {
         let room = self
             .max_parallel
             .saturating_sub(self.in_flight.len() + self.claiming.len());
-        for action in chosen.into_iter().take(room) {
-            if let Err(e) = self.dispatch(&store, &action, hub).await {
-                warn!(package = %action.package, error = %e, "cannot carry out {action}; replanning");
-            }
-        }
+        let prepared: Vec<Prepared> = chosen
+            .iter()
+            .take(room)
+            .filter_map(|action| self.prepare(&store, action, hub))
+            .collect();
+        self.carry_out(prepared).await;
         Ok(())
     }
 
-    /// Carries out one action of this node's plan.
-    async fn dispatch(
-        &mut self,
+    /// Writes the records of `prepared` all at once (one round of store
+    /// writes, not one per action: a hundred starts must not hold the main
+    /// loop for a hundred round trips), then hands what was recorded to the
+    /// agent, claiming the run permits of failover packages together too.
+    async fn carry_out(&mut self, prepared: Vec<Prepared>) {
+        if prepared.is_empty() {
+            return;
+        }
+        let mut writes = tokio::task::JoinSet::new();
+        for (i, p) in prepared.iter().enumerate() {
+            let store = Arc::clone(&self.store);
+            let (package, revision, update) = (p.package.clone(), p.revision, p.update.clone());
+            writes.spawn(async move { (i, store.update_package(package, revision, update).await) });
+        }
+        let mut results: Vec<Option<Result<Versioned<PackageRecord>, StoreError>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok((i, result)) => results[i] = Some(result),
+                Err(e) => warn!(error = %e, "a store write task failed"),
+            }
+        }
+        let mut claims = Vec::new();
+        for (p, result) in prepared.into_iter().zip(results) {
+            let updated = match result {
+                Some(Ok(updated)) => updated,
+                Some(Err(e)) => {
+                    warn!(package = %p.package, error = %e, "cannot record the action; replanning");
+                    continue;
+                }
+                None => continue,
+            };
+            match p.then {
+                AfterWrite::Halt { reason, then_fail } => {
+                    info!(package = %p.package, node = %self.node, %reason, "halting package");
+                    self.in_flight.insert(
+                        p.package.clone(),
+                        InFlight {
+                            reason,
+                            then_fail,
+                            record: true,
+                        },
+                    );
+                    let _ = self.agent.send(AgentCommand::Halt {
+                        package: p.package,
+                        reason,
+                    });
+                }
+                AfterWrite::Run { reason, failover } => {
+                    let claim = Claiming {
+                        package: p.package.clone(),
+                        reason,
+                        fence: updated.value.fence_token,
+                        revision: updated.mod_revision,
+                    };
+                    if failover && self.link.is_some() {
+                        self.claiming.insert(claim.package.clone(), claim.clone());
+                        claims.push(claim);
+                    } else {
+                        self.launch(claim);
+                    }
+                }
+            }
+        }
+        let Some(link) = &self.link else { return };
+        let mut asks = tokio::task::JoinSet::new();
+        for claim in claims {
+            let (etcd, node, lease) = (link.etcd.clone(), self.node.clone(), link.lease.id);
+            asks.spawn(async move {
+                let outcome = etcd
+                    .claim_package(&claim.package, claim.revision, &node, lease)
+                    .await;
+                (claim, outcome)
+            });
+        }
+        while let Some(joined) = asks.join_next().await {
+            let Ok((claim, outcome)) = joined else {
+                continue;
+            };
+            let package = claim.package.clone();
+            if let Err(e) = self.on_claim_outcome(claim, outcome).await {
+                warn!(%package, error = %e, "claiming a package failed; replanning");
+            }
+        }
+    }
+
+    /// The record write that carries out one action of this node's plan,
+    /// or `None` when it cannot be carried out now. No I/O: the write is
+    /// [`carry_out`](Self::carry_out)'s.
+    fn prepare(
+        &self,
         store: &Snapshot,
         action: &placement::Action,
         hub: &ResourceHub,
-    ) -> Result<(), StoreError> {
+    ) -> Option<Prepared> {
         let mut reason = lifecycle_reason(action.reason);
         // A package that left another node because something failed there
         // fails over here, even though no node runs it at this moment.
@@ -672,16 +782,13 @@ impl PackageManager {
                         })
                     })
                     .map(|r| format!("after_start resource {} went down on {}", r.name, self.node));
-                self.dispatch_halt(store, &action.package, reason, deferred_down)
-                    .await
+                self.prepare_halt(store, &action.package, reason, deferred_down)
             }
             Op::Run => {
-                let Some(record) = store.packages.get(&action.package) else {
-                    return Ok(());
-                };
+                let record = store.packages.get(&action.package)?;
                 // The guard is still halting the old copy here.
                 if Claim::load(&self.run_dir, &action.package).is_some_and(|c| c.in_progress()) {
-                    return Ok(());
+                    return None;
                 }
                 let failover = self
                     .packages
@@ -700,7 +807,7 @@ impl PackageManager {
                     .find(|o| **o != self.node && store.nodes.contains_key(*o));
                 if let (true, Some(owner)) = (failover, live_owner) {
                     info!(package = %action.package, %owner, "waiting for the current owner to halt it");
-                    return Ok(());
+                    return None;
                 }
                 let mut update = PackageUpdate::from(&record.value);
                 update.state = PackageState::Starting;
@@ -715,25 +822,34 @@ impl PackageManager {
                 update.admin.run = false;
                 update.admin.node = None;
                 update.left = None;
-                let updated = self
-                    .store
-                    .update_package(action.package.clone(), record.mod_revision, update)
-                    .await?;
-                let claim = Claiming {
+                Some(Prepared {
                     package: action.package.clone(),
-                    reason,
-                    fence: updated.value.fence_token,
-                    revision: updated.mod_revision,
-                };
-                if failover && self.link.is_some() {
-                    self.claiming.insert(claim.package.clone(), claim.clone());
-                    self.try_claim(claim).await
-                } else {
-                    self.launch(claim);
-                    Ok(())
-                }
+                    revision: record.mod_revision,
+                    update,
+                    then: AfterWrite::Run { reason, failover },
+                })
             }
         }
+    }
+
+    /// The record write that starts a halt here.
+    fn prepare_halt(
+        &self,
+        store: &Snapshot,
+        package: &str,
+        reason: Reason,
+        then_fail: Option<String>,
+    ) -> Option<Prepared> {
+        let record = store.packages.get(package)?;
+        let mut update = PackageUpdate::from(&record.value);
+        update.state = PackageState::Halting;
+        update.reason = format!("halting on {} ({})", self.node, reason);
+        Some(Prepared {
+            package: package.to_owned(),
+            revision: record.mod_revision,
+            update,
+            then: AfterWrite::Halt { reason, then_fail },
+        })
     }
 
     /// Hands a start to the agent.
@@ -757,7 +873,6 @@ impl PackageManager {
     /// Asks etcd for the package's lease-bound run permit; launches when
     /// granted, keeps waiting while another node holds it.
     async fn try_claim(&mut self, claim: Claiming) -> Result<(), StoreError> {
-        use crate::store::etcd::ClaimOutcome;
         let Some(link) = &self.link else {
             self.claiming.remove(&claim.package);
             self.launch(claim);
@@ -767,6 +882,17 @@ impl PackageManager {
             .etcd
             .claim_package(&claim.package, claim.revision, &self.node, link.lease.id)
             .await;
+        self.on_claim_outcome(claim, outcome).await
+    }
+
+    /// Acts on the answer to a permit claim: launch when granted, keep
+    /// waiting while another node holds it, give up when the record moved.
+    async fn on_claim_outcome(
+        &mut self,
+        claim: Claiming,
+        outcome: Result<crate::store::etcd::ClaimOutcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        use crate::store::etcd::ClaimOutcome;
         match outcome {
             Ok(ClaimOutcome::Granted(_)) => {
                 self.claiming.remove(&claim.package);
