@@ -482,12 +482,15 @@ fn cib(
     }
     x.push_str("    </nodes>\n    <resources>\n");
     for p in &snapshot.packages {
-        // Pacemaker assigns by descending priority. vigil's min_package_node
-        // counts a running package on its node until it is re-placed, while
-        // Pacemaker counts a resource only once it is assigned in this run;
-        // after a node failure, assigning everything that stays before the
-        // packages of the failed node (each group in vigil's order) makes
-        // both counts equal whenever a package of the failed node is placed.
+        // Pacemaker assigns by descending priority, and both count a
+        // package on a node only once it is assigned in this run. After a
+        // node failure vigil places, at equal priority, the packages that
+        // keep their node before those of the failed node; assigning
+        // everything that stays first (each group in vigil's order) matches
+        // that exactly when the priorities are equal. (With the synthetic
+        // clusters' few priorities the orders can differ: a more important
+        // package of the failed node is placed by vigil before a less
+        // important one that stays.)
         let on_failed = steady.is_some_and(|(placement, failed)| {
             placement
                 .get(&p.name)

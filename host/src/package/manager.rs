@@ -344,6 +344,7 @@ impl PackageManager {
                 }
                 state.switching_enabled = r.switching;
                 state.failed_on = r.failed_on.clone();
+                state.left = r.left.clone();
             }
             if let Some(record) = store.packages.get(name) {
                 let admin = &record.value.admin;
