@@ -3,8 +3,8 @@
 //! Packages are placed one at a time, in one pass, in *placement order*:
 //! predecessors before dependents, the avoided package before its avoider
 //! (unless the avoider is strictly more important, or frozen where it runs),
-//! leaders before followers, then by priority, then packages that keep their
-//! node before those that need one, then by name. Each decision sees the
+//! leaders before followers, then by priority, then packages that run (or
+//! were halted to move) before those that do not, then by name. Each decision sees the
 //! placement built so far; avoid and min_package_node look only at that, so a
 //! decision does not change when a package that is placed later starts or
 //! stops — which is what makes plans converge. Everything is indexed by node
@@ -60,9 +60,8 @@ struct Pkg<'a> {
     /// Current nodes that are up: where it really runs.
     current_live: Vec<usize>,
     /// Current nodes where it will probably stay (up, listed, resources up,
-    /// not failed, not halted): a follower placed before its leader looks
-    /// for the leader there, and it is placed before packages that need a
-    /// node.
+    /// not failed, not halted): a follower placed before its leader (the
+    /// seed pattern) looks for the leader there.
     sticky: Vec<usize>,
     priority: u64,
     deps: Vec<(&'a Dependency, Option<usize>)>,
@@ -368,9 +367,10 @@ fn resolve_list<'a>(
 }
 
 /// Kahn's algorithm, most important ready package first: by priority, then
-/// a package that keeps its node before one that needs a node (as Pacemaker
-/// assigns active resources first, so min_package_node sees the packages
-/// that stay), then by name; a cycle is broken at its most important member.
+/// a package that runs on a live node (or was halted to move) before one
+/// that does not (as Pacemaker assigns active resources first, so
+/// min_package_node sees the packages that stay), then by name; a cycle is
+/// broken at its most important member.
 fn topo_order(pkgs: &[Pkg<'_>], edges: &[(usize, usize)]) -> Vec<usize> {
     let n = pkgs.len();
     let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -379,7 +379,13 @@ fn topo_order(pkgs: &[Pkg<'_>], edges: &[(usize, usize)]) -> Vec<usize> {
         out_edges[from].push(to);
         indegree[to] += 1;
     }
-    let rank = |p: usize| (pkgs[p].priority, pkgs[p].sticky.is_empty(), p);
+    // "Keeps its node" is judged so that it does not change while a plan is
+    // carried out: running on a live node, or halted to move (`left`).
+    let rank = |p: usize| {
+        let pk = &pkgs[p];
+        let placed_now = !pk.current_live.is_empty() || pk.state.left.is_some();
+        (pk.priority, !placed_now, p)
+    };
     let key = |p: usize| Reverse(rank(p));
     let mut ready: BinaryHeap<Reverse<(u64, bool, usize)>> =
         (0..n).filter(|&p| indegree[p] == 0).map(key).collect();
@@ -672,11 +678,12 @@ impl<'c, 'a> Pass<'c, 'a> {
         // package would stay down once its halt is done.
         let was_running =
             !pk.current.is_empty() || !pk.current_unknown.is_empty() || state.left.is_some();
-        // Keep the first current node (in list order) where it may stay.
+        // Keep the operator's requested node if it runs there, else the first
+        // current node (in list order) where it may stay.
         let keep = pk
-            .list
-            .iter()
-            .filter_map(|s| s.node)
+            .requested
+            .into_iter()
+            .chain(pk.list.iter().filter_map(|s| s.node))
             .chain(pk.current.iter().copied())
             .find(|&n| pk.current.contains(&n) && eligible(n));
 
