@@ -403,6 +403,7 @@ impl PackageManager {
                 }
                 state.switching_enabled = r.switching;
                 state.failed_on = r.failed_on.clone();
+                state.left = r.left.clone();
                 let admin = &r.admin;
                 state.halted_by_admin = admin.halted;
                 state.run_requested = admin.run;

@@ -1,12 +1,15 @@
 //! The placement algorithm: one [`ClusterSnapshot`] in, one [`Plan`] out.
 //!
-//! Packages are placed one at a time in *placement order* (predecessors and
-//! leaders first, then by priority, then by name); each decision sees the
-//! placement built so far, plus the current node of every package not placed
-//! yet. Everything is indexed by node and package number, so a pass is
-//! roughly linear in packages × list length. The follow/avoid handover is
-//! found during a pass and pinned for the next one (see `docs/placement.md`);
-//! there is at most one extra pass per handover.
+//! Packages are placed one at a time, in one pass, in *placement order*:
+//! predecessors before dependents, the avoided package before its avoider
+//! (unless the avoider is strictly more important, or frozen where it runs),
+//! leaders before followers, then by priority, then packages that run (or
+//! were halted to move) before those that do not, then by name. Each decision sees the
+//! placement built so far; avoid and min_package_node look only at that, so a
+//! decision does not change when a package that is placed later starts or
+//! stops — which is what makes plans converge. Everything is indexed by node
+//! and package number, so the pass is roughly linear in packages × list
+//! length.
 //!
 //! No I/O, no clock, no randomness: the same snapshot always gives the same
 //! plan.
@@ -30,21 +33,14 @@ static DEFAULT_STATE: PackageState = PackageState {
     halted_by_admin: false,
     run_requested: false,
     requested_node: None,
+    left: None,
 };
 
 /// Computes the target placement, the actions to reach it and an explanation
 /// for every package.
 pub fn plan(snapshot: &ClusterSnapshot) -> Plan {
     let ctx = Ctx::new(snapshot);
-    let mut handovers: Vec<Handover> = Vec::new();
-    loop {
-        match Pass::new(&ctx, &handovers).run() {
-            Ok(plan) => return plan,
-            // Each handover pins a new follower, so this ends after at most
-            // one extra pass per package.
-            Err(h) => handovers.push(h),
-        }
-    }
+    Pass::new(&ctx).run()
 }
 
 /// A listed node: its name as written and its cluster index, if any.
@@ -64,13 +60,15 @@ struct Pkg<'a> {
     /// Current nodes that are up: where it really runs.
     current_live: Vec<usize>,
     /// Current nodes where it will probably stay (up, listed, resources up,
-    /// not failed, not halted): other packages treat it as present there.
+    /// not failed, not halted): a follower placed before its leader (the
+    /// seed pattern) looks for the leader there.
     sticky: Vec<usize>,
     priority: u64,
     deps: Vec<(&'a Dependency, Option<usize>)>,
     follow: Option<usize>,
     /// Packages it must not share a node with, and whether it is this package
-    /// that avoids them (else they avoid it).
+    /// that avoids them (else they avoid it). Which of two is placed first is
+    /// decided by [`avoid_first`]; only the later one is constrained.
     peers: Vec<(usize, bool)>,
     requested: Option<usize>,
     verdicts: Option<&'a BTreeMap<String, BTreeMap<String, bool>>>,
@@ -80,13 +78,8 @@ struct Ctx<'a> {
     nodes: &'a [NodeState],
     pkgs: Vec<Pkg<'a>>,
     placement_order: Vec<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Handover {
-    follower: usize,
-    leader: usize,
-    node: usize,
+    /// (first, later) for every pair of packages in an avoid relation.
+    avoid_order: BTreeSet<(usize, usize)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -175,7 +168,7 @@ impl<'a> Ctx<'a> {
             })
             .collect();
 
-        // `avoid` is symmetric: record it on both sides.
+        // Record `avoid` on both sides; the direction decides who yields.
         for p in 0..pkgs.len() {
             let avoided: Vec<usize> = pkgs[p]
                 .spec
@@ -184,8 +177,10 @@ impl<'a> Ctx<'a> {
                 .filter_map(|n| pkg_idx.get(n.as_str()).copied())
                 .collect();
             for q in avoided.into_iter().filter(|&q| q != p) {
-                if !pkgs[p].peers.iter().any(|&(x, _)| x == q) {
-                    pkgs[p].peers.push((q, true));
+                match pkgs[p].peers.iter_mut().find(|(x, _)| *x == q) {
+                    // Already recorded from q's side: they avoid each other.
+                    Some(entry) => entry.1 = true,
+                    None => pkgs[p].peers.push((q, true)),
                 }
                 if !pkgs[q].peers.iter().any(|&(x, _)| x == p) {
                     pkgs[q].peers.push((p, false));
@@ -193,23 +188,140 @@ impl<'a> Ctx<'a> {
             }
         }
 
-        let mut edges = Vec::new();
+        // Dependencies order first; an avoid or follow edge that would close
+        // a cycle with the edges already there gives way (then whichever of
+        // the two is placed first by the rest of the order wins the node).
+        // Of follow and avoid, avoid goes first: in the seed pattern (a
+        // leader that avoids its follower) the follower is placed first, takes
+        // the leader's node, and the leader yields.
+        let mut graph = OrderGraph::new(pkgs.len());
         for (p, pk) in pkgs.iter().enumerate() {
-            edges.extend(pk.deps.iter().filter_map(|&(_, d)| d).map(|d| (d, p)));
-            if let Some(l) = pk.follow {
-                edges.push((l, p));
+            for &(dep, d) in &pk.deps {
+                if let (DependencyCondition::Up, Some(d)) = (dep.condition, d) {
+                    graph.add(d, p);
+                }
             }
         }
+        // A `down` dependency is an exclusion, like avoid: the predecessor
+        // goes first, and of two that exclude each other (as `vigil check`
+        // requires) the more important one, then the first by name; the
+        // one placed first ignores the other.
+        for (p, pk) in pkgs.iter().enumerate() {
+            for &(dep, d) in &pk.deps {
+                let Some(d) = d.filter(|_| dep.condition == DependencyCondition::Down) else {
+                    continue;
+                };
+                let mutual = pkgs[d]
+                    .deps
+                    .iter()
+                    .any(|&(back, x)| x == Some(p) && back.condition == DependencyCondition::Down);
+                let first = if mutual && (pkgs[p].priority, p) < (pkgs[d].priority, d) {
+                    p
+                } else {
+                    d
+                };
+                graph.add_unless_cycle(first, p + d - first);
+            }
+        }
+        let mut avoid_order = BTreeSet::new();
+        for (p, pk) in pkgs.iter().enumerate() {
+            for &(q, _) in &pk.peers {
+                if p < q {
+                    let first = avoid_first(&pkgs, p, q);
+                    let later = p + q - first;
+                    if graph.add_unless_cycle(first, later) {
+                        avoid_order.insert((first, later));
+                    }
+                }
+            }
+        }
+        for (p, pk) in pkgs.iter().enumerate() {
+            if let Some(l) = pk.follow {
+                graph.add_unless_cycle(l, p);
+            }
+        }
+        let edges = graph.edges;
         let placement_order = topo_order(&pkgs, &edges);
         Ctx {
             nodes: &snap.nodes,
             pkgs,
             placement_order,
+            avoid_order,
         }
     }
 
-    fn avoids_each_other(&self, p: usize, q: usize) -> bool {
-        self.pkgs[p].peers.iter().any(|&(x, _)| x == q)
+    /// Whether `p` avoids `q`.
+    fn avoids(&self, p: usize, q: usize) -> bool {
+        self.pkgs[p].peers.contains(&(q, true))
+    }
+}
+
+/// The placement order's edges (from before to), with the reachability check
+/// that keeps an optional edge from closing a cycle.
+struct OrderGraph {
+    out: Vec<Vec<usize>>,
+    edges: Vec<(usize, usize)>,
+}
+
+impl OrderGraph {
+    fn new(n: usize) -> Self {
+        OrderGraph {
+            out: vec![Vec::new(); n],
+            edges: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, from: usize, to: usize) {
+        self.out[from].push(to);
+        self.edges.push((from, to));
+    }
+
+    /// Adds the edge unless `from` is reachable from `to` already.
+    fn add_unless_cycle(&mut self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.out.len()];
+        let mut stack = vec![to];
+        while let Some(x) = stack.pop() {
+            if x == from {
+                return false;
+            }
+            if !std::mem::replace(&mut seen[x], true) {
+                stack.extend(self.out[x].iter().copied());
+            }
+        }
+        self.add(from, to);
+        true
+    }
+}
+
+/// Which of two packages in an avoid relation is placed first (the other
+/// may not use its node). A package frozen where it runs (package switching
+/// disabled, no run request that would add instances) is not moved for the
+/// other; else the avoided package goes first,
+/// as if its avoider did not exist, unless the avoider is strictly more
+/// important; two that avoid each other go by priority, then name.
+fn avoid_first(pkgs: &[Pkg<'_>], p: usize, q: usize) -> usize {
+    let frozen = |x: usize| {
+        let state = pkgs[x].state;
+        !state.switching_enabled && !state.run_requested && !pkgs[x].sticky.is_empty()
+    };
+    match (frozen(p), frozen(q)) {
+        (true, false) => return p,
+        (false, true) => return q,
+        _ => {}
+    }
+    let p_avoids_q = pkgs[p].peers.contains(&(q, true));
+    let q_avoids_p = pkgs[q].peers.contains(&(p, true));
+    let by_importance = if (pkgs[p].priority, p) <= (pkgs[q].priority, q) {
+        p
+    } else {
+        q
+    };
+    match (p_avoids_q, q_avoids_p) {
+        (true, true) => by_importance,
+        (true, false) if pkgs[p].priority < pkgs[q].priority => p,
+        (true, false) => q,
+        (false, true) if pkgs[q].priority < pkgs[p].priority => q,
+        _ => p,
     }
 }
 
@@ -254,8 +366,11 @@ fn resolve_list<'a>(
     list
 }
 
-/// Kahn's algorithm, most important (then first by name) ready package first;
-/// a cycle is broken at its most important member.
+/// Kahn's algorithm, most important ready package first: by priority, then
+/// a package that runs on a live node (or was halted to move) before one
+/// that does not (as Pacemaker assigns active resources first, so
+/// min_package_node sees the packages that stay), then by name; a cycle is
+/// broken at its most important member.
 fn topo_order(pkgs: &[Pkg<'_>], edges: &[(usize, usize)]) -> Vec<usize> {
     let n = pkgs.len();
     let mut out_edges: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -264,22 +379,47 @@ fn topo_order(pkgs: &[Pkg<'_>], edges: &[(usize, usize)]) -> Vec<usize> {
         out_edges[from].push(to);
         indegree[to] += 1;
     }
-    let key = |p: usize| Reverse((pkgs[p].priority, p));
-    let mut ready: BinaryHeap<Reverse<(u64, usize)>> =
+    // "Keeps its node" is judged so that it does not change while a plan is
+    // carried out: running on a live node, or halted to move (`left`).
+    let rank = |p: usize| {
+        let pk = &pkgs[p];
+        let placed_now = !pk.current_live.is_empty() || pk.state.left.is_some();
+        (pk.priority, !placed_now, p)
+    };
+    let key = |p: usize| Reverse(rank(p));
+    let mut ready: BinaryHeap<Reverse<(u64, bool, usize)>> =
         (0..n).filter(|&p| indegree[p] == 0).map(key).collect();
     let mut done = vec![false; n];
     let mut order = Vec::with_capacity(n);
     while order.len() < n {
         let p = match ready.pop() {
-            Some(Reverse((_, p))) => p,
+            Some(Reverse((_, _, p))) => p,
             None => {
-                // Only cycles are left: take the most important remaining package.
-                match (0..n)
-                    .filter(|&p| !done[p])
-                    .min_by_key(|&p| (pkgs[p].priority, p))
-                {
+                // Only cycles (and what waits on them) are left: take the
+                // most important package that is on a cycle. One that only
+                // waits on a cycle must still come after it, or it would be
+                // placed before its predecessor.
+                let mut remaining: Vec<usize> = (0..n).filter(|&p| !done[p]).collect();
+                remaining.sort_by_key(|&p| rank(p));
+                let on_cycle = |p: usize| {
+                    let mut seen = vec![false; n];
+                    let mut stack: Vec<usize> = out_edges[p].clone();
+                    while let Some(x) = stack.pop() {
+                        if x == p {
+                            return true;
+                        }
+                        if !done[x] && !std::mem::replace(&mut seen[x], true) {
+                            stack.extend(out_edges[x].iter().copied());
+                        }
+                    }
+                    false
+                };
+                match remaining.iter().copied().find(|&p| on_cycle(p)) {
                     Some(p) => p,
-                    None => break,
+                    None => match remaining.first() {
+                        Some(&p) => p,
+                        None => break,
+                    },
                 }
             }
         };
@@ -309,10 +449,10 @@ struct Decision {
 
 struct Pass<'c, 'a> {
     ctx: &'c Ctx<'a>,
-    handovers: &'c [Handover],
     placed: Vec<Option<Vec<usize>>>,
-    /// Packages per node: the new placement for placed packages, the live
-    /// current nodes for the others.
+    /// Packages per node in the new placement so far (min_package_node):
+    /// where packages not placed yet run now does not count, so the count a
+    /// package sees does not change while the plan is carried out.
     load: Vec<u32>,
     decisions: Vec<Option<Decision>>,
 }
@@ -326,29 +466,19 @@ enum Mode {
 }
 
 impl<'c, 'a> Pass<'c, 'a> {
-    fn new(ctx: &'c Ctx<'a>, handovers: &'c [Handover]) -> Self {
-        let mut load = vec![0u32; ctx.nodes.len()];
-        for pk in &ctx.pkgs {
-            for &n in &pk.current_live {
-                load[n] += 1;
-            }
-        }
+    fn new(ctx: &'c Ctx<'a>) -> Self {
         Pass {
             ctx,
-            handovers,
             placed: vec![None; ctx.pkgs.len()],
-            load,
+            load: vec![0u32; ctx.nodes.len()],
             decisions: (0..ctx.pkgs.len()).map(|_| None).collect(),
         }
     }
 
-    fn run(mut self) -> Result<Plan, Handover> {
+    fn run(mut self) -> Plan {
         for &p in &self.ctx.placement_order {
-            for &n in &self.ctx.pkgs[p].current_live {
-                self.load[n] -= 1;
-            }
             let decision = match self.ctx.pkgs[p].spec.kind {
-                PackageKind::Failover => self.place_failover(p)?,
+                PackageKind::Failover => self.place_failover(p),
                 PackageKind::MultiNode | PackageKind::SystemMultiNode => self.place_multi(p),
             };
             for &n in &decision.target {
@@ -357,7 +487,7 @@ impl<'c, 'a> Pass<'c, 'a> {
             self.placed[p] = Some(decision.target.clone());
             self.decisions[p] = Some(decision);
         }
-        Ok(self.into_plan())
+        self.into_plan()
     }
 
     /// Where a package runs as far as this pass knows: its new placement once
@@ -374,6 +504,11 @@ impl<'c, 'a> Pass<'c, 'a> {
             // An unknown package never runs.
             return dep.condition == DependencyCondition::Down;
         };
+        if dep.condition == DependencyCondition::Down && self.placed[q].is_none() {
+            // Placed later, it is the one that adapts (as for avoid), so
+            // where it runs now does not matter.
+            return true;
+        }
         let at = self.location(q);
         let here = at.contains(&n);
         let elsewhere = at.iter().any(|&m| m != n);
@@ -400,15 +535,13 @@ impl<'c, 'a> Pass<'c, 'a> {
         }
     }
 
-    /// Every rule that rejects `node` for package `p`; `ignore` skips avoid
-    /// conflicts with one package (to test a handover).
+    /// Every rule that rejects `node` for package `p`.
     fn rejections(
         &self,
         p: usize,
         node: Option<usize>,
         listed: bool,
         mode: Mode,
-        ignore: Option<usize>,
     ) -> Vec<Rejection> {
         let Some(n) = node else {
             return vec![Rejection::UnknownNode];
@@ -445,12 +578,6 @@ impl<'c, 'a> Pass<'c, 'a> {
                 _ => {}
             }
         }
-        for h in self.handovers {
-            if h.leader == p && h.node == n {
-                let follower = self.ctx.pkgs[h.follower].spec.name.clone();
-                out.push(Rejection::HandedOver { follower });
-            }
-        }
         for &(dep, target) in &pk.deps {
             if !self.dependency_holds(dep, target, n) {
                 out.push(Rejection::DependencyNotMet {
@@ -461,29 +588,22 @@ impl<'c, 'a> Pass<'c, 'a> {
             }
         }
         for &(q, p_avoids_q) in &pk.peers {
-            if Some(q) == ignore {
+            // Only a package placed earlier constrains this one: a package
+            // placed later yields to it (see `avoid_first`).
+            let Some(at) = &self.placed[q] else {
+                continue;
+            };
+            if !at.contains(&n) {
                 continue;
             }
             let qk = &self.ctx.pkgs[q];
-            let conflict = match &self.placed[q] {
-                Some(nodes) => nodes.contains(&n),
-                // Not placed yet: it counts where it will probably stay,
-                // unless it is less important than this package (then it
-                // gets displaced). A package that already runs here does not
-                // yield to one placed later; the later one moves.
-                None => mode == Mode::Start && qk.sticky.contains(&n) && qk.priority <= pk.priority,
-            };
-            if !conflict {
-                continue;
-            }
             let package = qk.spec.name.clone();
-            let newly_placed = self.placed[q].is_some() && !qk.current_live.contains(&n);
-            out.push(if mode == Mode::Stay && newly_placed {
-                Rejection::DisplacedBy { package }
-            } else if p_avoids_q {
-                Rejection::Avoids { package }
-            } else {
-                Rejection::AvoidedBy { package }
+            let newly_placed = mode == Mode::Stay && !qk.current_live.contains(&n);
+            out.push(match (newly_placed, p_avoids_q) {
+                (true, true) => Rejection::Yields { package },
+                (true, false) => Rejection::DisplacedBy { package },
+                (false, true) => Rejection::Avoids { package },
+                (false, false) => Rejection::AvoidedBy { package },
             });
         }
         out
@@ -504,7 +624,7 @@ impl<'c, 'a> Pass<'c, 'a> {
                 (
                     s.name,
                     s.node,
-                    self.rejections(p, s.node, true, mode(s.node), None),
+                    self.rejections(p, s.node, true, mode(s.node)),
                 )
             })
             .collect();
@@ -513,7 +633,7 @@ impl<'c, 'a> Pass<'c, 'a> {
         for n in extra {
             if !out.iter().any(|(_, m, _)| *m == n) {
                 let name = n.map_or("", |n| self.ctx.nodes[n].name.as_str());
-                out.push((name, n, self.rejections(p, n, false, mode(n), None)));
+                out.push((name, n, self.rejections(p, n, false, mode(n))));
             }
         }
         for &name in &pk.current_unknown {
@@ -531,7 +651,7 @@ impl<'c, 'a> Pass<'c, 'a> {
         out
     }
 
-    fn place_failover(&self, p: usize) -> Result<Decision, Handover> {
+    fn place_failover(&self, p: usize) -> Decision {
         let pk = &self.ctx.pkgs[p];
         let state = pk.state;
         let verdicts = self.verdicts(p);
@@ -553,12 +673,17 @@ impl<'c, 'a> Pass<'c, 'a> {
             .filter_map(|s| s.node)
             .filter(|&n| !pk.current.contains(&n) && eligible(n))
             .collect();
-        let was_running = !pk.current.is_empty() || !pk.current_unknown.is_empty();
-        // Keep the first current node (in list order) where it may stay.
+        // A package halted to move (it left a node, not by an operator's
+        // halt) is still failing over: without this an `auto_run = false`
+        // package would stay down once its halt is done.
+        let was_running =
+            !pk.current.is_empty() || !pk.current_unknown.is_empty() || state.left.is_some();
+        // Keep the operator's requested node if it runs there, else the first
+        // current node (in list order) where it may stay.
         let keep = pk
-            .list
-            .iter()
-            .filter_map(|s| s.node)
+            .requested
+            .into_iter()
+            .chain(pk.list.iter().filter_map(|s| s.node))
             .chain(pk.current.iter().copied())
             .find(|&n| pk.current.contains(&n) && eligible(n));
 
@@ -568,18 +693,11 @@ impl<'c, 'a> Pass<'c, 'a> {
         if state.halted_by_admin {
             blocked = Some(Blocked::HaltedByAdmin);
         } else if let Some(c) = keep {
-            let position = |n: usize| pk.list.iter().position(|s| s.node == Some(n));
-            let earlier = candidates
-                .iter()
-                .copied()
-                .find(|&n| position(n) < position(c));
             if let Some(r) = pk.requested.filter(|r| candidates.contains(r)) {
                 target = Some(r);
                 choice = Some(Choice::Requested);
-            } else if let (FailbackPolicy::Automatic, true, Some(e)) =
-                (pk.spec.failback_policy, state.switching_enabled, earlier)
-            {
-                target = Some(e);
+            } else if let Some(f) = self.failback(p, c, &candidates) {
+                target = Some(f);
                 choice = Some(Choice::Failback);
             } else {
                 target = Some(c);
@@ -594,7 +712,7 @@ impl<'c, 'a> Pass<'c, 'a> {
                 } else {
                     Blocked::AutoRunOff
                 });
-            } else if let Some((n, c)) = self.choose(p, &candidates)? {
+            } else if let Some((n, c)) = self.choose(p, &candidates) {
                 target = Some(n);
                 choice = Some(c);
             } else {
@@ -633,65 +751,81 @@ impl<'c, 'a> Pass<'c, 'a> {
                 None => ActionReason::Startup,
             },
         };
-        Ok(Decision {
+        Decision {
             explanation: self.explanation(p, verdicts, &target, choice, blocked),
             target,
             leave,
             arrive,
-        })
+        }
     }
 
-    /// Picks a start node among `candidates` (eligible, in list order), or
-    /// asks for a new pass with a handover pinned.
-    fn choose(&self, p: usize, candidates: &[usize]) -> Result<Option<(usize, Choice)>, Handover> {
+    /// Where automatic failback moves a package that may stay on `current`:
+    /// where a start would put it now (so that, once halted, it starts
+    /// exactly there and is never planned back), if that is an earlier node
+    /// of its list (`configured_node`) or its primary node, the first listed
+    /// (`min_package_node`, as Serviceguard).
+    fn failback(&self, p: usize, current: usize, candidates: &[usize]) -> Option<usize> {
+        let pk = &self.ctx.pkgs[p];
+        if pk.spec.failback_policy != FailbackPolicy::Automatic || !pk.state.switching_enabled {
+            return None;
+        }
+        let position = |n: usize| pk.list.iter().position(|s| s.node == Some(n));
+        let mut all: Vec<usize> = candidates.to_vec();
+        all.push(current);
+        all.sort_by_key(|&n| position(n));
+        let (start, _) = self.choose(p, &all)?;
+        let better = match pk.spec.failover_policy {
+            FailoverPolicy::ConfiguredNode => position(start) < position(current),
+            FailoverPolicy::MinPackageNode => position(start) == Some(0),
+        };
+        (start != current && better).then_some(start)
+    }
+
+    /// Picks a start node among `candidates` (eligible, in list order).
+    fn choose(&self, p: usize, candidates: &[usize]) -> Option<(usize, Choice)> {
         let pk = &self.ctx.pkgs[p];
         if let Some(r) = pk.requested.filter(|r| candidates.contains(r)) {
-            return Ok(Some((r, Choice::Requested)));
-        }
-        let pinned = self.handovers.iter().find(|h| h.follower == p);
-        if let Some(h) = pinned.filter(|h| candidates.contains(&h.node)) {
-            let leader = self.ctx.pkgs[h.leader].spec.name.clone();
-            return Ok(Some((h.node, Choice::Handover { leader })));
+            return Some((r, Choice::Requested));
         }
         if let Some(l) = pk.follow {
             let lk = &self.ctx.pkgs[l];
-            if let Some(at) = &self.placed[l] {
-                if let (None, [t]) = (pinned, at.as_slice()) {
-                    let t = *t;
-                    let handover = !candidates.contains(&t)
-                        && lk.spec.kind == PackageKind::Failover
-                        && lk.current_live.contains(&t)
-                        // A leader an operator froze is not evicted.
-                        && lk.state.switching_enabled
-                        && self.ctx.avoids_each_other(p, l)
-                        && lk.priority >= pk.priority
-                        && pk.list.iter().any(|s| s.node == Some(t))
-                        && self
-                            .rejections(p, Some(t), true, Mode::Start, Some(l))
-                            .is_empty();
-                    if handover {
-                        return Err(Handover {
-                            follower: p,
-                            leader: l,
-                            node: t,
-                        });
-                    }
-                }
-                if let Some(&n) = candidates.iter().find(|n| at.contains(n)) {
-                    return Ok(Some((
-                        n,
-                        Choice::Follows {
-                            leader: lk.spec.name.clone(),
-                        },
-                    )));
-                }
+            // A leader placed later because it avoids this follower (the
+            // seed pattern) is looked for where it runs now and may stay: the
+            // follower takes that node and the leader yields. A leader placed
+            // later for any other reason (its follow edge would have closed a
+            // cycle) is not followed. Nor does a package with automatic
+            // failback take its leader's node: it would fail back from there
+            // and the two would swap nodes.
+            let takes_over =
+                self.ctx.avoids(l, p) && pk.spec.failback_policy == FailbackPolicy::Manual;
+            let (at, handover) = match &self.placed[l] {
+                Some(at) => (at.as_slice(), false),
+                None if takes_over => (lk.sticky.as_slice(), true),
+                None => (&[][..], false),
+            };
+            if let Some(&n) = candidates.iter().find(|n| at.contains(n)) {
+                let leader = lk.spec.name.clone();
+                let choice = if handover {
+                    Choice::Handover { leader }
+                } else {
+                    Choice::Follows { leader }
+                };
+                return Some((n, choice));
             }
         }
-        Ok(match pk.spec.failover_policy {
+        match pk.spec.failover_policy {
             FailoverPolicy::ConfiguredNode => {
                 candidates.first().map(|&n| (n, Choice::FirstEligible))
             }
             FailoverPolicy::MinPackageNode => {
+                // With automatic failback it would move to its primary at
+                // once: start it there.
+                let primary = pk.list.first().and_then(|s| s.node);
+                if let Some(n) = primary.filter(|n| {
+                    pk.spec.failback_policy == FailbackPolicy::Automatic && candidates.contains(n)
+                }) {
+                    return Some((n, Choice::PrimaryNode));
+                }
                 let mut best: Option<usize> = None;
                 for &n in candidates {
                     if best.is_none_or(|b| self.load[n] < self.load[b]) {
@@ -707,7 +841,7 @@ impl<'c, 'a> Pass<'c, 'a> {
                     )
                 })
             }
-        })
+        }
     }
 
     fn place_multi(&self, p: usize) -> Decision {
@@ -814,22 +948,28 @@ impl<'c, 'a> Pass<'c, 'a> {
             // Every package is in the placement order, so each has a decision.
             .map(|d| d.expect("every package is placed once per pass"))
             .collect();
-        // A handover happened when the follower arrives on the leader's node
-        // and the leader leaves it.
-        let handovers: Vec<Handover> = self
-            .handovers
-            .iter()
-            .copied()
-            .filter(|h| {
-                decisions[h.follower].target.contains(&h.node)
-                    && !ctx.pkgs[h.follower].current_live.contains(&h.node)
-                    && decisions[h.leader].leave.iter().any(|&(n, _)| n == h.node)
-            })
-            .collect();
+        // A handover (the seed pattern): follower F arrives on node T where
+        // its leader L runs, and L, which avoids F, leaves T for it. F runs
+        // on T before L halts there, so the leader's node is never empty.
+        let mut handovers: Vec<(usize, usize, usize)> = Vec::new();
+        for (f, fk) in ctx.pkgs.iter().enumerate() {
+            let Some(l) = fk.follow else { continue };
+            if !ctx.avoid_order.contains(&(f, l)) || !ctx.avoids(l, f) {
+                continue;
+            }
+            for &t in &decisions[f].target {
+                let arrives = !fk.current_live.contains(&t);
+                let leader_leaves = decisions[l].leave.iter().any(|&(n, _)| n == t);
+                if arrives && leader_leaves {
+                    handovers.push((f, l, t));
+                }
+            }
+        }
 
-        // Run order: predecessors before dependents, leaders before followers,
-        // except that a follower taking over its leader's node runs first.
-        let mut edges = Vec::new();
+        // Run order: predecessors before dependents, the avoided package
+        // before its avoider, leaders before followers, except that a
+        // follower taking over its leader's node runs first.
+        let mut edges: Vec<(usize, usize)> = ctx.avoid_order.iter().copied().collect();
         for (p, pk) in ctx.pkgs.iter().enumerate() {
             for &(dep, target) in &pk.deps {
                 if let (DependencyCondition::Up, Some(d)) = (dep.condition, target) {
@@ -837,7 +977,7 @@ impl<'c, 'a> Pass<'c, 'a> {
                 }
             }
             if let Some(l) = pk.follow {
-                if handovers.iter().any(|h| h.follower == p && h.leader == l) {
+                if handovers.iter().any(|&(f, hl, _)| f == p && hl == l) {
                     edges.push((p, l));
                 } else {
                     edges.push((l, p));
@@ -859,7 +999,7 @@ impl<'c, 'a> Pass<'c, 'a> {
             let mut leave = decisions[p].leave.clone();
             leave.sort_by_key(|&(n, _)| n);
             for (n, reason) in leave {
-                if !handovers.iter().any(|h| h.leader == p && h.node == n) {
+                if !handovers.iter().any(|&(_, l, t)| l == p && t == n) {
                     actions.push(action(Op::Halt, p, n, reason));
                 }
             }
@@ -871,13 +1011,13 @@ impl<'c, 'a> Pass<'c, 'a> {
                     continue;
                 }
                 actions.push(action(Op::Run, p, n, d.arrive));
-                for h in handovers.iter().filter(|h| h.follower == p && h.node == n) {
-                    let reason = decisions[h.leader]
+                for &(_, l, _) in handovers.iter().filter(|&&(f, _, t)| f == p && t == n) {
+                    let reason = decisions[l]
                         .leave
                         .iter()
                         .find(|&&(m, _)| m == n)
                         .map_or(ActionReason::Avoid, |&(_, r)| r);
-                    actions.push(action(Op::Halt, h.leader, n, reason));
+                    actions.push(action(Op::Halt, l, n, reason));
                 }
             }
         }
@@ -909,7 +1049,7 @@ fn reason_for(rejection: &Rejection) -> ActionReason {
             ActionReason::ResourceDown
         }
         Rejection::DependencyNotMet { .. } => ActionReason::Dependency,
-        Rejection::Avoids { .. } | Rejection::AvoidedBy { .. } | Rejection::HandedOver { .. } => {
+        Rejection::Avoids { .. } | Rejection::AvoidedBy { .. } | Rejection::Yields { .. } => {
             ActionReason::Avoid
         }
         Rejection::DisplacedBy { .. } => ActionReason::Displaced,

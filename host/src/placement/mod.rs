@@ -10,6 +10,7 @@
 //! criteria and hysteresis do, and hand in verdicts). Semantics and action
 //! ordering are described in `docs/placement.md`.
 
+mod convergence;
 mod engine;
 mod model;
 mod plan;
@@ -18,6 +19,7 @@ mod synthetic;
 #[cfg(test)]
 mod tests;
 
+pub use convergence::{ConvergenceError, apply, check_convergence, describe};
 pub use engine::plan;
 pub use model::{
     ClusterSnapshot, Dependency, DependencyCondition, DependencyLocation, Evaluate, FailbackPolicy,
@@ -27,4 +29,6 @@ pub use model::{
 pub use plan::{
     Action, ActionReason, Blocked, Choice, Explanation, NodeVerdict, Op, Plan, Rejection,
 };
-pub use synthetic::{SYNTHETIC_RESOURCE, synthetic_cluster};
+pub use synthetic::{
+    SYNTHETIC_RESOURCE, random_scenario, random_scenario_from_seed, synthetic_cluster,
+};

@@ -226,6 +226,11 @@ pub struct PackageState {
     /// `vigil pkg run|move --node N`: place it on this node when eligible
     /// there, ahead of its policy.
     pub requested_node: Option<String>,
+    /// The node it last left for a reason other than an operator's halt,
+    /// when it has not started since: it is moving (halted, its start
+    /// elsewhere still to come), so it may start as a running package could
+    /// fail over, even with `auto_run = false`.
+    pub left: Option<String>,
 }
 
 impl Default for PackageState {
@@ -237,6 +242,7 @@ impl Default for PackageState {
             halted_by_admin: false,
             run_requested: false,
             requested_node: None,
+            left: None,
         }
     }
 }

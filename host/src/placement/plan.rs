@@ -32,7 +32,8 @@ pub enum ActionReason {
     Failback,
     /// A resource it requires went down on its node.
     ResourceDown,
-    /// It shares a node with a package it avoids (or that avoids it).
+    /// It avoids a package that needed its node (it yields), or it shares a
+    /// node with a package it avoids (or that avoids it).
     Avoid,
     /// A higher priority package took its node.
     Displaced,
@@ -125,17 +126,18 @@ pub enum Rejection {
     AvoidedBy {
         package: String,
     },
-    /// `package` (placed earlier, by priority) took the node, and the two
-    /// avoid each other.
+    /// This package runs there and avoids `package`, which was placed first
+    /// and needed the node: this package yields (moves or stops).
+    Yields {
+        package: String,
+    },
+    /// `package` (placed earlier, being more important) took the node, and
+    /// it avoids this package.
     DisplacedBy {
         package: String,
     },
     /// It failed there since the last `vigil pkg clear`.
     FailedHere,
-    /// Its follower `follower` takes over this node (follow/avoid handover).
-    HandedOver {
-        follower: String,
-    },
 }
 
 impl fmt::Display for Rejection {
@@ -173,13 +175,13 @@ impl fmt::Display for Rejection {
             Rejection::AvoidedBy { package } => {
                 write!(f, "{package} runs there and avoids this package")
             }
+            Rejection::Yields { package } => {
+                write!(f, "avoids {package}, which needed this node")
+            }
             Rejection::DisplacedBy { package } => {
                 write!(f, "displaced by higher priority package {package}")
             }
             Rejection::FailedHere => f.write_str("failed there since the last `vigil pkg clear`"),
-            Rejection::HandedOver { follower } => {
-                write!(f, "handed over to its follower {follower}, which it avoids")
-            }
         }
     }
 }
@@ -206,14 +208,19 @@ pub enum Choice {
     Sticky,
     /// `configured_node`: first eligible node in list order.
     FirstEligible,
-    /// `min_package_node`: fewest packages (`count` before this one).
+    /// `min_package_node`: fewest packages (`count` placed there before
+    /// this one).
     FewestPackages { count: u32 },
+    /// `min_package_node` with automatic failback: its primary node (the
+    /// first listed), where failback would move it anyway.
+    PrimaryNode,
     /// It follows `leader`, which runs there.
     Follows { leader: String },
     /// It follows `leader`, which avoids it: it takes the leader's node and
     /// the leader moves away.
     Handover { leader: String },
-    /// Automatic failback to an earlier node of its list.
+    /// Automatic failback: to an earlier node of its list
+    /// (`configured_node`) or to its primary node (`min_package_node`).
     Failback,
     /// An operator's `--node`.
     Requested,
@@ -228,6 +235,9 @@ impl fmt::Display for Choice {
             Choice::FirstEligible => f.write_str("first eligible node in list order"),
             Choice::FewestPackages { count } => {
                 write!(f, "eligible node running the fewest packages ({count})")
+            }
+            Choice::PrimaryNode => {
+                f.write_str("its primary node (min_package_node with automatic failback)")
             }
             Choice::Follows { leader } => write!(f, "follows {leader}, which runs there"),
             Choice::Handover { leader } => write!(
@@ -317,6 +327,28 @@ impl fmt::Display for Explanation {
         }
         if let Some(blocked) = &self.blocked {
             writeln!(f, "  not running: {blocked}")?;
+        }
+        // A yield (the avoider gives way) gets its own line: it is the one
+        // move that no rule about the package itself explains.
+        for v in self
+            .nodes
+            .iter()
+            .filter(|v| !self.placed_on.contains(&v.node))
+        {
+            for r in &v.rejections {
+                if let Rejection::Yields { package } = r {
+                    let moved = if self.placed_on.is_empty() {
+                        "stopped on"
+                    } else {
+                        "moved from"
+                    };
+                    writeln!(
+                        f,
+                        "  {}: {moved} {}: avoids {package}, which needed {}",
+                        self.package, v.node, v.node
+                    )?;
+                }
+            }
         }
         for v in &self.nodes {
             let placed = if self.placed_on.contains(&v.node) {
