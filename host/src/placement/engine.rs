@@ -295,14 +295,18 @@ impl OrderGraph {
 
 /// Which of two packages in an avoid relation is placed first (the other
 /// may not use its node). A package frozen where it runs (package switching
-/// disabled, no run request that would add instances) is not moved for the
+/// disabled, no operator request that would add instances or move it) is
+/// not moved for the
 /// other; else the avoided package goes first,
 /// as if its avoider did not exist, unless the avoider is strictly more
 /// important; two that avoid each other go by priority, then name.
 fn avoid_first(pkgs: &[Pkg<'_>], p: usize, q: usize) -> usize {
     let frozen = |x: usize| {
         let state = pkgs[x].state;
-        !state.switching_enabled && !state.run_requested && !pkgs[x].sticky.is_empty()
+        !state.switching_enabled
+            && !state.run_requested
+            && state.requested_node.is_none()
+            && !pkgs[x].sticky.is_empty()
     };
     match (frozen(p), frozen(q)) {
         (true, false) => return p,
