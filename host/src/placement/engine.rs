@@ -295,14 +295,18 @@ impl OrderGraph {
 
 /// Which of two packages in an avoid relation is placed first (the other
 /// may not use its node). A package frozen where it runs (package switching
-/// disabled, no run request that would add instances) is not moved for the
+/// disabled, no operator request that would add instances or move it) is
+/// not moved for the
 /// other; else the avoided package goes first,
 /// as if its avoider did not exist, unless the avoider is strictly more
 /// important; two that avoid each other go by priority, then name.
 fn avoid_first(pkgs: &[Pkg<'_>], p: usize, q: usize) -> usize {
     let frozen = |x: usize| {
         let state = pkgs[x].state;
-        !state.switching_enabled && !state.run_requested && !pkgs[x].sticky.is_empty()
+        !state.switching_enabled
+            && !state.run_requested
+            && state.requested_node.is_none()
+            && !pkgs[x].sticky.is_empty()
     };
     match (frozen(p), frozen(q)) {
         (true, false) => return p,
@@ -1004,22 +1008,42 @@ impl<'c, 'a> Pass<'c, 'a> {
                 }
             }
         }
+        let mut handover_halted: Vec<(usize, usize)> = Vec::new();
+        let mut handover_halt = |actions: &mut Vec<Action>, l: usize, n: usize| {
+            if handover_halted.contains(&(l, n)) {
+                return;
+            }
+            handover_halted.push((l, n));
+            let reason = decisions[l]
+                .leave
+                .iter()
+                .find(|&&(m, _)| m == n)
+                .map_or(ActionReason::Avoid, |&(_, r)| r);
+            actions.push(action(Op::Halt, l, n, reason));
+        };
         for &p in &run_order {
             let d = &decisions[p];
             for &n in &d.target {
                 if ctx.pkgs[p].current_live.contains(&n) {
                     continue;
                 }
+                // A leader whose follower comes after it in the run order (an
+                // order cycle broke the handover edge) halts before it runs
+                // elsewhere: never on two nodes at once.
+                for &(_, _, t) in handovers.iter().filter(|&&(_, l, _)| l == p) {
+                    handover_halt(&mut actions, p, t);
+                }
                 actions.push(action(Op::Run, p, n, d.arrive));
                 for &(_, l, _) in handovers.iter().filter(|&&(f, _, t)| f == p && t == n) {
-                    let reason = decisions[l]
-                        .leave
-                        .iter()
-                        .find(|&&(m, _)| m == n)
-                        .map_or(ActionReason::Avoid, |&(_, r)| r);
-                    actions.push(action(Op::Halt, l, n, reason));
+                    handover_halt(&mut actions, l, n);
                 }
             }
+        }
+        // A handover whose leader goes nowhere and whose follower did not
+        // run (it cannot happen when the follower takes the node, but the
+        // halt must not be lost).
+        for &(_, l, t) in &handovers {
+            handover_halt(&mut actions, l, t);
         }
 
         let mut placement = BTreeMap::new();
