@@ -289,7 +289,7 @@ fn runtime_context(config_dir: &Path) -> RuntimeContext {
 /// validation `vigil host` runs at startup and on reload.
 fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let (errors, monitors) = match runtime.block_on(validation::validate(config_dir)) {
+    let (errors, monitors) = match runtime.block_on(validation::validate(config_dir, None)) {
         Err(errors) => (errors, 0),
         Ok(validated) => (validated.errors, validated.monitors),
     };

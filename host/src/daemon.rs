@@ -164,19 +164,23 @@ pub fn resolve_node(config: &Config, requested: Option<&str>) -> anyhow::Result<
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(options: HostOptions) -> anyhow::Result<()> {
-    let validated = validation::validate(&options.config_dir)
-        .await
-        .map_err(|errors| {
-            anyhow::anyhow!(
-                "invalid configuration:\n{}",
-                errors
-                    .iter()
-                    .map(|e| format!("  {e}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+    let validated =
+        validation::validate(&options.config_dir, Some(validation::HOST_PROBE_DEADLINE))
+            .await
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "invalid configuration:\n{}",
+                    errors
+                        .iter()
+                        .map(|e| format!("  {e}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
     log_config_errors(&validated, &BTreeSet::new());
+    for monitor in &validated.unprobed {
+        warn!(%monitor, deadline = ?validation::HOST_PROBE_DEADLINE, "monitor not probed in time at startup; packages are not checked against its declarations (vigil check does)");
+    }
     let config_errors = validated
         .errors
         .iter()
@@ -795,7 +799,7 @@ impl DaemonState {
         self.reload = ReloadState::Running;
         let (dir, events) = (self.config_dir.clone(), self.events.clone());
         tokio::spawn(async move {
-            let result = validation::validate(&dir).await;
+            let result = validation::validate(&dir, Some(validation::HOST_PROBE_DEADLINE)).await;
             let _ = events.send(Event::Reloaded(Box::new(result)));
         });
     }
@@ -903,6 +907,7 @@ mod tests {
         let read = config::load(dir.path()).map(|mut config| Validated {
             errors: std::mem::take(&mut config.errors),
             consequences: Vec::new(),
+            unprobed: Vec::new(),
             monitors: config.monitors.len(),
             config,
         });

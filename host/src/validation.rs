@@ -26,6 +26,15 @@ use crate::runtime::{self, MonitorEvent, RuntimeContext};
 /// system gets near it.
 pub const READ_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long the host waits for one monitor's probe when it starts or
+/// reloads. A host restart must stay well inside the guard's margin (half
+/// the lease TTL) so the guard hands over instead of halting the packages;
+/// a monitor that takes longer (an exec monitor that runs for seconds) is
+/// not waited for, and since its declarations are not known then, the
+/// host does not refuse packages for undeclared resources on that start.
+/// `vigil check` waits each monitor's own timeout.
+pub const HOST_PROBE_DEADLINE: Duration = Duration::from_millis(500);
+
 /// The outcome of [`validate`] when `cluster.toml` is usable.
 #[derive(Debug)]
 pub struct Validated {
@@ -39,6 +48,8 @@ pub struct Validated {
     pub consequences: Vec<ConfigError>,
     /// How many monitors were probed.
     pub monitors: usize,
+    /// Monitors whose probe did not finish within the probe deadline.
+    pub unprobed: Vec<String>,
 }
 
 impl Validated {
@@ -58,7 +69,14 @@ pub fn runtime_context(cluster: &config::ClusterConfig) -> RuntimeContext {
 
 /// Loads and validates everything under `dir`. `Err` when `cluster.toml`
 /// itself is unusable (or the directory could not be read in time).
-pub async fn validate(dir: &Path) -> Result<Validated, Vec<ConfigError>> {
+///
+/// `probe_deadline` bounds each monitor's probe (the host's start and
+/// reload pass [`HOST_PROBE_DEADLINE`]); `None` waits for the monitor's own
+/// deadline, as `vigil check` does.
+pub async fn validate(
+    dir: &Path,
+    probe_deadline: Option<Duration>,
+) -> Result<Validated, Vec<ConfigError>> {
     let owned = dir.to_owned();
     let read = tokio::task::spawn_blocking(move || {
         let config = config::load(&owned)?;
@@ -96,8 +114,22 @@ pub async fn validate(dir: &Path) -> Result<Validated, Vec<ConfigError>> {
         })
         .collect();
     let mut declared: Vec<ResourcePattern> = Vec::new();
-    for (monitor, probe) in config.monitors.iter().zip(probes) {
-        let events = probe.await.unwrap_or_else(|e| {
+    let mut unprobed = Vec::new();
+    let started = tokio::time::Instant::now();
+    for (monitor, mut probe) in config.monitors.iter().zip(probes) {
+        let joined = match probe_deadline {
+            None => probe.await,
+            Some(deadline) => match tokio::time::timeout_at(started + deadline, &mut probe).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    // Dropping the probe's run kills its process group.
+                    probe.abort();
+                    unprobed.push(monitor.name.clone());
+                    continue;
+                }
+            },
+        };
+        let events = joined.unwrap_or_else(|e| {
             vec![MonitorEvent::Failed {
                 monitor: monitor.name.clone(),
                 reason: format!("probe task failed: {e}"),
@@ -116,7 +148,10 @@ pub async fn validate(dir: &Path) -> Result<Validated, Vec<ConfigError>> {
         }
     }
     errors.extend(program_errors);
-    let is_declared = |name: &vigil_sdk::ResourceName| declared.iter().any(|p| p.matches(name));
+    // A monitor not probed in time may declare anything.
+    let is_declared = |name: &vigil_sdk::ResourceName| {
+        !unprobed.is_empty() || declared.iter().any(|p| p.matches(name))
+    };
     errors.extend(config::package::check_packages(
         &config.packages,
         &config.cluster.nodes,
@@ -138,6 +173,7 @@ pub async fn validate(dir: &Path) -> Result<Validated, Vec<ConfigError>> {
         consequences.extend(again);
     }
     Ok(Validated {
+        unprobed,
         monitors: config.monitors.len(),
         config,
         errors,
