@@ -35,6 +35,21 @@ fn wait_nodes_up(dir: &ConfigDir, count: usize) {
     });
 }
 
+/// A config dir of cluster `name` (node1..node3 on `etcd`, TTL 2 s) with a
+/// control script `pkg/true.sh` that does nothing.
+fn three_node_dir(name: &str, etcd: &Etcd) -> ConfigDir {
+    let cfg = ConfigDir::new();
+    cfg.write(
+        "cluster.toml",
+        &format!(
+            "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
+            etcd.endpoint
+        ),
+    );
+    cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+    cfg
+}
+
 /// A cluster name no other test of this run uses, even on a shared etcd.
 fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -734,15 +749,7 @@ fn hosts_started_at_the_same_moment_all_stay_up() {
         let dirs: Vec<ConfigDir> = NODES
             .iter()
             .map(|_| {
-                let cfg = ConfigDir::new();
-                cfg.write(
-                    "cluster.toml",
-                    &format!(
-                        "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
-                        etcd.endpoint
-                    ),
-                );
-                cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+                let cfg = three_node_dir(&name, &etcd);
                 let packages = [
                     ("ascs", r#"["node1", "node2", "node3"]"#),
                     ("ers", r#"["node2", "node3", "node1"]"#),
@@ -880,15 +887,7 @@ impl MultiCluster {
         let name = unique_name("multi");
         let mut dirs = BTreeMap::new();
         for node in NODES {
-            let cfg = ConfigDir::new();
-            cfg.write(
-                "cluster.toml",
-                &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
-                    etcd.endpoint
-                ),
-            );
-            cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+            let cfg = three_node_dir(&name, &etcd);
             let scripts = "run = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n";
             cfg.write(
                 "packages.d/mn.toml",
