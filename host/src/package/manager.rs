@@ -541,30 +541,51 @@ impl PackageManager {
                 })
                 .map(|r| r.value.name.clone())
                 .collect();
-            for package in stranded {
-                let nodes: BTreeSet<String> = store.nodes.keys().cloned().collect();
-                let result = self
-                    .write(&package, |u| {
-                        let gone: Vec<String> = u
-                            .owners
-                            .iter()
-                            .filter(|o| !nodes.contains(*o))
-                            .cloned()
-                            .collect();
-                        u.owners.retain(|o| nodes.contains(o));
-                        if u.owners.is_empty() {
-                            u.state = PackageState::Down;
-                            u.left = gone.first().cloned();
-                            u.reason = format!("its node {} is gone", gone.join(", "));
-                        }
-                    })
-                    .await;
-                match result {
-                    Ok(()) => info!(%package, "recorded that a gone node no longer runs it"),
-                    Err(e) => {
+            // One round of concurrent writes from this snapshot (a node
+            // that ran a hundred packages leaves a hundred records), then a
+            // fresh plan: the writes change the records the plan would use.
+            let mut writes = tokio::task::JoinSet::new();
+            for package in &stranded {
+                let Some(record) = store.packages.get(package) else {
+                    continue;
+                };
+                let mut u = PackageUpdate::from(&record.value);
+                let gone: Vec<String> = u
+                    .owners
+                    .iter()
+                    .filter(|o| !store.nodes.contains_key(*o))
+                    .cloned()
+                    .collect();
+                u.owners.retain(|o| store.nodes.contains_key(o));
+                if u.owners.is_empty() {
+                    u.state = PackageState::Down;
+                    u.left = gone.first().cloned();
+                    u.reason = format!("its node {} is gone", gone.join(", "));
+                }
+                let (st, name, revision) = (
+                    Arc::clone(&self.store),
+                    package.clone(),
+                    record.mod_revision,
+                );
+                writes.spawn(
+                    async move { (name.clone(), st.update_package(name, revision, u).await) },
+                );
+            }
+            while let Some(joined) = writes.join_next().await {
+                match joined {
+                    Ok((package, Ok(_))) => {
+                        info!(%package, "recorded that a gone node no longer runs it")
+                    }
+                    // Someone else rewrote it first: the next plan sees that.
+                    Ok((_, Err(StoreError::Conflict { .. }))) => {}
+                    Ok((package, Err(e))) => {
                         warn!(%package, error = %e, "cannot record that a gone node no longer runs it")
                     }
+                    Err(e) => warn!(error = %e, "a store write task failed"),
                 }
+            }
+            if !stranded.is_empty() {
+                return Ok(());
             }
         }
         // Without a sure lease this node may not act as an owner: halt what
@@ -1192,8 +1213,15 @@ impl PackageManager {
                         info!(%package, %node, "package halted");
                         let failing = !reason.is_some_and(|r| r.is_deliberate());
                         self.write(&package, |u| {
-                            u.state = PackageState::Down;
                             u.owners.retain(|o| *o != node);
+                            // A multi-node package still runs on its other
+                            // owners: one record, one state, so it stays up
+                            // (an owner that is halting records its own halt).
+                            u.state = if u.owners.is_empty() {
+                                PackageState::Down
+                            } else {
+                                PackageState::Up
+                            };
                             u.reason = format!("halted on {node} ({why})");
                             if failing {
                                 u.left = Some(node.clone());
