@@ -291,6 +291,24 @@ impl ConfigDir {
     }
 }
 
+/// A test leaves no process behind: guards (left armed by design when a
+/// cluster host stops or is killed), package services and monitor children
+/// started from this directory are killed before it is removed.
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let dir = self.path().display().to_string();
+        for (pid, _) in processes_matching(&dir) {
+            if pid as u32 == std::process::id() {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 impl Default for ConfigDir {
     fn default() -> Self {
         Self::new()
