@@ -1037,38 +1037,6 @@ impl PackageManager {
         })
     }
 
-    async fn dispatch_halt(
-        &mut self,
-        store: &Snapshot,
-        package: &str,
-        reason: Reason,
-        then_fail: Option<String>,
-    ) -> Result<(), StoreError> {
-        let Some(record) = store.packages.get(package) else {
-            return Ok(());
-        };
-        let mut update = PackageUpdate::from(&record.value);
-        update.state = PackageState::Halting;
-        update.reason = format!("halting on {} ({})", self.node, reason);
-        self.store
-            .update_package(package.to_owned(), record.mod_revision, update)
-            .await?;
-        info!(%package, node = %self.node, %reason, "halting package");
-        self.in_flight.insert(
-            package.to_owned(),
-            InFlight {
-                reason,
-                then_fail,
-                record: true,
-            },
-        );
-        let _ = self.agent.send(AgentCommand::Halt {
-            package: package.to_owned(),
-            reason,
-        });
-        Ok(())
-    }
-
     async fn record(&self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
         let store = self.store.snapshot().await?;
         store
@@ -1176,16 +1144,16 @@ impl PackageManager {
                     }
                     Err(e) => {
                         warn!(%package, %node, error = %e, "run failed; halting to clean up");
-                        let store = self.store.snapshot().await;
-                        match store {
+                        match self.store.snapshot().await {
                             Ok(store) => {
-                                self.dispatch_halt(
+                                let halt = self.prepare_halt(
                                     &store,
                                     &package,
                                     Reason::RunFailed,
                                     Some(format!("run failed on {node}: {e}")),
-                                )
-                                .await
+                                );
+                                self.carry_out(halt.into_iter().collect()).await;
+                                Ok(())
                             }
                             Err(e) => Err(e),
                         }
