@@ -147,6 +147,24 @@ pub fn monitor_hello(publishes: &[ResourcePattern]) -> MonitorMessage {
 ///     std::process::exit(vigil_sdk::proto::serve_stdio::<Mine>());
 /// }
 /// ```
+/// Reads the host's hello, the first line a monitor gets, and checks its
+/// protocol version; `who` names this side in the error ("monitor").
+pub fn read_host_hello(input: &mut impl BufRead, who: &str) -> Result<HostHello, String> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .map_err(|e| format!("reading host hello: {e}"))?;
+    let hello: HostHello =
+        serde_json::from_str(line.trim()).map_err(|e| format!("host hello is not valid: {e}"))?;
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "host speaks protocol {}, this {who} speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        ));
+    }
+    Ok(hello)
+}
+
 pub fn serve_stdio<M: Monitor>() -> i32 {
     let stdin = std::io::stdin();
     let out = Arc::new(Mutex::new(std::io::stdout()));
@@ -168,20 +186,10 @@ pub fn serve_stdio<M: Monitor>() -> i32 {
         1
     };
 
-    let mut line = String::new();
-    if let Err(e) = stdin.lock().read_line(&mut line) {
-        return fail(format!("reading host hello: {e}"));
-    }
-    let hello: HostHello = match serde_json::from_str(line.trim()) {
-        Ok(h) => h,
-        Err(e) => return fail(format!("host hello is not valid: {e}")),
+    let hello = match read_host_hello(&mut stdin.lock(), "monitor") {
+        Ok(hello) => hello,
+        Err(message) => return fail(message),
     };
-    if hello.protocol != PROTOCOL_VERSION {
-        return fail(format!(
-            "host speaks protocol {}, this monitor speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        ));
-    }
     let params = if hello.params.is_null() {
         serde_json::Value::Object(Default::default())
     } else {

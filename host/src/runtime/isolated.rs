@@ -13,12 +13,12 @@
 //! This module is only the child's side; the host's side is the ordinary
 //! stream runner in [`super`].
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vigil_sdk::proto::{self, CAP_STREAM, HostHello, MonitorMessage, PROTOCOL_VERSION};
+use vigil_sdk::proto::{self, CAP_STREAM, MonitorMessage, PROTOCOL_VERSION};
 use vigil_sdk::wire::WireSample;
 use vigil_sdk::{Sample, abi};
 
@@ -73,20 +73,10 @@ pub fn serve(plugin: PathBuf, timeout: Duration) -> i32 {
         out.error(message);
         1
     };
-    let mut line = String::new();
-    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
-        return fail(format!("reading host hello: {e}"));
-    }
-    let hello: HostHello = match serde_json::from_str(line.trim()) {
-        Ok(h) => h,
-        Err(e) => return fail(format!("host hello is not valid: {e}")),
+    let hello = match proto::read_host_hello(&mut std::io::stdin().lock(), "child") {
+        Ok(hello) => hello,
+        Err(message) => return fail(message),
     };
-    if hello.protocol != PROTOCOL_VERSION {
-        return fail(format!(
-            "host speaks protocol {}, this child speaks {PROTOCOL_VERSION}",
-            hello.protocol
-        ));
-    }
     let loaded = match Plugin::load(&plugin) {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
