@@ -87,11 +87,17 @@ fn live_group_members(pgid: i32) -> Vec<i32> {
 }
 
 fn read_pid(path: &Path) -> i32 {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim()
         .parse()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
+}
+
+/// The pid in `path` once the shell has finished writing it (`echo`
+/// creates the file before it writes the line).
+fn written_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.ends_with('\n').then(|| text.trim().parse().ok())?
 }
 
 #[tokio::test]
@@ -247,8 +253,7 @@ async fn a_service_that_cannot_start_is_an_error_and_stops_the_others() {
     // The first service may not have written its pid yet when it was
     // stopped; if it did, it must be gone.
     let pidfile = dir.path().join("ok.pid");
-    if pidfile.exists() {
-        let pid = read_pid(&pidfile);
+    if let Some(pid) = written_pid(&pidfile) {
         assert!(
             proc_stat(pid).is_none(),
             "service ok survived a failed start"
@@ -375,7 +380,7 @@ async fn halt_stops_services_and_their_children_then_runs_halt() {
     assert_eq!(record.services.len(), 2);
     let child_pid = dir.path().join("child.pid");
     eventually("the parent service started its child", || {
-        child_pid.exists()
+        written_pid(&child_pid).is_some()
     })
     .await;
     let child = read_pid(&child_pid);
