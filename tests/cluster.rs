@@ -328,7 +328,16 @@ impl AppCluster {
                 ),
             );
             cfg.script("pkg/run.sh", "#!/bin/sh\nexit 0\n");
-            cfg.script("pkg/halt.sh", "#!/bin/sh\nexit 0\n");
+            // The halt script runs once the services are stopped: its line
+            // closes a copy whose service was killed before its trap could
+            // write one (the guard's SIGKILL on a busy machine).
+            cfg.script(
+                "pkg/halt.sh",
+                &format!(
+                    "#!/bin/sh\necho \"$(date +%s%3N) stop $VIGIL_NODE $VIGIL_FENCE_TOKEN\" >> {log}\nexit 0\n",
+                    log = log.display()
+                ),
+            );
             cfg.script(
                 "pkg/service.sh",
                 &format!(
@@ -522,7 +531,7 @@ fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
     c.signal("node1", Signal::SIGCONT);
     std::thread::sleep(Duration::from_secs(3));
     let starts_on_node1 = c.intervals().iter().filter(|i| i.0 == "node1").count();
-    assert_eq!(starts_on_node1, 1, "{:?}", c.intervals());
+    assert_eq!(starts_on_node1, 1, "{:?}\n{}", c.intervals(), c.logs());
     let seen_from_node1 = c.wait_app_on("node1", "node2");
     assert_eq!(seen_from_node1["fence_token"], moved["fence_token"]);
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
