@@ -60,7 +60,10 @@ pub enum Event {
     /// Time to heartbeat the guard.
     GuardBeat,
     /// Something changed in the cluster store (another node, a package record).
-    StoreChanged,
+    StoreChanged(crate::store::StoreEvent),
+    /// The store's watch ended and was taken again: its snapshot replaces
+    /// the manager's view.
+    StoreResync(Box<crate::store::Snapshot>),
     /// Re-read the configuration directory (SIGHUP).
     Reload,
     /// The configuration a reload read and validated on its task.
@@ -295,6 +298,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     let mut notifier = crate::notify::Notifier::from_env();
     notifier.ready(&format!("node {} running", state.node));
     notifier.watchdog(std::time::Instant::now());
+    let mut since_step = 0usize;
     loop {
         let event = tokio::select! {
             biased;
@@ -311,18 +315,18 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 let _ = call.reply.send(response);
             }
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
-            Event::Lifecycle(e) => state.manager.on_lifecycle(e, &state.hub).await,
+            Event::Lifecycle(e) => state.manager.on_lifecycle(e).await,
             Event::Tick => {
                 // The watchdog is fed from the loop itself: a loop that is
                 // stuck trips systemd's WatchdogSec like a dead process.
                 notifier.watchdog(std::time::Instant::now());
                 for t in state.hub.expire_pending(now_ms()) {
                     info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
-                    state.manager.on_transition(&t, &state.hub).await;
+                    state.manager.on_transition(&t);
                 }
                 state.manager.maintain_link().await;
-                state.manager.publish_resource_states().await;
                 state.manager.check_guard().await;
+                // Retries what a store error interrupted.
                 state.manager.step(&state.hub).await;
             }
             // A host that cannot renew its lease stops vouching for its
@@ -332,10 +336,19 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                     guard.beat();
                 }
             }
-            Event::StoreChanged => state.manager.step(&state.hub).await,
+            Event::StoreChanged(change) => state.manager.on_store_event(&change),
+            Event::StoreResync(snapshot) => state.manager.resync(*snapshot),
             Event::Reload => state.start_reload(),
             Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,
+        }
+        // One step for a burst of events (a hundred reports, a hundred
+        // watch events), taken once the queue is drained — or every
+        // STEP_EVERY events, so a flood of samples cannot hold it back.
+        since_step += 1;
+        if state.manager.wants_step() && (inbox.is_empty() || since_step >= STEP_EVERY) {
+            since_step = 0;
+            state.manager.step(&state.hub).await;
         }
     }
     info!("vigil host stopping");
@@ -457,17 +470,12 @@ async fn start_packages(
             let _ = events.send(Event::Agent(r));
         })
     };
-    let mut watch = store.watch().await.context("watching the cluster store")?;
-    {
-        let events = events.clone();
-        tokio::spawn(async move {
-            while watch.events.recv().await.is_some() {
-                if events.send(Event::StoreChanged).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let watch = store.watch().await.context("watching the cluster store")?;
+    tokio::spawn(forward_store_changes(
+        Arc::clone(&store),
+        watch,
+        events.clone(),
+    ));
     let setup = ManagerSetup {
         cluster: config.cluster.name.clone(),
         node: node.to_owned(),
@@ -491,6 +499,46 @@ async fn start_packages(
     .context("starting the package manager")?;
     info!(packages = config.packages.len(), "package manager running");
     Ok(manager)
+}
+
+/// Events handled between two package-manager steps at most.
+const STEP_EVERY: usize = 64;
+
+/// Hands every change the store's watch reports to the main loop. A watch
+/// that ends while the daemon runs (etcd compacted the history it was to
+/// resume from) is taken again, and its snapshot replaces the manager's
+/// view, so the view never silently stops following the store.
+async fn forward_store_changes(
+    store: Arc<dyn ClusterStore>,
+    mut watch: crate::store::Watch,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    loop {
+        while let Some(change) = watch.events.recv().await {
+            if events.send(Event::StoreChanged(change)).is_err() {
+                return;
+            }
+        }
+        loop {
+            if events.is_closed() {
+                return;
+            }
+            match store.watch().await {
+                Ok(fresh) => {
+                    watch = fresh;
+                    let snapshot = Box::new(watch.snapshot.clone());
+                    if events.send(Event::StoreResync(snapshot)).is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the cluster store again; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
 }
 
 struct DaemonState {
@@ -735,7 +783,7 @@ impl DaemonState {
             info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
         }
         for t in &transitions {
-            self.manager.on_transition(t, &self.hub).await;
+            self.manager.on_transition(t);
         }
     }
 
@@ -760,22 +808,14 @@ impl DaemonState {
                 action,
                 package,
                 node,
-            } => {
-                match self
-                    .manager
-                    .admin(action, &package, node.as_deref(), &self.hub)
-                    .await
-                {
-                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
-                    Err(e) => Response::error(e),
-                }
-            }
-            Request::Node { halt, node } => {
-                match self.manager.node_admin(halt, &node, &self.hub).await {
-                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
-                    Err(e) => Response::error(e),
-                }
-            }
+            } => match self.manager.admin(action, &package, node.as_deref()).await {
+                Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                Err(e) => Response::error(e),
+            },
+            Request::Node { halt, node } => match self.manager.node_admin(halt, &node).await {
+                Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                Err(e) => Response::error(e),
+            },
             Request::ConfigErrors => Response::ok(&self.config_errors),
             Request::Monitors => Response::ok(
                 self.hub

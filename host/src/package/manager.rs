@@ -134,6 +134,14 @@ pub struct PackageManager {
     max_parallel: usize,
     /// Run records and the guard's claims.
     run_dir: PathBuf,
+    /// The store as this node last saw it: read once at startup, then kept
+    /// current from the watch and from this node's own writes, so that
+    /// planning, `status` and `why` never wait for a read.
+    view: Snapshot,
+    /// Something changed since the last step (an event, a report, a
+    /// request): the daemon steps once its queue is drained, so a burst of
+    /// a hundred reports costs one plan, not a hundred.
+    dirty: bool,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -256,7 +264,8 @@ impl PackageManager {
                 updated_ms: vigil_sdk::now_ms(),
             })
             .await?;
-        let snapshot = store.snapshot().await?;
+        let mut view = store.snapshot().await?;
+        let snapshot = view.clone();
         let mut adopting = BTreeSet::new();
         for p in &packages {
             match snapshot.packages.get(&p.name) {
@@ -267,7 +276,9 @@ impl PackageManager {
                         .update_package(p.name.clone(), 0, PackageUpdate::down("configured"))
                         .await
                     {
-                        Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                        Ok(created) => view.seen(created),
+                        // The watch brings the other host's record.
+                        Err(StoreError::Conflict { .. }) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -297,7 +308,27 @@ impl PackageManager {
             claiming: BTreeMap::new(),
             max_parallel,
             run_dir,
+            view,
+            dirty: true,
         })
+    }
+
+    /// A change the store's watch reported.
+    pub fn on_store_event(&mut self, event: &crate::store::StoreEvent) {
+        self.view.apply(event);
+        self.dirty = true;
+    }
+
+    /// The watch was lost and taken again: its snapshot replaces the view.
+    pub fn resync(&mut self, snapshot: Snapshot) {
+        info!(revision = snapshot.revision, "store view resynchronised");
+        self.view = snapshot;
+        self.dirty = true;
+    }
+
+    /// Whether something happened that the next step must look at.
+    pub fn wants_step(&self) -> bool {
+        self.dirty
     }
 
     /// Deals with what the guard did while this host was frozen or gone:
@@ -315,13 +346,7 @@ impl PackageManager {
         if claims.is_empty() {
             return;
         }
-        let store = match self.store.snapshot().await {
-            Ok(store) => store,
-            Err(e) => {
-                warn!(error = %e, "cannot read the store to settle the guard's claims");
-                return;
-            }
-        };
+        let store = self.view.clone();
         let node = self.node.clone();
         for claim in claims {
             let package = claim.record.package.clone();
@@ -335,19 +360,23 @@ impl PackageManager {
                 let halted = claim.phase == ClaimPhase::Halted;
                 warn!(%package, %fence, reason = %why, "the guard halted this package");
                 let result = self
-                    .write(&package, |u| {
-                        if halted {
-                            u.state = PackageState::Down;
-                            u.owners.retain(|o| *o != node);
-                        } else {
-                            // As after a failed halt: something may still
-                            // hold its resources, so it stays ours until
-                            // an operator clears it.
-                            u.state = PackageState::Failed;
-                            u.failed_on.insert(node.clone());
-                        }
-                        u.reason = why.clone();
-                    })
+                    .write_if(
+                        &package,
+                        |r| r.owners.contains(&node) && r.fence_token == fence,
+                        |u| {
+                            if halted {
+                                u.state = PackageState::Down;
+                                u.owners.retain(|o| *o != node);
+                            } else {
+                                // As after a failed halt: something may still
+                                // hold its resources, so it stays ours until
+                                // an operator clears it.
+                                u.state = PackageState::Failed;
+                                u.failed_on.insert(node.clone());
+                            }
+                            u.reason = why.clone();
+                        },
+                    )
                     .await;
                 if let Err(e) = result {
                     warn!(%package, error = %e, "cannot record the guard's halt; retrying");
@@ -436,16 +465,16 @@ impl PackageManager {
         snap
     }
 
-    async fn plan(&self, hub: &ResourceHub) -> Result<(Snapshot, Plan), StoreError> {
-        let store = self.store.snapshot().await?;
-        let plan = placement::plan(&self.cluster_snapshot(&store, hub));
-        Ok((store, plan))
+    fn plan(&self, hub: &ResourceHub) -> Plan {
+        placement::plan(&self.cluster_snapshot(&self.view, hub))
     }
 
     /// Dispatches what can be dispatched now: the plan's next action when
     /// nothing is under way, and at any time the halts that must not wait
     /// (a resource down here, a failed service, lost ownership).
     pub async fn step(&mut self, hub: &ResourceHub) {
+        self.dirty = false;
+        self.publish_resource_states().await;
         if !self.adopting.is_empty() {
             return;
         }
@@ -462,7 +491,7 @@ impl PackageManager {
     }
 
     async fn try_step(&mut self, hub: &ResourceHub) -> Result<(), StoreError> {
-        let store = self.store.snapshot().await?;
+        let store = self.view.clone();
         let here_halted = store
             .nodes
             .get(&self.node)
@@ -513,11 +542,18 @@ impl PackageManager {
             let node = self.node.clone();
             warn!(%package, state = record.value.state.as_str(), "no start or halt is under way here; correcting the record");
             return self
-                .write(&package, |u| {
-                    u.state = PackageState::Down;
-                    u.owners.retain(|o| *o != node);
-                    u.reason = format!("start or halt on {node} abandoned");
-                })
+                .write_if(
+                    &package,
+                    |r| {
+                        r.owners.contains(&node)
+                            && matches!(r.state, PackageState::Starting | PackageState::Halting)
+                    },
+                    |u| {
+                        u.state = PackageState::Down;
+                        u.owners.retain(|o| *o != node);
+                        u.reason = format!("start or halt on {node} abandoned");
+                    },
+                )
                 .await;
         }
         // Owners that are gone (their lease expired, so their guard halted
@@ -573,8 +609,9 @@ impl PackageManager {
             }
             while let Some(joined) = writes.join_next().await {
                 match joined {
-                    Ok((package, Ok(_))) => {
-                        info!(%package, "recorded that a gone node no longer runs it")
+                    Ok((package, Ok(written))) => {
+                        info!(%package, "recorded that a gone node no longer runs it");
+                        self.view.seen(written);
                     }
                     // Someone else rewrote it first: the next plan sees that.
                     Ok((_, Err(StoreError::Conflict { .. }))) => {}
@@ -708,7 +745,10 @@ impl PackageManager {
         let mut claims = Vec::new();
         for (p, result) in prepared.into_iter().zip(results) {
             let updated = match result {
-                Some(Ok(updated)) => updated,
+                Some(Ok(updated)) => {
+                    self.view.seen(updated.clone());
+                    updated
+                }
                 Some(Err(e)) => {
                     warn!(package = %p.package, error = %e, "cannot record the action; replanning");
                     continue;
@@ -1037,26 +1077,64 @@ impl PackageManager {
         })
     }
 
-    async fn record(&self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
+    /// The package's record read from the store itself (the view may be
+    /// behind: a write just lost a compare-and-swap), taken into the view.
+    async fn record(&mut self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
         let store = self.store.snapshot().await?;
-        store
+        let record = store
             .packages
             .get(package)
             .cloned()
             .ok_or_else(|| StoreError::Backend {
                 path: "store".into(),
                 message: format!("package {package} has no record"),
-            })
+            })?;
+        self.view.seen(record.clone());
+        Ok(record)
     }
 
-    /// Writes `change` to the package's record (re-reading on a conflict).
+    /// Writes `change` to the package's record: from the view first, from a
+    /// fresh read after a lost compare-and-swap.
     async fn write(
-        &self,
+        &mut self,
         package: &str,
         change: impl Fn(&mut PackageUpdate),
     ) -> Result<(), StoreError> {
-        for _ in 0..5 {
-            let record = self.record(package).await?;
+        self.write_if(package, |_| true, change).await
+    }
+
+    /// [`write`](Self::write) of what this node records about its own copy
+    /// (its outcome, its halt): only while the record still names this node
+    /// as an owner. A decision taken on a view that was behind (a host
+    /// frozen for seconds) must not land on the record of the node that
+    /// took the package over.
+    async fn write_owned(
+        &mut self,
+        package: &str,
+        change: impl Fn(&mut PackageUpdate),
+    ) -> Result<(), StoreError> {
+        let node = self.node.clone();
+        self.write_if(package, |r| r.owners.contains(&node), change)
+            .await
+    }
+
+    /// Writes `change` when `holds` is true of the record it would replace
+    /// — checked again on every attempt, against what is really stored.
+    async fn write_if(
+        &mut self,
+        package: &str,
+        holds: impl Fn(&PackageRecord) -> bool,
+        change: impl Fn(&mut PackageUpdate),
+    ) -> Result<(), StoreError> {
+        for attempt in 0..5 {
+            let record = match self.view.packages.get(package) {
+                Some(record) if attempt == 0 => record.clone(),
+                _ => self.record(package).await?,
+            };
+            if !holds(&record.value) {
+                info!(%package, state = record.value.state.as_str(), owners = ?record.value.owners, "record moved on; not writing over it");
+                return Ok(());
+            }
             let mut update = PackageUpdate::from(&record.value);
             change(&mut update);
             match self
@@ -1064,8 +1142,12 @@ impl PackageManager {
                 .update_package(package.to_owned(), record.mod_revision, update)
                 .await
             {
+                Ok(written) => {
+                    self.view.seen(written);
+                    return Ok(());
+                }
                 Err(StoreError::Conflict { .. }) => continue,
-                other => return other.map(drop),
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Backend {
@@ -1084,7 +1166,7 @@ impl PackageManager {
                     Ok(()) => {
                         info!(%package, "re-adopted: still running, not restarted");
                         self.running_here.insert(package.clone());
-                        self.write(&package, |u| {
+                        self.write_owned(&package, |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("re-adopted on {node} after a host restart");
                         })
@@ -1106,7 +1188,7 @@ impl PackageManager {
                             Ok(())
                         } else {
                             warn!(%package, error = %e, "cannot re-adopt; it is not running here");
-                            self.write(&package, |u| {
+                            self.write_owned(&package, |u| {
                                 u.state = PackageState::Down;
                                 u.owners.retain(|o| *o != node);
                                 u.reason = format!("not running after a host restart: {e}");
@@ -1136,7 +1218,7 @@ impl PackageManager {
                                 hub.restart(&package, &r.name, vigil_sdk::now_ms());
                             }
                         }
-                        self.write(&package, |u| {
+                        self.write_owned(&package, |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("up on {node} ({why})");
                         })
@@ -1144,19 +1226,14 @@ impl PackageManager {
                     }
                     Err(e) => {
                         warn!(%package, %node, error = %e, "run failed; halting to clean up");
-                        match self.store.snapshot().await {
-                            Ok(store) => {
-                                let halt = self.prepare_halt(
-                                    &store,
-                                    &package,
-                                    Reason::RunFailed,
-                                    Some(format!("run failed on {node}: {e}")),
-                                );
-                                self.carry_out(halt.into_iter().collect()).await;
-                                Ok(())
-                            }
-                            Err(e) => Err(e),
-                        }
+                        let halt = self.prepare_halt(
+                            &self.view,
+                            &package,
+                            Reason::RunFailed,
+                            Some(format!("run failed on {node}: {e}")),
+                        );
+                        self.carry_out(halt.into_iter().collect()).await;
+                        Ok(())
                     }
                 }
             }
@@ -1165,7 +1242,7 @@ impl PackageManager {
                 self.running_here.remove(&package);
                 if flight.as_ref().is_some_and(|f| !f.record) {
                     info!(%package, %node, ok = result.is_ok(), "stale copy halted");
-                    self.step(hub).await;
+                    self.dirty = true;
                     return;
                 }
                 if let (Some(link), Ok(())) = (&self.link, &result)
@@ -1180,7 +1257,7 @@ impl PackageManager {
                     (Ok(()), None) => {
                         info!(%package, %node, "package halted");
                         let failing = !reason.is_some_and(|r| r.is_deliberate());
-                        self.write(&package, |u| {
+                        self.write_owned(&package, |u| {
                             u.owners.retain(|o| *o != node);
                             // A multi-node package still runs on its other
                             // owners: one record, one state, so it stays up
@@ -1199,7 +1276,7 @@ impl PackageManager {
                     }
                     (Ok(()), Some(failure)) => {
                         warn!(%package, %node, %failure, "package failed here");
-                        self.write(&package, |u| {
+                        self.write_owned(&package, |u| {
                             u.state = PackageState::Failed;
                             u.owners.retain(|o| *o != node);
                             u.failed_on.insert(node.clone());
@@ -1213,7 +1290,7 @@ impl PackageManager {
                     // start it until an operator clears it.
                     (Err(e), _) => {
                         warn!(%package, %node, error = %e, "halt failed");
-                        self.write(&package, |u| {
+                        self.write_owned(&package, |u| {
                             u.state = PackageState::Failed;
                             u.failed_on.insert(node.clone());
                             u.reason = format!("halt failed on {node}: {e}");
@@ -1226,11 +1303,11 @@ impl PackageManager {
         if let Err(e) = outcome {
             warn!(error = %e, "cannot record an action's outcome in the store");
         }
-        self.step(hub).await;
+        self.dirty = true;
     }
 
     /// A service exited, restarted, or used up its restarts.
-    pub async fn on_lifecycle(&mut self, event: LifecycleEvent, hub: &ResourceHub) {
+    pub async fn on_lifecycle(&mut self, event: LifecycleEvent) {
         match event {
             LifecycleEvent::ServiceRestarted {
                 package,
@@ -1258,34 +1335,34 @@ impl PackageManager {
                 let why = format!("service {service} failed on {}: {reason}", self.node);
                 warn!(%package, %why, "package failed");
                 self.failures.insert(package, why);
-                self.step(hub).await;
+                self.dirty = true;
             }
             LifecycleEvent::GuardHalted {
                 package, service, ..
             } => {
                 warn!(%package, %service, "service stopped by the guard");
                 self.check_guard().await;
-                self.step(hub).await;
+                self.dirty = true;
             }
         }
     }
 
     /// A package's view of a resource changed: plan again at once, so a
     /// required resource going down halts the package here without waiting.
-    pub async fn on_transition(&mut self, transition: &Transition, hub: &ResourceHub) {
+    pub fn on_transition(&mut self, transition: &Transition) {
         // Other nodes place packages on what this node reports.
         if self.link.is_some() {
             self.unpublished
                 .insert(transition.resource.clone(), transition.to);
-            self.publish_resource_states().await;
+            self.dirty = true;
         }
         if self.packages.contains_key(&transition.package) {
-            self.step(hub).await;
+            self.dirty = true;
         }
     }
 
     pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
-        let store = self.store.snapshot().await?;
+        let store = &self.view;
         Ok(StatusOutput {
             cluster: self.cluster.clone(),
             node: self.node.clone(),
@@ -1347,7 +1424,8 @@ impl PackageManager {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
         }
-        let (store, plan) = self.plan(hub).await.map_err(|e| e.to_string())?;
+        let plan = self.plan(hub);
+        let store = &self.view;
         let explanation = plan
             .explanations
             .get(package)
@@ -1378,7 +1456,6 @@ impl PackageManager {
         op: AdminOp,
         package: &str,
         node: Option<&str>,
-        hub: &ResourceHub,
     ) -> Result<String, String> {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
@@ -1449,29 +1526,21 @@ impl PackageManager {
                 format!("cleared failures of {package}")
             }
         };
-        self.step(hub).await;
+        self.dirty = true;
         Ok(done)
     }
 
     /// `vigil node run|halt NAME` (this node only, for now).
-    pub async fn node_admin(
-        &mut self,
-        halt: bool,
-        node: &str,
-        hub: &ResourceHub,
-    ) -> Result<String, String> {
+    pub async fn node_admin(&mut self, halt: bool, node: &str) -> Result<String, String> {
         if !self.cluster_nodes.iter().any(|n| n == node) {
             return Err(format!("node {node:?} is not in cluster.nodes"));
         }
         // Another node's record can be changed only while that node is there
         // to hold it: a record written for a dead node would outlive it.
-        if node != self.node {
-            let store = self.store.snapshot().await.map_err(|e| e.to_string())?;
-            if !store.nodes.contains_key(node) {
-                return Err(format!(
-                    "node {node:?} is not running `vigil host`; start it there"
-                ));
-            }
+        if node != self.node && !self.view.nodes.contains_key(node) {
+            return Err(format!(
+                "node {node:?} is not running `vigil host`; start it there"
+            ));
         }
         let state = if halt {
             NodeState::Halted
@@ -1486,7 +1555,7 @@ impl PackageManager {
             })
             .await
             .map_err(|e| e.to_string())?;
-        self.step(hub).await;
+        self.dirty = true;
         Ok(format!("node {node} is {}", state.as_str()))
     }
 }

@@ -223,20 +223,39 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Applies an event in order, so a watcher's snapshot stays current.
+    /// A record is never replaced by an older version of itself: a writer
+    /// that applies its own write results at once (see [`Self::seen`]) may
+    /// then receive the watch's events of earlier revisions.
     pub fn apply(&mut self, event: &StoreEvent) {
         self.revision = self.revision.max(event.revision);
         match &event.change {
             Change::Node(n) => {
-                self.nodes.insert(n.value.name.clone(), n.clone());
+                if self
+                    .nodes
+                    .get(&n.value.name)
+                    .is_none_or(|old| old.mod_revision <= n.mod_revision)
+                {
+                    self.nodes.insert(n.value.name.clone(), n.clone());
+                }
             }
-            Change::Package(p) => {
-                self.packages.insert(p.value.name.clone(), p.clone());
-            }
+            Change::Package(p) => self.seen(p.clone()),
             Change::PackageDeleted { name } => {
-                self.packages.remove(name);
+                if self
+                    .packages
+                    .get(name)
+                    .is_some_and(|old| old.mod_revision <= event.revision)
+                {
+                    self.packages.remove(name);
+                }
             }
             Change::NodeDeleted { name } => {
-                self.nodes.remove(name);
+                if self
+                    .nodes
+                    .get(name)
+                    .is_some_and(|old| old.mod_revision <= event.revision)
+                {
+                    self.nodes.remove(name);
+                }
             }
             Change::Resource {
                 node,
@@ -246,6 +265,19 @@ impl Snapshot {
                 self.resources
                     .insert((node.clone(), resource.clone()), *state);
             }
+        }
+    }
+
+    /// Takes a package record read or written by this process, unless the
+    /// snapshot already holds a newer version of it.
+    pub fn seen(&mut self, record: Versioned<PackageRecord>) {
+        if self
+            .packages
+            .get(&record.value.name)
+            .is_none_or(|old| old.mod_revision <= record.mod_revision)
+        {
+            self.revision = self.revision.max(record.mod_revision);
+            self.packages.insert(record.value.name.clone(), record);
         }
     }
 }

@@ -45,3 +45,34 @@ async fn concurrent_writers_never_lose_an_update_and_watchers_miss_nothing() {
     let store: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     suite::concurrent_writers_never_lose_an_update_and_watchers_miss_nothing(store).await;
 }
+
+#[tokio::test]
+async fn a_view_that_took_its_own_write_is_not_set_back_by_older_watch_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut watch = store.watch().await.unwrap();
+    let mut view = watch.snapshot.clone();
+    let first = store
+        .update_package("web".into(), 0, PackageUpdate::down("configured"))
+        .await
+        .unwrap();
+    let mut up = PackageUpdate::from(&first.value);
+    up.state = PackageState::Up;
+    up.owners = vec!["node1".into()];
+    let second = store
+        .update_package("web".into(), first.mod_revision, up)
+        .await
+        .unwrap();
+    // The writer applies its own result before the watch delivers
+    // anything; then both events arrive, the older first.
+    view.seen(second.clone());
+    for _ in 0..2 {
+        let event = watch.events.recv().await.unwrap();
+        view.apply(&event);
+        assert_eq!(view.packages["web"], second, "after {event:?}");
+    }
+    // A stale read taken before the write does not set it back either.
+    view.seen(first);
+    assert_eq!(view.packages["web"], second);
+    assert_eq!(view.packages, store.snapshot().await.unwrap().packages);
+}
