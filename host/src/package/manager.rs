@@ -26,12 +26,13 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::agent::{self, AgentCommand, AgentReport};
+use super::coordinator::{self, AfterWrite, Effect, Facts, Prepared};
 use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
 use crate::config::package::PackageConfig;
 use crate::criteria::{ResourceState, Transition};
 use crate::guard::{Claim, ClaimPhase};
 use crate::hub::ResourceHub;
-use crate::placement::{self, ActionReason, ClusterSnapshot, NodeState as PlacementNode, Op, Plan};
+use crate::placement::{self, Plan, ResourceVerdicts};
 use crate::store::{
     ClusterStore, NodeRecord, NodeState, PackageRecord, PackageState, PackageUpdate, Snapshot,
     StoreError, Versioned,
@@ -169,26 +170,14 @@ impl Drop for ClusterLink {
     }
 }
 
-/// An action ready to be recorded: the record write, and what follows it.
-#[derive(Debug, Clone)]
-struct Prepared {
-    package: String,
-    revision: crate::store::Revision,
-    update: PackageUpdate,
-    then: AfterWrite,
-}
-
-/// What is handed to the agent once the record is written.
-#[derive(Debug, Clone)]
-enum AfterWrite {
-    Halt {
-        reason: Reason,
-        then_fail: Option<String>,
-    },
-    Run {
-        reason: Reason,
-        failover: bool,
-    },
+/// The facts of a decision that the manager does not keep as fields.
+struct Inputs {
+    specs: Vec<placement::PackageSpec>,
+    verdicts: ResourceVerdicts,
+    in_flight: BTreeSet<String>,
+    claiming: BTreeSet<String>,
+    deferred_down: BTreeMap<String, String>,
+    guard_halting: BTreeSet<String>,
 }
 
 /// A failover package whose ownership record is ours, waiting for the
@@ -401,44 +390,24 @@ impl PackageManager {
         }
     }
 
-    /// The placement engine's view of the cluster now.
-    fn cluster_snapshot(&self, store: &Snapshot, hub: &ResourceHub) -> ClusterSnapshot {
-        let mut snap = ClusterSnapshot {
-            nodes: self
-                .cluster_nodes
-                .iter()
-                .map(|n| PlacementNode {
-                    name: n.clone(),
-                    up: store
-                        .nodes
-                        .get(n)
-                        .is_some_and(|r| r.value.state == NodeState::Up),
-                    switching_enabled: true,
-                })
-                .collect(),
-            packages: self.packages.values().map(PackageConfig::to_spec).collect(),
-            ..ClusterSnapshot::default()
-        };
+    /// What the coordinator decides from, owned: the facts that are not
+    /// fields of the manager already.
+    fn inputs(&self, hub: &ResourceHub) -> Inputs {
         let now = vigil_sdk::now_ms();
+        let mut verdicts = ResourceVerdicts::default();
+        let mut deferred_down = BTreeMap::new();
         for (name, p) in &self.packages {
-            let state = snap.state_mut(name);
-            if let Some(record) = store.packages.get(name) {
-                let r = &record.value;
-                if matches!(
-                    r.state,
-                    PackageState::Up | PackageState::Starting | PackageState::Halting
-                ) {
-                    state.running_on = r.owners.clone();
-                }
-                state.switching_enabled = r.switching;
-                state.failed_on = r.failed_on.clone();
-                state.left = r.left.clone();
-                let admin = &r.admin;
-                state.halted_by_admin = admin.halted;
-                state.run_requested = admin.run;
-                state.requested_node = admin.node.clone();
-            }
-            let running_on = state.running_on.clone();
+            let running_on: &[String] = self
+                .view
+                .packages
+                .get(name)
+                .filter(|r| {
+                    matches!(
+                        r.value.state,
+                        PackageState::Up | PackageState::Starting | PackageState::Halting
+                    )
+                })
+                .map_or(&[], |r| &r.value.owners);
             for r in &p.resources {
                 for node in &self.cluster_nodes {
                     let judged = if *node == self.node {
@@ -450,23 +419,73 @@ impl PackageManager {
                         // Another node halts its own packages for a resource
                         // unknown there too long; here it only must not be
                         // planned away before that.
-                        store
+                        self.view
                             .resources
                             .get(&(node.clone(), r.name.clone()))
                             .map(|&state| (state, std::time::Duration::ZERO))
                     };
                     let runs_there = running_on.contains(node);
                     if let Some(up) = resource_verdict(r, judged, runs_there) {
-                        snap.set_resource(name, node, r.name.as_str(), up);
+                        verdicts
+                            .entry(name.clone())
+                            .or_default()
+                            .entry(node.clone())
+                            .or_default()
+                            .insert(r.name.to_string(), up);
                     }
+                }
+                if r.evaluate == placement::Evaluate::AfterStart
+                    && hub.state(name, &r.name) == Some(ResourceState::Down)
+                    && !deferred_down.contains_key(name)
+                {
+                    deferred_down.insert(
+                        name.clone(),
+                        format!("after_start resource {} went down on {}", r.name, self.node),
+                    );
                 }
             }
         }
-        snap
+        // The guard may still be halting an old copy here (after a freeze):
+        // only a package not running here can be started, so only those.
+        let guard_halting = self
+            .packages
+            .keys()
+            .filter(|p| !self.running_here.contains(*p) && !self.in_flight.contains_key(*p))
+            .filter(|p| Claim::load(&self.run_dir, p).is_some_and(|c| c.in_progress()))
+            .cloned()
+            .collect();
+        Inputs {
+            specs: self.packages.values().map(PackageConfig::to_spec).collect(),
+            verdicts,
+            in_flight: self.in_flight.keys().cloned().collect(),
+            claiming: self.claiming.keys().cloned().collect(),
+            deferred_down,
+            guard_halting,
+        }
+    }
+
+    fn facts<'a>(&'a self, inputs: &'a Inputs) -> Facts<'a> {
+        Facts {
+            node: &self.node,
+            cluster_nodes: &self.cluster_nodes,
+            packages: &inputs.specs,
+            store: &self.view,
+            verdicts: &inputs.verdicts,
+            in_flight: &inputs.in_flight,
+            claiming: &inputs.claiming,
+            running_here: &self.running_here,
+            adopting: &self.adopting,
+            failures: &self.failures,
+            deferred_down: &inputs.deferred_down,
+            guard_halting: &inputs.guard_halting,
+            lease_in_doubt: self.lease_in_doubt(),
+            max_parallel: self.max_parallel,
+        }
     }
 
     fn plan(&self, hub: &ResourceHub) -> Plan {
-        placement::plan(&self.cluster_snapshot(&self.view, hub))
+        let inputs = self.inputs(hub);
+        placement::plan(&coordinator::placement_input(&self.facts(&inputs)))
     }
 
     /// Dispatches what can be dispatched now: the plan's next action when
@@ -485,239 +504,36 @@ impl PackageManager {
                 self.claiming.remove(&package);
             }
         }
-        if let Err(e) = self.try_step(hub).await {
-            warn!(error = %e, "package manager step failed; retrying on the next event");
-        }
+        self.decide_and_act(hub).await;
     }
 
-    async fn try_step(&mut self, hub: &ResourceHub) -> Result<(), StoreError> {
-        let store = self.view.clone();
-        let here_halted = store
-            .nodes
-            .get(&self.node)
-            .is_some_and(|n| n.value.state == NodeState::Halted);
-        // A copy running here whose ownership went to another node (this
-        // host was frozen or cut off, and the cluster moved on): stop it at
-        // once, without touching a record that is no longer ours.
-        let lost: Vec<String> = self
-            .running_here
-            .iter()
-            .filter(|p| {
-                !self.in_flight.contains_key(*p)
-                    && store
-                        .packages
-                        .get(*p)
-                        .is_some_and(|r| !r.value.owners.contains(&self.node))
-            })
-            .cloned()
-            .collect();
-        for package in lost {
-            warn!(%package, node = %self.node, "ownership went to another node; halting the copy here");
-            self.in_flight.insert(
-                package.clone(),
-                InFlight {
-                    reason: Reason::LostOwnership,
-                    then_fail: None,
-                    record: false,
-                },
-            );
-            let _ = self.agent.send(AgentCommand::Halt {
-                package,
-                reason: Reason::LostOwnership,
-            });
-        }
-        // A record that says a start or halt is under way here while none
-        // is (an attempt abandoned after a store error): set it straight, or
-        // placement would believe it forever.
-        let stale = store.packages.values().find(|r| {
-            let r = &r.value;
-            matches!(r.state, PackageState::Starting | PackageState::Halting)
-                && r.owners.contains(&self.node)
-                && !self.running_here.contains(&r.name)
-                && !self.adopting.contains(&r.name)
-                && !self.in_flight.contains_key(&r.name)
-        });
-        if let Some(record) = stale {
-            let package = record.value.name.clone();
-            let node = self.node.clone();
-            warn!(%package, state = record.value.state.as_str(), "no start or halt is under way here; correcting the record");
-            return self
-                .write_if(
-                    &package,
-                    |r| {
-                        r.owners.contains(&node)
-                            && matches!(r.state, PackageState::Starting | PackageState::Halting)
-                    },
-                    |u| {
-                        u.state = PackageState::Down;
-                        u.owners.retain(|o| *o != node);
-                        u.reason = format!("start or halt on {node} abandoned");
-                    },
-                )
-                .await;
-        }
-        // Owners that are gone (their lease expired, so their guard halted
-        // what ran there) no longer run anything: say so in the record, or
-        // a package nobody moves (halted by the operator, or with nowhere
-        // to go) would show as running on a dead node until it came back.
-        // One node does it, the first live one in cluster order.
-        let janitor = self
-            .cluster_nodes
-            .iter()
-            .find(|n| store.nodes.contains_key(*n));
-        if janitor == Some(&self.node) {
-            let stranded: Vec<String> = store
-                .packages
-                .values()
-                .filter(|r| {
-                    matches!(
-                        r.value.state,
-                        PackageState::Up | PackageState::Starting | PackageState::Halting
-                    ) && r.value.owners.iter().any(|o| !store.nodes.contains_key(o))
-                })
-                .map(|r| r.value.name.clone())
-                .collect();
-            // One round of concurrent writes from this snapshot (a node
-            // that ran a hundred packages leaves a hundred records), then a
-            // fresh plan: the writes change the records the plan would use.
-            let mut writes = tokio::task::JoinSet::new();
-            for package in &stranded {
-                let Some(record) = store.packages.get(package) else {
-                    continue;
-                };
-                let mut u = PackageUpdate::from(&record.value);
-                let gone: Vec<String> = u
-                    .owners
-                    .iter()
-                    .filter(|o| !store.nodes.contains_key(*o))
-                    .cloned()
-                    .collect();
-                u.owners.retain(|o| store.nodes.contains_key(o));
-                if u.owners.is_empty() {
-                    u.state = PackageState::Down;
-                    u.left = gone.first().cloned();
-                    u.reason = format!("its node {} is gone", gone.join(", "));
+    /// One decision of the coordinator, carried out.
+    async fn decide_and_act(&mut self, hub: &ResourceHub) {
+        let inputs = self.inputs(hub);
+        let effects = coordinator::decide(&self.facts(&inputs));
+        let mut writes = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::HaltUnrecorded { package, reason } => {
+                    warn!(%package, node = %self.node, %reason, "ownership went to another node; halting the copy here");
+                    self.in_flight.insert(
+                        package.clone(),
+                        InFlight {
+                            reason,
+                            then_fail: None,
+                            record: false,
+                        },
+                    );
+                    let _ = self.agent.send(AgentCommand::Halt { package, reason });
                 }
-                let (st, name, revision) = (
-                    Arc::clone(&self.store),
-                    package.clone(),
-                    record.mod_revision,
-                );
-                writes.spawn(
-                    async move { (name.clone(), st.update_package(name, revision, u).await) },
-                );
-            }
-            while let Some(joined) = writes.join_next().await {
-                match joined {
-                    Ok((package, Ok(written))) => {
-                        info!(%package, "recorded that a gone node no longer runs it");
-                        self.view.seen(written);
-                    }
-                    // Someone else rewrote it first: the next plan sees that.
-                    Ok((_, Err(StoreError::Conflict { .. }))) => {}
-                    Ok((package, Err(e))) => {
-                        warn!(%package, error = %e, "cannot record that a gone node no longer runs it")
-                    }
-                    Err(e) => warn!(error = %e, "a store write task failed"),
-                }
-            }
-            if !stranded.is_empty() {
-                return Ok(());
+                Effect::Write(prepared) => writes.push(prepared),
             }
         }
-        // Without a sure lease this node may not act as an owner: halt what
-        // runs here before the lease can expire, and start nothing.
-        let lease_lost = self.lease_in_doubt();
-        // Service failures and a draining node come first: halt here now.
-        let urgent = self
-            .failures
-            .iter()
-            .map(|(p, why)| (p.clone(), Reason::ServiceFailed, Some(why.clone())))
-            .chain(
-                self.packages
-                    .keys()
-                    .filter(|_| here_halted)
-                    .map(|p| (p.clone(), Reason::NodeHalt, None)),
-            )
-            .chain(
-                self.packages
-                    .keys()
-                    .filter(|_| lease_lost)
-                    .map(|p| (p.clone(), Reason::LeaseLost, None)),
-            )
-            .filter(|(p, _, _)| {
-                !self.in_flight.contains_key(p)
-                    && store.packages.get(p).is_some_and(|r| {
-                        r.value.owners.contains(&self.node) && r.value.state != PackageState::Failed
-                    })
-            })
-            .collect::<Vec<_>>();
-        // All at once: a node that must stop everything (lease in doubt,
-        // drained) does not halt one package per step.
-        let mut halted = BTreeSet::new();
-        let mut prepared = Vec::new();
-        for (package, reason, then_fail) in urgent {
-            if halted.insert(package.clone())
-                && let Some(p) = self.prepare_halt(&store, &package, reason, then_fail)
-            {
-                prepared.push(p);
-            }
-        }
-        self.carry_out(prepared).await;
+        self.carry_out(writes).await;
         // A failure whose halt is under way is handled; one whose record
         // write failed stays for the next step.
         let in_flight = &self.in_flight;
         self.failures.retain(|p, _| !in_flight.contains_key(p));
-        if lease_lost || !halted.is_empty() {
-            return Ok(());
-        }
-        let plan = placement::plan(&self.cluster_snapshot(&store, hub));
-        // The plan is a partial order (see `order`): carry out every action
-        // of this node that waits for nothing, up to max_parallel at once.
-        // A package being started or halted anywhere holds back the actions
-        // that depend on it; one whose owners are all gone is not busy (no
-        // one will finish that start), it is simply moved.
-        let busy: BTreeSet<String> = store
-            .packages
-            .values()
-            .filter(|r| {
-                matches!(
-                    r.value.state,
-                    PackageState::Starting | PackageState::Halting
-                ) && r.value.owners.iter().any(|o| store.nodes.contains_key(o))
-            })
-            .map(|r| r.value.name.clone())
-            .chain(self.in_flight.keys().cloned())
-            .chain(self.claiming.keys().cloned())
-            .collect();
-        let specs: Vec<_> = self.packages.values().map(PackageConfig::to_spec).collect();
-        let ready = super::order::ready(&plan.actions, &specs, &busy);
-        // The local fast path: a package whose required resource went down
-        // here halts now, whatever else is under way or waiting.
-        let fast = plan
-            .actions
-            .iter()
-            .filter(|a| a.op == Op::Halt && a.reason == ActionReason::ResourceDown);
-        let mut chosen: Vec<placement::Action> = Vec::new();
-        for action in fast.chain(ready) {
-            if action.node == self.node
-                && !self.in_flight.contains_key(&action.package)
-                && !self.claiming.contains_key(&action.package)
-                && !chosen.iter().any(|c| c.package == action.package)
-            {
-                chosen.push(action.clone());
-            }
-        }
-        let room = self
-            .max_parallel
-            .saturating_sub(self.in_flight.len() + self.claiming.len());
-        let prepared: Vec<Prepared> = chosen
-            .iter()
-            .take(room)
-            .filter_map(|action| self.prepare(&store, action, hub))
-            .collect();
-        self.carry_out(prepared).await;
-        Ok(())
     }
 
     /// Writes the records of `prepared` all at once (one round of store
@@ -756,6 +572,9 @@ impl PackageManager {
                 None => continue,
             };
             match p.then {
+                AfterWrite::Nothing => {
+                    info!(package = %p.package, state = p.update.state.as_str(), reason = %p.update.reason, "recorded");
+                }
                 AfterWrite::Halt { reason, then_fail } => {
                     info!(package = %p.package, node = %self.node, %reason, "halting package");
                     self.in_flight.insert(
@@ -807,111 +626,6 @@ impl PackageManager {
                 warn!(%package, error = %e, "claiming a package failed; replanning");
             }
         }
-    }
-
-    /// The record write that carries out one action of this node's plan,
-    /// or `None` when it cannot be carried out now. No I/O: the write is
-    /// [`carry_out`](Self::carry_out)'s.
-    fn prepare(
-        &self,
-        store: &Snapshot,
-        action: &placement::Action,
-        hub: &ResourceHub,
-    ) -> Option<Prepared> {
-        let mut reason = lifecycle_reason(action.reason);
-        // A package that left another node because something failed there
-        // fails over here, even though no node runs it at this moment.
-        let left_elsewhere = store
-            .packages
-            .get(&action.package)
-            .and_then(|r| r.value.left.as_ref())
-            .is_some_and(|n| *n != self.node);
-        if action.op == Op::Run && action.reason == ActionReason::Startup && left_elsewhere {
-            reason = Reason::Failover;
-        }
-        match action.op {
-            Op::Halt => {
-                // A deferred resource down after the start means the package
-                // failed here (as Serviceguard's deferred resources): it is
-                // not started here again until cleared, instead of flapping.
-                let deferred_down = (action.reason == ActionReason::ResourceDown)
-                    .then(|| self.packages.get(&action.package))
-                    .flatten()
-                    .and_then(|p| {
-                        p.resources.iter().find(|r| {
-                            r.evaluate == placement::Evaluate::AfterStart
-                                && hub.state(&p.name, &r.name) == Some(ResourceState::Down)
-                        })
-                    })
-                    .map(|r| format!("after_start resource {} went down on {}", r.name, self.node));
-                self.prepare_halt(store, &action.package, reason, deferred_down)
-            }
-            Op::Run => {
-                let record = store.packages.get(&action.package)?;
-                // The guard is still halting the old copy here.
-                if Claim::load(&self.run_dir, &action.package).is_some_and(|c| c.in_progress()) {
-                    return None;
-                }
-                let failover = self
-                    .packages
-                    .get(&action.package)
-                    .is_some_and(|p| p.kind == placement::PackageKind::Failover);
-                // A failover package is taken over only from owners that are
-                // gone; a live owner halts it first (its next step does), so
-                // two nodes never both believe they own it.
-                // (A halted node is still there and halts its packages itself;
-                // only a node whose record is gone — its lease expired — has
-                // nothing left to halt.)
-                let live_owner = record
-                    .value
-                    .owners
-                    .iter()
-                    .find(|o| **o != self.node && store.nodes.contains_key(*o));
-                if let (true, Some(owner)) = (failover, live_owner) {
-                    info!(package = %action.package, %owner, "waiting for the current owner to halt it");
-                    return None;
-                }
-                let mut update = PackageUpdate::from(&record.value);
-                update.state = PackageState::Starting;
-                // A failover package has one owner; a multi-node one gains this node.
-                if failover {
-                    update.owners = vec![self.node.clone()];
-                } else if !update.owners.contains(&self.node) {
-                    update.owners.push(self.node.clone());
-                }
-                update.reason = format!("starting on {} ({})", self.node, reason);
-                // An operator's run/move request is done once it starts.
-                update.admin.run = false;
-                update.admin.node = None;
-                update.left = None;
-                Some(Prepared {
-                    package: action.package.clone(),
-                    revision: record.mod_revision,
-                    update,
-                    then: AfterWrite::Run { reason, failover },
-                })
-            }
-        }
-    }
-
-    /// The record write that starts a halt here.
-    fn prepare_halt(
-        &self,
-        store: &Snapshot,
-        package: &str,
-        reason: Reason,
-        then_fail: Option<String>,
-    ) -> Option<Prepared> {
-        let record = store.packages.get(package)?;
-        let mut update = PackageUpdate::from(&record.value);
-        update.state = PackageState::Halting;
-        update.reason = format!("halting on {} ({})", self.node, reason);
-        Some(Prepared {
-            package: package.to_owned(),
-            revision: record.mod_revision,
-            update,
-            then: AfterWrite::Halt { reason, then_fail },
-        })
     }
 
     /// Hands a start to the agent.
@@ -1226,8 +940,9 @@ impl PackageManager {
                     }
                     Err(e) => {
                         warn!(%package, %node, error = %e, "run failed; halting to clean up");
-                        let halt = self.prepare_halt(
+                        let halt = coordinator::prepare_halt(
                             &self.view,
+                            &node,
                             &package,
                             Reason::RunFailed,
                             Some(format!("run failed on {node}: {e}")),
@@ -1587,22 +1302,6 @@ fn resource_verdict(
         }
         (ResourceState::Unknown, _) if runs_there => Some(false),
         (ResourceState::Pending | ResourceState::Unknown, _) => gates.then_some(false),
-    }
-}
-
-/// The reason handed to control scripts for a placement action.
-fn lifecycle_reason(reason: ActionReason) -> Reason {
-    match reason {
-        ActionReason::Startup => Reason::Startup,
-        ActionReason::Failover => Reason::Failover,
-        ActionReason::Failback => Reason::Failback,
-        ActionReason::ResourceDown => Reason::ResourceDown,
-        ActionReason::Admin => Reason::Manual,
-        ActionReason::Avoid => Reason::Avoid,
-        ActionReason::Displaced => Reason::Displaced,
-        ActionReason::Dependency => Reason::DependencyDown,
-        ActionReason::Reconfigured => Reason::Reconfigured,
-        ActionReason::Duplicate => Reason::Duplicate,
     }
 }
 

@@ -5,6 +5,7 @@
 //! its services on this node.
 
 pub mod agent;
+pub mod coordinator;
 pub mod lifecycle;
 pub mod manager;
 pub mod order;
