@@ -23,7 +23,8 @@
 //! 5. otherwise the placement engine plans, and every action of this node
 //!    that waits for nothing ([`order`](super::order)) is taken, up to the
 //!    room left under `max_parallel_actions` — a required resource down
-//!    here halts at once, whatever else is under way.
+//!    here halts at once, whatever else is under way and whatever room is
+//!    left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -348,28 +349,32 @@ fn planned(facts: &Facts<'_>) -> Vec<Effect> {
         .chain(facts.claiming.iter().cloned())
         .collect();
     let ready = super::order::ready(&plan.actions, facts.packages, &busy);
-    // The local fast path: a package whose required resource went down
-    // here halts now, whatever else is under way or waiting.
-    let fast = plan
-        .actions
-        .iter()
-        .filter(|a| a.op == Op::Halt && a.reason == ActionReason::ResourceDown);
-    let mut chosen: Vec<&placement::Action> = Vec::new();
-    for action in fast.chain(ready) {
-        if action.node == facts.node
+    let free = |action: &&placement::Action| {
+        action.node == facts.node
             && !facts.in_flight.contains(&action.package)
             && !facts.claiming.contains(&action.package)
-            && !chosen.iter().any(|c| c.package == action.package)
-        {
-            chosen.push(action);
-        }
-    }
+    };
+    // The local fast path: a package whose required resource went down
+    // here halts now, whatever else is under way or waiting, and whether
+    // or not max_parallel_actions leaves room.
+    let fast: Vec<&placement::Action> = plan
+        .actions
+        .iter()
+        .filter(|a| a.op == Op::Halt && a.reason == ActionReason::ResourceDown)
+        .filter(free)
+        .collect();
     let room = facts
         .max_parallel
-        .saturating_sub(facts.in_flight.len() + facts.claiming.len());
-    chosen
-        .into_iter()
-        .take(room)
+        .saturating_sub(facts.in_flight.len() + facts.claiming.len() + fast.len());
+    let mut rest: Vec<&placement::Action> = Vec::new();
+    for action in ready.into_iter().filter(free) {
+        let taken = |c: &&placement::Action| c.package == action.package;
+        if !fast.iter().any(taken) && !rest.iter().any(taken) {
+            rest.push(action);
+        }
+    }
+    fast.into_iter()
+        .chain(rest.into_iter().take(room))
         .filter_map(|action| prepare(facts, action))
         .collect()
 }
@@ -382,11 +387,7 @@ fn prepare(facts: &Facts<'_>, action: &placement::Action) -> Option<Effect> {
     let mut reason = lifecycle_reason(action.reason);
     // A package that left another node because something failed there
     // fails over here, even though no node runs it at this moment.
-    let left_elsewhere = record
-        .value
-        .left
-        .as_ref()
-        .is_some_and(|n| n != facts.node);
+    let left_elsewhere = record.value.left.as_ref().is_some_and(|n| n != facts.node);
     if action.op == Op::Run && action.reason == ActionReason::Startup && left_elsewhere {
         reason = Reason::Failover;
     }
@@ -476,3 +477,5 @@ pub fn lifecycle_reason(reason: ActionReason) -> Reason {
     }
 }
 
+#[cfg(test)]
+mod tests;
