@@ -1,21 +1,20 @@
-//! The package manager in the daemon: the coordinator that asks the
-//! placement engine what should run where, and carries out this node's
-//! share of the answer through the [`agent`](super::agent).
-//!
-//! It works in small steps, each from fresh facts: build a
-//! [`ClusterSnapshot`] from the store, the resource hub and operator
-//! requests; plan; dispatch the first action; when that action is done (or
-//! anything relevant changes: a resource transition, a service failure, an
-//! operator command), plan again. One action is in flight at a time, so the
-//! engine's ordering (predecessors before dependents, halts before the runs
-//! that need the node) is kept without a separate scheduler, and a plan is
-//! never carried out against stale facts.
+//! The package manager in the daemon: the imperative shell around the
+//! [`coordinator`](super::coordinator). It keeps the facts — a view of the
+//! store (read once, then kept current by the watch and by this node's own
+//! writes), what runs and what is under way here, service failures, the
+//! lease's health — asks the coordinator what to do, and carries the
+//! effects out: record writes all at once (one round of concurrent
+//! compare-and-swaps), run permits claimed together, runs and halts handed
+//! to the [`agent`](super::agent). It steps again when something changes:
+//! an agent report, a resource transition, a service failure, an operator
+//! command, a store change — once per burst, when the daemon's queue is
+//! drained.
 //!
 //! Every ownership change goes through the store's compare-and-swap, which
-//! bumps the package's fence token; `run` gets the new token.
-//!
-//! This version coordinates the nodes that the store shows up; with the
-//! embedded store that is this node alone.
+//! bumps the package's fence token; `run` gets the new token. A write
+//! decided from a view that was behind loses its compare-and-swap and is
+//! decided again; what this node records about its own copy is written
+//! only while the record still names it an owner.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
