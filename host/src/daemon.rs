@@ -40,7 +40,8 @@ use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
-use crate::package::manager::{ClusterLink, ManagerChannels, ManagerSetup, PackageManager};
+use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
+use crate::package::membership::{EtcdMembership, Membership};
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
 use crate::store::ClusterStore;
@@ -374,7 +375,7 @@ async fn join_etcd(
     node: &str,
     endpoints: &[String],
     ttl: std::time::Duration,
-) -> anyhow::Result<ClusterLink> {
+) -> anyhow::Result<EtcdMembership> {
     use crate::store::etcd::EtcdStore;
     use crate::store::{NodeRecord, NodeState};
     // Every store call gives up well within the guard's margin: a hung
@@ -416,7 +417,7 @@ async fn join_etcd(
         crate::package::peers::beat_deadline(ttl),
     );
     let reaper = crate::package::peers::spawn_reaper(etcd.clone(), node.to_owned(), ttl);
-    Ok(ClusterLink {
+    Ok(EtcdMembership {
         etcd,
         lease,
         keepalive,
@@ -433,17 +434,17 @@ async fn start_packages(
     hub: &mut ResourceHub,
     events: &mpsc::UnboundedSender<Event>,
 ) -> anyhow::Result<PackageManager> {
-    let (store, link): (Arc<dyn ClusterStore>, Option<ClusterLink>) = match &config.cluster.store {
+    let (store, membership): (Arc<dyn ClusterStore>, Membership) = match &config.cluster.store {
         config::StoreConfig::Embedded { path } => (
             Arc::new(crate::store::embedded::EmbeddedStore::open(path)?),
-            None,
+            Membership::Single,
         ),
         config::StoreConfig::Etcd {
             endpoints,
             lease_ttl,
         } => {
-            let link = join_etcd(config, node, endpoints, *lease_ttl).await?;
-            (Arc::new(link.etcd.clone()), Some(link))
+            let joined = join_etcd(config, node, endpoints, *lease_ttl).await?;
+            (Arc::new(joined.etcd.clone()), Membership::Etcd(joined))
         }
     };
     let run = config.cluster.dir.join("run");
@@ -484,7 +485,7 @@ async fn start_packages(
         store,
         ctx,
         run_dir: run.join("packages"),
-        link,
+        membership,
         max_parallel: config.cluster.max_parallel_actions,
     };
     let manager = PackageManager::start(

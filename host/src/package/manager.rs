@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use super::agent::{self, AgentCommand, AgentReport};
 use super::coordinator::{self, AfterWrite, Effect, Facts, Prepared};
 use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
+use super::membership::{Membership, Permit};
 use crate::config::package::PackageConfig;
 use crate::criteria::{ResourceState, Transition};
 use crate::guard::{Claim, ClaimPhase};
@@ -127,7 +128,7 @@ pub struct PackageManager {
     /// (the store write failed): sent again on every tick until it works,
     /// or the others would plan with a stale state for ever.
     unpublished: BTreeMap<vigil_sdk::ResourceName, ResourceState>,
-    link: Option<ClusterLink>,
+    membership: Membership,
     /// Failover packages whose record is ours, waiting for their run permit.
     claiming: BTreeMap<String, Claiming>,
     /// At most this many runs and halts under way here at once.
@@ -148,25 +149,6 @@ pub struct PackageManager {
 pub struct ManagerChannels {
     pub reports: Box<dyn Fn(AgentReport) + Send + Sync>,
     pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
-}
-
-/// What a multi-node (etcd) cluster adds: this node's lease and the
-/// lease-bound run permits of failover packages.
-pub struct ClusterLink {
-    pub etcd: crate::store::etcd::EtcdStore,
-    pub lease: crate::store::etcd::Lease,
-    pub keepalive: crate::store::etcd::KeepAlive,
-    /// Stop acting this long before the lease could expire.
-    pub margin: std::time::Duration,
-    /// This node's heartbeats, and the watcher of the others'.
-    pub beats: super::peers::BeatWriter,
-    pub reaper: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ClusterLink {
-    fn drop(&mut self) {
-        self.reaper.abort();
-    }
 }
 
 /// The facts of a decision that the manager does not keep as fields.
@@ -199,8 +181,8 @@ pub struct ManagerSetup {
     pub ctx: RunnerContext,
     /// Where run records are kept for re-adoption.
     pub run_dir: PathBuf,
-    /// Set on an etcd cluster.
-    pub link: Option<ClusterLink>,
+    /// Leases, heartbeats and run permits (many nodes), or none (one).
+    pub membership: Membership,
     /// `[store] max_parallel_actions`.
     pub max_parallel: usize,
 }
@@ -222,7 +204,7 @@ impl PackageManager {
             store,
             ctx,
             run_dir,
-            link: cluster_link,
+            membership,
             max_parallel,
         } = setup;
         let node = node.as_str();
@@ -292,7 +274,7 @@ impl PackageManager {
             failures: BTreeMap::new(),
             running_here: BTreeSet::new(),
             unpublished: BTreeMap::new(),
-            link: cluster_link,
+            membership,
             claiming: BTreeMap::new(),
             max_parallel,
             run_dir,
@@ -376,8 +358,7 @@ impl PackageManager {
             // lease. (After a failed halt something may still run, and the
             // package stays failed here, permit and all.)
             if claim.phase == ClaimPhase::Halted
-                && let Some(link) = &self.link
-                && let Err(e) = link.etcd.release_package(&package, &node).await
+                && let Err(e) = self.membership.release(&package, &node).await
             {
                 warn!(%package, error = %e, "cannot release the run permit after the guard's halt; retrying");
                 continue;
@@ -596,7 +577,7 @@ impl PackageManager {
                         fence: updated.value.fence_token,
                         revision: updated.mod_revision,
                     };
-                    if failover && self.link.is_some() {
+                    if failover && self.membership.shared() {
                         self.claiming.insert(claim.package.clone(), claim.clone());
                         claims.push(claim);
                     } else {
@@ -605,16 +586,12 @@ impl PackageManager {
                 }
             }
         }
-        let Some(link) = &self.link else { return };
         let mut asks = tokio::task::JoinSet::new();
         for claim in claims {
-            let (etcd, node, lease) = (link.etcd.clone(), self.node.clone(), link.lease.id);
-            asks.spawn(async move {
-                let outcome = etcd
-                    .claim_package(&claim.package, claim.revision, &node, lease)
-                    .await;
-                (claim, outcome)
-            });
+            let ask = self
+                .membership
+                .claim(&claim.package, claim.revision, &self.node);
+            asks.spawn(async move { (claim, ask.await) });
         }
         while let Some(joined) = asks.join_next().await {
             let Ok((claim, outcome)) = joined else {
@@ -645,17 +622,12 @@ impl PackageManager {
         });
     }
 
-    /// Asks etcd for the package's lease-bound run permit; launches when
-    /// granted, keeps waiting while another node holds it.
+    /// Asks for the package's run permit; launches when granted, keeps
+    /// waiting while another node holds it.
     async fn try_claim(&mut self, claim: Claiming) -> Result<(), StoreError> {
-        let Some(link) = &self.link else {
-            self.claiming.remove(&claim.package);
-            self.launch(claim);
-            return Ok(());
-        };
-        let outcome = link
-            .etcd
-            .claim_package(&claim.package, claim.revision, &self.node, link.lease.id)
+        let outcome = self
+            .membership
+            .claim(&claim.package, claim.revision, &self.node)
             .await;
         self.on_claim_outcome(claim, outcome).await
     }
@@ -665,18 +637,17 @@ impl PackageManager {
     async fn on_claim_outcome(
         &mut self,
         claim: Claiming,
-        outcome: Result<crate::store::etcd::ClaimOutcome, StoreError>,
+        outcome: Result<Permit, StoreError>,
     ) -> Result<(), StoreError> {
-        use crate::store::etcd::ClaimOutcome;
         match outcome {
-            Ok(ClaimOutcome::Granted(_)) => {
+            Ok(Permit::Granted) => {
                 self.claiming.remove(&claim.package);
                 self.launch(claim);
             }
-            Ok(ClaimOutcome::HeldBy(holder)) => {
-                info!(package = %claim.package, holder = %holder.value.node, "run permit still held; waiting");
+            Ok(Permit::HeldBy { node: holder }) => {
+                info!(package = %claim.package, %holder, "run permit still held; waiting");
             }
-            Ok(ClaimOutcome::NotOwner { owners }) => {
+            Ok(Permit::NotOwner { owners }) => {
                 warn!(package = %claim.package, ?owners, "ownership moved while claiming; replanning");
                 self.claiming.remove(&claim.package);
             }
@@ -705,46 +676,9 @@ impl PackageManager {
         Ok(())
     }
 
-    /// On a cluster: when etcd says this node's lease is gone (it expired
-    /// while etcd was unreachable), takes a new one and records the node as
-    /// up again. Until then `lease_in_doubt` keeps this node from acting.
+    /// On a cluster: rejoins with a new lease once the old one expired.
     pub async fn maintain_link(&mut self) {
-        let Some(link) = &mut self.link else { return };
-        if !link.keepalive.health().expired {
-            return;
-        }
-        let ttl = link.lease.ttl;
-        let result = async {
-            let lease = link.etcd.grant_lease(ttl).await?;
-            let keepalive = link.etcd.keep_alive(&lease);
-            link.etcd
-                .put_node_with_lease(
-                    NodeRecord {
-                        name: self.node.clone(),
-                        state: NodeState::Up,
-                        updated_ms: vigil_sdk::now_ms(),
-                    },
-                    lease.id,
-                )
-                .await?;
-            Ok::<_, StoreError>((lease, keepalive))
-        }
-        .await;
-        match result {
-            Ok((lease, keepalive)) => {
-                info!(node = %self.node, lease = %lease.id, "lease expired; rejoined with a new one");
-                link.beats = super::peers::BeatWriter::spawn(
-                    link.etcd.clone(),
-                    self.node.clone(),
-                    lease.id,
-                    keepalive.subscribe(),
-                    super::peers::beat_deadline(ttl),
-                );
-                link.lease = lease;
-                link.keepalive = keepalive;
-            }
-            Err(e) => warn!(error = %e, "cannot rejoin the cluster yet"),
-        }
+        self.membership.maintain(&self.node).await;
     }
 
     /// Sends the resource states other nodes have not seen yet; kept for
@@ -772,22 +706,12 @@ impl PackageManager {
 
     /// True on a multi-node (etcd) cluster.
     pub fn on_cluster(&self) -> bool {
-        self.link.is_some()
+        self.membership.shared()
     }
 
     /// True when this node's lease might expire within the safety margin.
     pub fn lease_in_doubt(&self) -> bool {
-        self.link.as_ref().is_some_and(|link| {
-            let health = link.keepalive.health();
-            let now = std::time::Instant::now();
-            // Peers judge this node by its heartbeats, so a node whose
-            // heartbeats stopped getting written must stop vouching too.
-            let beat = link.beats.last_written().unwrap_or(link.lease.granted_at);
-            let stop_after = link.lease.ttl.saturating_sub(link.margin);
-            health.expired
-                || health.valid_until <= now + link.margin
-                || now.duration_since(beat) > stop_after
-        })
+        self.membership.lease_in_doubt()
     }
 
     /// The package's record read from the store itself (the view may be
@@ -959,8 +883,8 @@ impl PackageManager {
                     self.dirty = true;
                     return;
                 }
-                if let (Some(link), Ok(())) = (&self.link, &result)
-                    && let Err(e) = link.etcd.release_package(&package, &node).await
+                if result.is_ok()
+                    && let Err(e) = self.membership.release(&package, &node).await
                 {
                     warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
                 }
@@ -1065,7 +989,7 @@ impl PackageManager {
     /// required resource going down halts the package here without waiting.
     pub fn on_transition(&mut self, transition: &Transition) {
         // Other nodes place packages on what this node reports.
-        if self.link.is_some() {
+        if self.membership.shared() {
             self.unpublished
                 .insert(transition.resource.clone(), transition.to);
             self.dirty = true;

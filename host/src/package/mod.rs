@@ -3,11 +3,14 @@
 //! facts, carries the effects out); [`order`] is the plan's partial order;
 //! [`agent`] carries out this node's runs and halts, one task per package;
 //! [`lifecycle`] runs a package's control scripts and supervises its
-//! services on this node; [`peers`] watches the other nodes' heartbeats.
+//! services on this node; [`membership`] is the lease, heartbeats and run
+//! permits of a cluster (none on one node); [`peers`] writes and watches
+//! the heartbeats.
 
 pub mod agent;
 pub mod coordinator;
 pub mod lifecycle;
 pub mod manager;
+pub mod membership;
 pub mod order;
 pub mod peers;
