@@ -139,6 +139,12 @@ pub struct PackageManager {
     /// current from the watch and from this node's own writes, so that
     /// planning, `status` and `why` never wait for a read.
     view: Snapshot,
+    /// What this node learnt about its own copies (a run or halt done, a
+    /// package re-adopted) and has still to record; written all at once
+    /// at the next step, permits first.
+    outcomes: Vec<Outcome>,
+    /// Run permits to give back: nothing of these packages runs here.
+    releases: Vec<String>,
     /// Something changed since the last step (an event, a report, a
     /// request): the daemon steps once its queue is drained, so a burst of
     /// a hundred reports costs one plan, not a hundred.
@@ -149,6 +155,13 @@ pub struct PackageManager {
 pub struct ManagerChannels {
     pub reports: Box<dyn Fn(AgentReport) + Send + Sync>,
     pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
+}
+
+/// A change to the record of a package this node runs (or ran), written
+/// only while the record still names this node an owner.
+struct Outcome {
+    package: String,
+    change: Box<dyn Fn(&mut PackageUpdate) + Send>,
 }
 
 /// The facts of a decision that the manager does not keep as fields.
@@ -279,6 +292,8 @@ impl PackageManager {
             max_parallel,
             run_dir,
             view,
+            outcomes: Vec::new(),
+            releases: Vec::new(),
             dirty: true,
         })
     }
@@ -473,6 +488,7 @@ impl PackageManager {
     /// (a resource down here, a failed service, lost ownership).
     pub async fn step(&mut self, hub: &ResourceHub) {
         self.dirty = false;
+        self.record_outcomes().await;
         self.publish_resource_states().await;
         if !self.adopting.is_empty() {
             return;
@@ -730,6 +746,80 @@ impl PackageManager {
         Ok(record)
     }
 
+    /// Keeps `change` for the next step, which records it.
+    fn outcome(&mut self, package: &str, change: impl Fn(&mut PackageUpdate) + Send + 'static) {
+        self.outcomes.push(Outcome {
+            package: package.to_owned(),
+            change: Box::new(change),
+        });
+        self.dirty = true;
+    }
+
+    /// Gives back the permits and writes the outcomes gathered since the
+    /// last step, each round concurrently: a hundred packages halted or
+    /// started together cost one round trip, not a hundred on the main
+    /// loop. A package's later outcomes, and those that lost their
+    /// compare-and-swap, are written after, one by one and in order, from
+    /// fresh reads.
+    async fn record_outcomes(&mut self) {
+        let mut releases = tokio::task::JoinSet::new();
+        for package in std::mem::take(&mut self.releases) {
+            let release = self.membership.release(&package, &self.node);
+            releases.spawn(async move { (package, release.await) });
+        }
+        while let Some(joined) = releases.join_next().await {
+            if let Ok((package, Err(e))) = joined {
+                warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
+            }
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        if outcomes.is_empty() {
+            return;
+        }
+        let mut first: BTreeSet<&str> = BTreeSet::new();
+        let mut serial: Vec<usize> = Vec::new();
+        let mut writes = tokio::task::JoinSet::new();
+        for (i, o) in outcomes.iter().enumerate() {
+            if !first.insert(o.package.as_str()) {
+                serial.push(i);
+                continue;
+            }
+            let Some(record) = self.view.packages.get(&o.package) else {
+                serial.push(i);
+                continue;
+            };
+            if !record.value.owners.contains(&self.node) {
+                info!(package = %o.package, owners = ?record.value.owners, "record moved on; not writing over it");
+                continue;
+            }
+            let mut update = PackageUpdate::from(&record.value);
+            (o.change)(&mut update);
+            let (store, name, revision) = (
+                Arc::clone(&self.store),
+                o.package.clone(),
+                record.mod_revision,
+            );
+            writes.spawn(async move { (i, store.update_package(name, revision, update).await) });
+        }
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok((_, Ok(written))) => self.view.seen(written),
+                Ok((i, Err(StoreError::Conflict { .. }))) => serial.push(i),
+                Ok((i, Err(e))) => {
+                    warn!(package = %outcomes[i].package, error = %e, "cannot record an action's outcome in the store")
+                }
+                Err(e) => warn!(error = %e, "a store write task failed"),
+            }
+        }
+        serial.sort_unstable();
+        for i in serial {
+            let o = &outcomes[i];
+            if let Err(e) = self.write_owned(&o.package, &*o.change).await {
+                warn!(package = %o.package, error = %e, "cannot record an action's outcome in the store");
+            }
+        }
+    }
+
     /// Writes `change` to the package's record: from the view first, from a
     /// fresh read after a lost compare-and-swap.
     async fn write(
@@ -796,18 +886,17 @@ impl PackageManager {
     /// The agent finished a command.
     pub async fn on_report(&mut self, report: AgentReport, hub: &mut ResourceHub) {
         let node = self.node.clone();
-        let outcome = match report {
+        match report {
             AgentReport::Adopted { package, result } => {
                 self.adopting.remove(&package);
                 match result {
                     Ok(()) => {
                         info!(%package, "re-adopted: still running, not restarted");
                         self.running_here.insert(package.clone());
-                        self.write_owned(&package, |u| {
+                        self.outcome(&package, move |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("re-adopted on {node} after a host restart");
-                        })
-                        .await
+                        });
                     }
                     Err(e) => {
                         // The guard halted it while no host ran: its claim
@@ -822,15 +911,13 @@ impl PackageManager {
                         if claimed {
                             info!(%package, "not re-adopted: the guard halted it while no host ran");
                             self.check_guard().await;
-                            Ok(())
                         } else {
                             warn!(%package, error = %e, "cannot re-adopt; it is not running here");
-                            self.write_owned(&package, |u| {
+                            self.outcome(&package, move |u| {
                                 u.state = PackageState::Down;
                                 u.owners.retain(|o| *o != node);
                                 u.reason = format!("not running after a host restart: {e}");
-                            })
-                            .await
+                            });
                         }
                     }
                 }
@@ -855,11 +942,10 @@ impl PackageManager {
                                 hub.restart(&package, &r.name, vigil_sdk::now_ms());
                             }
                         }
-                        self.write_owned(&package, |u| {
+                        self.outcome(&package, move |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("up on {node} ({why})");
-                        })
-                        .await
+                        });
                     }
                     Err(e) => {
                         warn!(%package, %node, error = %e, "run failed; halting to clean up");
@@ -871,7 +957,6 @@ impl PackageManager {
                             Some(format!("run failed on {node}: {e}")),
                         );
                         self.carry_out(halt.into_iter().collect()).await;
-                        Ok(())
                     }
                 }
             }
@@ -883,10 +968,8 @@ impl PackageManager {
                     self.dirty = true;
                     return;
                 }
-                if result.is_ok()
-                    && let Err(e) = self.membership.release(&package, &node).await
-                {
-                    warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
+                if result.is_ok() {
+                    self.releases.push(package.clone());
                 }
                 let then_fail = flight.as_ref().and_then(|f| f.then_fail.clone());
                 let reason = flight.map(|f| f.reason);
@@ -895,7 +978,7 @@ impl PackageManager {
                     (Ok(()), None) => {
                         info!(%package, %node, "package halted");
                         let failing = !reason.is_some_and(|r| r.is_deliberate());
-                        self.write_owned(&package, |u| {
+                        self.outcome(&package, move |u| {
                             u.owners.retain(|o| *o != node);
                             // A multi-node package still runs on its other
                             // owners: one record, one state, so it stays up
@@ -909,37 +992,31 @@ impl PackageManager {
                             if failing {
                                 u.left = Some(node.clone());
                             }
-                        })
-                        .await
+                        });
                     }
                     (Ok(()), Some(failure)) => {
                         warn!(%package, %node, %failure, "package failed here");
-                        self.write_owned(&package, |u| {
+                        self.outcome(&package, move |u| {
                             u.state = PackageState::Failed;
                             u.owners.retain(|o| *o != node);
                             u.failed_on.insert(node.clone());
                             u.reason = failure.clone();
                             u.left = Some(node.clone());
-                        })
-                        .await
+                        });
                     }
                     // The halt script failed: something may still run, so the
                     // package keeps this node as owner and no other node may
                     // start it until an operator clears it.
                     (Err(e), _) => {
                         warn!(%package, %node, error = %e, "halt failed");
-                        self.write_owned(&package, |u| {
+                        self.outcome(&package, move |u| {
                             u.state = PackageState::Failed;
                             u.failed_on.insert(node.clone());
                             u.reason = format!("halt failed on {node}: {e}");
-                        })
-                        .await
+                        });
                     }
                 }
             }
-        };
-        if let Err(e) = outcome {
-            warn!(error = %e, "cannot record an action's outcome in the store");
         }
         self.dirty = true;
     }
