@@ -95,6 +95,13 @@ pub enum Command {
         /// Silence (ms) after which the packages are halted.
         #[arg(long)]
         margin_ms: u64,
+        /// The host's `[paths]`, as it bound them.
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+        #[arg(long)]
+        log_dir: PathBuf,
     },
 }
 
@@ -191,8 +198,19 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             }))?;
             Ok(0)
         }
-        Command::Guard { node, margin_ms } => crate::guard::run(crate::guard::GuardOptions {
+        Command::Guard {
+            node,
+            margin_ms,
+            state_dir,
+            run_dir,
+            log_dir,
+        } => crate::guard::run(crate::guard::GuardOptions {
             config_dir: cli.config,
+            paths: config::Paths {
+                state_dir,
+                run_dir,
+                log_dir,
+            },
             node,
             margin: std::time::Duration::from_millis(margin_ms),
         }),

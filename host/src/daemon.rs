@@ -228,6 +228,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         Some(
             GuardLink::start(GuardOptions {
                 config_dir: config.cluster.dir.clone(),
+                paths: config.cluster.paths.clone(),
                 node: node.clone(),
                 margin: guard::margin(config.cluster.lease_ttl),
             })
@@ -433,10 +434,10 @@ async fn start_packages(
             (Arc::new(link.etcd.clone()), Some(link))
         }
     };
-    let run = config.cluster.dir.join("run");
+    let paths = &config.cluster.paths;
     let mut ctx = RunnerContext::new(node, &config.cluster.dir);
-    ctx.log_dir = Some(run.join("logs"));
-    ctx.claims_dir = Some(guard::records_dir(&config.cluster.dir));
+    ctx.log_dir = Some(paths.log_dir.clone());
+    ctx.claims_dir = Some(paths.records());
     if let Some(dir) = &ctx.log_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -475,7 +476,7 @@ async fn start_packages(
         packages: config.packages.clone(),
         store,
         ctx,
-        run_dir: run.join("packages"),
+        run_dir: paths.records(),
         link,
         max_parallel: config.cluster.max_parallel_actions,
     };
@@ -626,6 +627,7 @@ pub fn plan_reload(
         "[store]",
     );
     keep(old.api.socket != cluster.api.socket, "api.socket");
+    keep(old.paths != cluster.paths, "[paths]");
     keep(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
@@ -635,6 +637,7 @@ pub fn plan_reload(
     cluster.store = old.store.clone();
     cluster.lease_ttl = old.lease_ttl;
     cluster.api = old.api.clone();
+    cluster.paths = old.paths.clone();
 
     // A monitor whose file has an error keeps the version that runs.
     let broken = validated.broken_files();
@@ -1020,7 +1023,7 @@ mod tests {
             &[
                 (
                     "cluster.toml",
-                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n[paths]\nlog_dir = \"logs\"\n",
                 ),
                 ("monitors.d/a.toml", &a),
                 ("packages.d/p.toml", &package("p", "/bin/false")),
@@ -1030,6 +1033,7 @@ mod tests {
                 needs restart: cluster.nodes changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 needs restart: [store] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 needs restart: api.socket changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: [paths] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 monitor a every 1s
                 packages: added: r; changed: p; removed: q
             "#]],
