@@ -169,3 +169,77 @@ fn systemd_style_restart_sigterm_to_main_pid_keeps_the_package_running_with_the_
         "run ran once"
     );
 }
+
+/// `[logging] format = "json"`: every line the host (and its guard) writes
+/// to stderr is one JSON object with timestamp, level, target, message and
+/// fields; with stderr being the journal (`$JOURNAL_STREAM` names it), each
+/// line starts with its syslog priority, which journald strips.
+#[test]
+fn json_log_lines_and_journal_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let cfg = ConfigDir::new();
+    cfg.write(
+        "cluster.toml",
+        "[cluster]\nname = \"test\"\nnodes = [\"node1\"]\n[logging]\nformat = \"json\"\n",
+    );
+    let lines = |journal: bool| -> Vec<(Option<u8>, serde_json::Value)> {
+        // The harness sends the host's stderr to host.log (same inode
+        // every time): name it as the journal stream, or not.
+        let log = cfg.path().join("host.log");
+        std::fs::write(&log, "").unwrap();
+        let meta = std::fs::metadata(&log).unwrap();
+        let stream = format!("{}:{}", meta.dev(), meta.ino());
+        let env: Vec<(&str, &str)> = if journal {
+            vec![("JOURNAL_STREAM", &stream)]
+        } else {
+            vec![]
+        };
+        let mut host = cfg.start_host_as_with_env("node1", &env);
+        assert!(host.stop().unwrap().success());
+        let text = host.log_text();
+        assert!(text.lines().count() > 3, "{text}");
+        text.lines()
+            .map(|line| {
+                let (priority, json) = match line.strip_prefix('<') {
+                    Some(rest) => {
+                        let (n, json) = rest.split_once('>').expect("<N>");
+                        (Some(n.parse::<u8>().expect("a priority")), json)
+                    }
+                    None => (None, line),
+                };
+                let v: serde_json::Value = serde_json::from_str(json)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                for key in ["timestamp", "level", "target", "message"] {
+                    assert!(v[key].is_string(), "{key} missing: {line}");
+                }
+                assert!(v["fields"].is_object(), "fields missing: {line}");
+                (priority, v)
+            })
+            .collect()
+    };
+
+    let plain = lines(false);
+    assert!(plain.iter().all(|(p, _)| p.is_none()));
+    let running = plain
+        .iter()
+        .find(|(_, v)| v["message"] == "vigil host running")
+        .expect("the startup line");
+    assert_eq!(running.1["fields"]["node"], "node1");
+    assert_eq!(running.1["level"], "INFO");
+    assert!(
+        plain
+            .iter()
+            .any(|(_, v)| v["target"] == "vigil_host::guard"),
+        "the guard's lines are JSON too"
+    );
+
+    for (priority, v) in lines(true) {
+        let want = match v["level"].as_str().unwrap() {
+            "ERROR" => 3,
+            "WARN" => 4,
+            "INFO" => 6,
+            _ => 7,
+        };
+        assert_eq!(priority, Some(want), "{v}");
+    }
+}

@@ -102,6 +102,9 @@ pub enum Command {
         run_dir: PathBuf,
         #[arg(long)]
         log_dir: PathBuf,
+        /// `[logging] format = "json"`: JSON lines on stderr.
+        #[arg(long)]
+        log_json: bool,
     },
 }
 
@@ -204,12 +207,18 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             state_dir,
             run_dir,
             log_dir,
+            log_json,
         } => crate::guard::run(crate::guard::GuardOptions {
             config_dir: cli.config,
             paths: config::Paths {
                 state_dir,
                 run_dir,
                 log_dir,
+            },
+            log_format: if log_json {
+                config::LogFormat::Json
+            } else {
+                config::LogFormat::Text
             },
             node,
             margin: std::time::Duration::from_millis(margin_ms),

@@ -229,6 +229,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             GuardLink::start(GuardOptions {
                 config_dir: config.cluster.dir.clone(),
                 paths: config.cluster.paths.clone(),
+                log_format: config.cluster.log_format,
                 node: node.clone(),
                 margin: guard::margin(config.cluster.lease_ttl),
             })
@@ -628,6 +629,7 @@ pub fn plan_reload(
     );
     keep(old.api.socket != cluster.api.socket, "api.socket");
     keep(old.paths != cluster.paths, "[paths]");
+    keep(old.log_format != cluster.log_format, "logging.format");
     keep(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
@@ -638,6 +640,7 @@ pub fn plan_reload(
     cluster.lease_ttl = old.lease_ttl;
     cluster.api = old.api.clone();
     cluster.paths = old.paths.clone();
+    cluster.log_format = old.log_format;
 
     // A monitor whose file has an error keeps the version that runs.
     let broken = validated.broken_files();

@@ -208,6 +208,8 @@ pub struct GuardOptions {
     /// The host's `[paths]`, as bound at its startup (passed on the command
     /// line, so host and guard agree even if `cluster.toml` changed since).
     pub paths: config::Paths,
+    /// The host's `[logging] format`, for the guard's lines on stderr.
+    pub log_format: config::LogFormat,
     pub node: String,
     pub margin: Duration,
 }
@@ -216,6 +218,11 @@ pub struct GuardOptions {
 struct Log {
     file: Option<File>,
     prefix: String,
+    node: String,
+    /// `[logging] format = "json"`: stderr gets JSON lines (the file keeps text).
+    json: bool,
+    /// stderr is the journal: lines get a `<6>` priority.
+    journal: bool,
 }
 
 impl Log {
@@ -224,8 +231,29 @@ impl Log {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let line = format!("{now} {}: {message}\n", self.prefix);
+        let mut out = if self.journal {
+            format!("<{}>", crate::logging::priority(&tracing::Level::INFO))
+        } else {
+            String::new()
+        };
+        if self.json {
+            let fields = [
+                ("node".to_owned(), self.node.clone().into()),
+                ("pid".to_owned(), std::process::id().into()),
+            ];
+            out += &crate::logging::json_line(
+                &now,
+                &tracing::Level::INFO,
+                "vigil_host::guard",
+                &message.to_string(),
+                fields.into_iter().collect(),
+            );
+            out.push('\n');
+        } else {
+            out += &line;
+        }
         // Not eprintln!: it panics when stderr is a closed pipe.
-        let _ = io::stderr().write_all(line.as_bytes());
+        let _ = io::stderr().write_all(out.as_bytes());
         if let Some(mut file) = self.file.as_ref() {
             let _ = file.write_all(line.as_bytes());
         }
@@ -271,6 +299,9 @@ pub fn run(options: GuardOptions) -> anyhow::Result<i32> {
             options.node,
             std::process::id()
         ),
+        node: options.node.clone(),
+        json: options.log_format == config::LogFormat::Json,
+        journal: crate::logging::stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
     };
     let lock_path = run_dir.join(LOCK);
     let lock_file = OpenOptions::new()
@@ -769,6 +800,7 @@ impl GuardLink {
             .arg(&self.options.paths.run_dir)
             .arg("--log-dir")
             .arg(&self.options.paths.log_dir)
+            .args((self.options.log_format == config::LogFormat::Json).then_some("--log-json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // SAFETY: setsid is async-signal-safe and touches no memory shared

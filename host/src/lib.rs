@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod guard;
 pub mod http;
 pub mod hub;
+pub mod logging;
 pub mod notify;
 pub mod package;
 pub mod placement;

@@ -47,6 +47,15 @@ struct RawClusterFile {
     api: Option<RawApi>,
     #[serde(default)]
     paths: Option<RawPaths>,
+    #[serde(default)]
+    logging: Option<RawLogging>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default)]
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,6 +216,18 @@ pub struct ClusterConfig {
     pub max_parallel_actions: usize,
     pub api: ApiConfig,
     pub paths: Paths,
+    /// `[logging] format`: how `vigil host` writes its log to stderr.
+    pub log_format: LogFormat,
+}
+
+/// `[logging] format` (DESIGN §7a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (see [`crate::logging`]).
+    Json,
 }
 
 /// `[paths]` (DESIGN §7a): where the host keeps what it writes. Relative
@@ -401,6 +422,20 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
         .collect();
 
     let paths = resolve_paths(dir, file, raw.paths.as_ref(), &mut errors);
+    let log_format = match raw.logging.as_ref().and_then(|l| l.format.as_ref()) {
+        None => LogFormat::Text,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(file.error_at(
+                    f.span(),
+                    format!("logging.format {other:?} is not one of \"text\", \"json\""),
+                ));
+                LogFormat::Text
+            }
+        },
+    };
 
     let mut lease_ttl = DEFAULT_LEASE_TTL;
     let mut max_parallel_actions = DEFAULT_MAX_PARALLEL_ACTIONS;
@@ -531,6 +566,7 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
             max_parallel_actions,
             api,
             paths,
+            log_format,
         })
     } else {
         Err(errors)

@@ -300,3 +300,23 @@ fn paths_default_to_the_linux_layout_and_are_validated() {
         "#]],
     );
 }
+
+#[test]
+fn logging_format_is_text_or_json() {
+    check(
+        &format!("{CLUSTER}[logging]\nformat = \"xml\"\n"),
+        &[],
+        expect![[r#"
+            DIR/cluster.toml:5: logging.format "xml" is not one of "text", "json"
+        "#]],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        ("", LogFormat::Text),
+        ("[logging]\nformat = \"text\"\n", LogFormat::Text),
+        ("[logging]\nformat = \"json\"\n", LogFormat::Json),
+    ] {
+        std::fs::write(dir.path().join("cluster.toml"), format!("{CLUSTER}{text}")).unwrap();
+        assert_eq!(load_cluster(dir.path()).unwrap().log_format, want, "{text}");
+    }
+}

@@ -27,6 +27,7 @@ fn cluster(dir: &Path) -> ClusterConfig {
             run_dir: dir.join("run"),
             log_dir: dir.join("run"),
         },
+        log_format: crate::config::LogFormat::Text,
     }
 }
 
