@@ -86,6 +86,11 @@ pub enum Command {
         #[arg(value_parser = ["monitor", "package"])]
         kind: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: crate::generate::Shell },
+    /// Write man pages (vigil.1, vigil-COMMAND.1) into DIR; used by the package build.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// The guard `vigil host` starts beside itself (not for people to run):
     /// halts this node's packages when the host stops heartbeating.
     #[command(hide = true)]
@@ -223,6 +228,11 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             node,
             margin: std::time::Duration::from_millis(margin_ms),
         }),
+        Command::Completions { shell } => {
+            crate::generate::completions(shell, &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Manpages { dir } => crate::generate::manpages(&dir).map(|()| 0),
         Command::Check { json } => check(&cli.config, json),
         Command::Resls(args) => resls(&cli.config, &args),
         Command::Monitor(MonitorCommand::Test { monitor, json }) => {

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod criteria;
 pub mod daemon;
+pub mod generate;
 pub mod guard;
 pub mod http;
 pub mod hub;
