@@ -229,8 +229,13 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             margin: std::time::Duration::from_millis(margin_ms),
         }),
         Command::Completions { shell } => {
-            crate::generate::completions(shell, &mut std::io::stdout());
-            Ok(0)
+            match crate::generate::completions(shell, &mut std::io::stdout()) {
+                // `| head`: the reader has what it wanted.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the completion script")
+                }
+                _ => Ok(0),
+            }
         }
         Command::Manpages { dir } => crate::generate::manpages(&dir).map(|()| 0),
         Command::Check { json } => check(&cli.config, json),

@@ -16,10 +16,20 @@ pub use clap_complete::Shell;
 
 use crate::cli::Cli;
 
-/// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: Shell, out: &mut dyn Write) {
+/// The completion script for `shell`.
+pub fn completion_script(shell: Shell) -> Vec<u8> {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "vigil", out);
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "vigil", &mut out);
+    out
+}
+
+/// Writes the completion script for `shell` to `out`. Generated in memory
+/// first: clap_complete panics on a write error (`vigil completions bash |
+/// head` closes the pipe), and here that is an error like any other.
+pub fn completions(shell: Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    out.write_all(&completion_script(shell))?;
+    out.flush()
 }
 
 /// Writes `vigil.1` and one `vigil-<command>.1` per visible (sub)command
@@ -37,9 +47,7 @@ mod tests {
     #[test]
     fn completions_name_every_command() {
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let mut out = Vec::new();
-            completions(shell, &mut out);
-            let text = String::from_utf8(out).unwrap();
+            let text = String::from_utf8(completion_script(shell)).unwrap();
             for command in ["host", "check", "resls", "simulate", "completions"] {
                 assert!(text.contains(command), "{shell}: {command} missing");
             }
