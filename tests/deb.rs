@@ -115,6 +115,7 @@ fn deb_installs_runs_check_verifies_its_unit_and_removes_cleanly() {
         "usr/share/fish/vendor_completions.d/vigil.fish",
         "usr/share/doc/vigil/examples/cluster.toml",
         "usr/share/doc/vigil/examples/packages.d/demo.toml",
+        "usr/share/doc/vigil/docs/reference/commands.md",
     ] {
         assert!(root.join(file).is_file(), "{file} not installed");
     }
