@@ -520,10 +520,18 @@ fn guard_alone_halts_a_recorded_package_and_spares_a_reused_pid() {
     use std::os::unix::process::CommandExt;
     let s = Setup::new(3, 6);
     std::fs::create_dir_all(s.cfg.path().join("run/packages")).unwrap();
+    // The [paths] of the harness's cluster.toml, as a host would pass them.
+    let run = s.cfg.path().join("run");
     let mut guard = std::process::Command::new(vigil_bin())
         .arg("-c")
         .arg(s.cfg.path())
         .args(["guard", "--node", "node1", "--margin-ms", "500"])
+        .arg("--state-dir")
+        .arg(&run)
+        .arg("--run-dir")
+        .arg(&run)
+        .arg("--log-dir")
+        .arg(&run)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

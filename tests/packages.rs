@@ -430,3 +430,59 @@ fn a_resource_down_halt_does_not_wait_for_another_packages_long_start() {
         "slow is still starting: the halt did not wait for it"
     );
 }
+
+/// `[paths]`: state, sockets and logs go where `cluster.toml` says, each to
+/// its own directory, and nothing to the old `<config dir>/run`.
+#[test]
+fn paths_put_state_sockets_and_logs_where_cluster_toml_says() {
+    let cfg = ConfigDir::new();
+    cfg.write(
+        "cluster.toml",
+        "[cluster]\nname = \"test\"\nnodes = [\"node1\"]\n[paths]\nstate_dir = \"var/lib\"\nrun_dir = \"r\"\nlog_dir = \"var/log\"\n",
+    );
+    let marker = format!("{}", 800_000 + std::process::id());
+    cfg.script(
+        "pkg/server.sh",
+        &format!("#!/bin/sh\necho hello from the service\nexec sleep {marker}\n"),
+    );
+    cfg.write(
+        "packages.d/app.toml",
+        "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"pkg/server.sh\"]\n",
+    );
+    /// Kills the service when the test ends, passed or not.
+    struct Reap(String);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for (pid, _) in processes_matching(&self.0) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _reap = Reap(format!("sleep {marker}"));
+    let host = cfg.start_host();
+    let p = cfg.path();
+    wait_for(WAIT, "the service's log", || {
+        let log =
+            std::fs::read_to_string(p.join("var/log/app.server.log")).map_err(|e| e.to_string())?;
+        if log.contains("hello from the service") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    for file in [
+        "var/lib/store/cluster.redb",
+        "var/lib/packages/app.json",
+        "r/vigil.sock",
+        "r/guard.sock",
+        "r/guard.lock",
+        "var/log/guard.log",
+    ] {
+        assert!(p.join(file).exists(), "{file} is missing");
+    }
+    assert!(!p.join("run").exists(), "nothing in <config dir>/run");
+    drop(host);
+}

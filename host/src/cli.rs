@@ -86,6 +86,11 @@ pub enum Command {
         #[arg(value_parser = ["monitor", "package"])]
         kind: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: crate::generate::Shell },
+    /// Write man pages (vigil.1, vigil-COMMAND.1) into DIR; used by the package build.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// The guard `vigil host` starts beside itself (not for people to run):
     /// halts this node's packages when the host stops heartbeating.
     #[command(hide = true)]
@@ -95,6 +100,16 @@ pub enum Command {
         /// Silence (ms) after which the packages are halted.
         #[arg(long)]
         margin_ms: u64,
+        /// The host's `[paths]`, as it bound them.
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+        #[arg(long)]
+        log_dir: PathBuf,
+        /// `[logging] format = "json"`: JSON lines on stderr.
+        #[arg(long)]
+        log_json: bool,
     },
 }
 
@@ -191,11 +206,38 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             }))?;
             Ok(0)
         }
-        Command::Guard { node, margin_ms } => crate::guard::run(crate::guard::GuardOptions {
+        Command::Guard {
+            node,
+            margin_ms,
+            state_dir,
+            run_dir,
+            log_dir,
+            log_json,
+        } => crate::guard::run(crate::guard::GuardOptions {
             config_dir: cli.config,
+            paths: config::Paths {
+                state_dir,
+                run_dir,
+                log_dir,
+            },
+            log_format: if log_json {
+                config::LogFormat::Json
+            } else {
+                config::LogFormat::Text
+            },
             node,
             margin: std::time::Duration::from_millis(margin_ms),
         }),
+        Command::Completions { shell } => {
+            match crate::generate::completions(shell, &mut std::io::stdout()) {
+                // `| head`: the reader has what it wanted.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the completion script")
+                }
+                _ => Ok(0),
+            }
+        }
+        Command::Manpages { dir } => crate::generate::manpages(&dir).map(|()| 0),
         Command::Check { json } => check(&cli.config, json),
         Command::Resls(args) => resls(&cli.config, &args),
         Command::Monitor(MonitorCommand::Test { monitor, json }) => {

@@ -232,6 +232,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         Some(
             GuardLink::start(GuardOptions {
                 config_dir: config.cluster.dir.clone(),
+                paths: config.cluster.paths.clone(),
+                log_format: config.cluster.log_format,
                 node: node.clone(),
                 margin: guard::margin(config.cluster.lease_ttl),
             })
@@ -447,10 +449,10 @@ async fn start_packages(
             (Arc::new(joined.etcd.clone()), Membership::Etcd(joined))
         }
     };
-    let run = config.cluster.dir.join("run");
+    let paths = &config.cluster.paths;
     let mut ctx = RunnerContext::new(node, &config.cluster.dir);
-    ctx.log_dir = Some(run.join("logs"));
-    ctx.claims_dir = Some(guard::records_dir(&config.cluster.dir));
+    ctx.log_dir = Some(paths.log_dir.clone());
+    ctx.claims_dir = Some(paths.records());
     if let Some(dir) = &ctx.log_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -484,7 +486,7 @@ async fn start_packages(
         packages: config.packages.clone(),
         store,
         ctx,
-        run_dir: run.join("packages"),
+        run_dir: paths.records(),
         membership,
         max_parallel: config.cluster.max_parallel_actions,
     };
@@ -675,6 +677,8 @@ pub fn plan_reload(
         "[store]",
     );
     keep(old.api.socket != cluster.api.socket, "api.socket");
+    keep(old.paths != cluster.paths, "[paths]");
+    keep(old.log_format != cluster.log_format, "logging.format");
     keep(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
@@ -684,6 +688,8 @@ pub fn plan_reload(
     cluster.store = old.store.clone();
     cluster.lease_ttl = old.lease_ttl;
     cluster.api = old.api.clone();
+    cluster.paths = old.paths.clone();
+    cluster.log_format = old.log_format;
 
     // A monitor whose file has an error keeps the version that runs.
     let broken = validated.broken_files();
@@ -1061,7 +1067,7 @@ mod tests {
             &[
                 (
                     "cluster.toml",
-                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n",
+                    "[cluster]\nname = \"t\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"embedded\"\npath = \"other\"\n[api]\nsocket = \"x.sock\"\n[paths]\nlog_dir = \"logs\"\n",
                 ),
                 ("monitors.d/a.toml", &a),
                 ("packages.d/p.toml", &package("p", "/bin/false")),
@@ -1071,6 +1077,7 @@ mod tests {
                 needs restart: cluster.nodes changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 needs restart: [store] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 needs restart: api.socket changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
+                needs restart: [paths] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
                 monitor a every 1s
                 packages: added: r; changed: p; removed: q
             "#]],

@@ -8,16 +8,16 @@
 //! * `vigil host` starts it at startup in a session of its own, so a signal
 //!   to the host's process group does not reach it and it outlives the
 //!   host. One guard per node: it holds an exclusive `flock` on
-//!   `<config>/run/guard.lock`; a second one exits at once and leaves the
+//!   `<run_dir>/guard.lock` (`[paths]`, [`crate::config::Paths`]); a second one exits at once and leaves the
 //!   node to the first.
 //! * The host's main loop sends a datagram (`beat <pid>`) to
-//!   `<config>/run/guard.sock` (mode 0600) every margin / 4. The guard
+//!   `<run_dir>/guard.sock` (mode 0600) every margin / 4. The guard
 //!   waits on that socket with a [`POLL`] timeout and measures silence on
 //!   `CLOCK_BOOTTIME`, which keeps counting through a suspend and cannot be
 //!   set. A frozen, hung or dead host all look the same: silence. The
 //!   margin is 50 % of `[store] lease_ttl_seconds` ([`margin`]).
 //! * When the silence exceeds the margin, the guard, for every run record
-//!   in `<config>/run/packages/`: first claims it (writes
+//!   in `<state_dir>/packages/`: first claims it (writes
 //!   `<package>.guard.json`, then removes `<package>.json`), so that a
 //!   host that wakes up sees the package is no longer its own; then sends
 //!   SIGTERM to every recorded service's process group (only while the
@@ -38,7 +38,7 @@
 //!   halting anything, since packages outlive a host restart by contract.
 //! * It also exits when its configuration directory disappears.
 //!
-//! Every step goes to stderr and to `<config>/run/guard.log`.
+//! Every step goes to stderr and to `<log_dir>/guard.log`.
 //!
 //! The guard deliberately does not talk to the cluster store, restart
 //! anything, or place packages: the host does that when it comes back
@@ -70,11 +70,11 @@ use crate::package::lifecycle::{
 };
 use crate::store::FenceToken;
 
-/// The heartbeat socket, in `<config>/run`.
+/// The heartbeat socket, in `[paths] run_dir`.
 pub const SOCKET: &str = "guard.sock";
-/// The lock that keeps one guard per node, in `<config>/run`.
+/// The lock that keeps one guard per node, in `[paths] run_dir`.
 pub const LOCK: &str = "guard.lock";
-/// The guard's log, in `<config>/run`.
+/// The guard's log, in `[paths] log_dir`.
 pub const LOG: &str = "guard.log";
 /// How often the guard looks at the clock when no heartbeat comes.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -96,11 +96,6 @@ pub fn margin(lease_ttl: Duration) -> Duration {
 /// two does not fire the guard.
 pub fn beat_interval(margin: Duration) -> Duration {
     margin / 5
-}
-
-/// Where run records and claims live.
-pub fn records_dir(config_dir: &Path) -> PathBuf {
-    config_dir.join("run").join("packages")
 }
 
 /// The time since boot, suspend included (`CLOCK_BOOTTIME`).
@@ -210,6 +205,11 @@ pub fn claimed(records_dir: &Path, package: &str, fence: FenceToken) -> bool {
 #[derive(Debug, Clone)]
 pub struct GuardOptions {
     pub config_dir: PathBuf,
+    /// The host's `[paths]`, as bound at its startup (passed on the command
+    /// line, so host and guard agree even if `cluster.toml` changed since).
+    pub paths: config::Paths,
+    /// The host's `[logging] format`, for the guard's lines on stderr.
+    pub log_format: config::LogFormat,
     pub node: String,
     pub margin: Duration,
 }
@@ -218,6 +218,11 @@ pub struct GuardOptions {
 struct Log {
     file: Option<File>,
     prefix: String,
+    node: String,
+    /// `[logging] format = "json"`: stderr gets JSON lines (the file keeps text).
+    json: bool,
+    /// stderr is the journal: lines get a `<6>` priority.
+    journal: bool,
 }
 
 impl Log {
@@ -226,8 +231,29 @@ impl Log {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let line = format!("{now} {}: {message}\n", self.prefix);
+        let mut out = if self.journal {
+            format!("<{}>", crate::logging::priority(&tracing::Level::INFO))
+        } else {
+            String::new()
+        };
+        if self.json {
+            let fields = [
+                ("node".to_owned(), self.node.clone().into()),
+                ("pid".to_owned(), std::process::id().into()),
+            ];
+            out += &crate::logging::json_line(
+                &now,
+                &tracing::Level::INFO,
+                "vigil_host::guard",
+                &message.to_string(),
+                fields.into_iter().collect(),
+            );
+            out.push('\n');
+        } else {
+            out += &line;
+        }
         // Not eprintln!: it panics when stderr is a closed pipe.
-        let _ = io::stderr().write_all(line.as_bytes());
+        let _ = io::stderr().write_all(out.as_bytes());
         if let Some(mut file) = self.file.as_ref() {
             let _ = file.write_all(line.as_bytes());
         }
@@ -255,12 +281,16 @@ fn parse_message(bytes: &[u8]) -> Option<Message> {
 /// Runs the guard until the host stops it cleanly, the packages were
 /// halted, or the configuration directory is gone. Returns the exit code.
 pub fn run(options: GuardOptions) -> anyhow::Result<i32> {
-    let run_dir = options.config_dir.join("run");
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let run_dir = options.paths.run_dir.clone();
+    let log_dir = &options.paths.log_dir;
+    for dir in [&run_dir, log_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // Append: logrotate's copytruncate then leaves no hole in the file.
     let log_file = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run_dir.join(LOG))
+        .open(log_dir.join(LOG))
         .ok();
     let log = Log {
         file: log_file,
@@ -269,6 +299,9 @@ pub fn run(options: GuardOptions) -> anyhow::Result<i32> {
             options.node,
             std::process::id()
         ),
+        node: options.node.clone(),
+        json: options.log_format == config::LogFormat::Json,
+        journal: crate::logging::stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
     };
     let lock_path = run_dir.join(LOCK);
     let lock_file = OpenOptions::new()
@@ -331,7 +364,7 @@ struct Target {
 
 impl Guard {
     fn new(options: GuardOptions, log: Log) -> Self {
-        let records = records_dir(&options.config_dir);
+        let records = options.paths.records();
         let mut guard = Self {
             options,
             log,
@@ -726,7 +759,7 @@ impl GuardLink {
         let socket = UnixDatagram::unbound()?;
         // A busy guard (halting) must never block the host's main loop.
         socket.set_nonblocking(true)?;
-        let path = options.config_dir.join("run").join(SOCKET);
+        let path = options.paths.run_dir.join(SOCKET);
         let mut link = Self {
             options,
             socket,
@@ -761,6 +794,13 @@ impl GuardLink {
             .arg(&self.options.node)
             .arg("--margin-ms")
             .arg(self.options.margin.as_millis().to_string())
+            .arg("--state-dir")
+            .arg(&self.options.paths.state_dir)
+            .arg("--run-dir")
+            .arg(&self.options.paths.run_dir)
+            .arg("--log-dir")
+            .arg(&self.options.paths.log_dir)
+            .args((self.options.log_format == config::LogFormat::Json).then_some("--log-json"))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // SAFETY: setsid is async-signal-safe and touches no memory shared

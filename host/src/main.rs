@@ -2,24 +2,21 @@
 //! to exit codes. Everything else lives in the `vigil_host` library.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use vigil_host::cli::{Cli, Command};
+use vigil_host::config::{self, LogFormat};
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Host { .. }) {
-        "info"
+    let (format, default_level) = if matches!(cli.command, Command::Host { .. }) {
+        // `[logging] format` applies to the daemon's log. An unreadable
+        // cluster.toml falls back to text: the host reports it and exits.
+        let dir = vigil_host::cli::absolute_config_dir(&cli.config);
+        let format = config::load_cluster(&dir).map_or(LogFormat::Text, |c| c.log_format);
+        (format, "info")
     } else {
-        "error"
+        (LogFormat::Text, "error")
     };
-    let filter =
-        EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_host::logging::init(format, default_level);
     let code = match vigil_host::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -117,6 +117,22 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<
     panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
 }
 
+/// `[paths]` inside the config dir, so that no test or benchmark ever
+/// writes to `/var/lib`, `/run` or `/var/log`. [`ConfigDir::write`] appends
+/// it to every `cluster.toml` that has no `[paths]` of its own. Run
+/// records, guard files, service logs and the API socket end up in `run/`.
+pub const TEST_PATHS: &str =
+    "\n[paths]\nstate_dir = \"run\"\nrun_dir = \"run\"\nlog_dir = \"run\"\n";
+
+/// `text` with [`TEST_PATHS`] appended unless it sets `[paths]` itself.
+pub fn with_test_paths(text: &str) -> String {
+    if text.contains("[paths]") {
+        text.to_owned()
+    } else {
+        format!("{text}{TEST_PATHS}")
+    }
+}
+
 /// A temporary configuration directory.
 pub struct ConfigDir {
     pub dir: tempfile::TempDir,
@@ -143,12 +159,18 @@ impl ConfigDir {
         self.dir.path()
     }
 
-    /// Writes a file relative to the config dir.
+    /// Writes a file relative to the config dir; a `cluster.toml` gets
+    /// [`TEST_PATHS`] unless it has `[paths]`.
     pub fn write(&self, rel: &str, text: &str) -> PathBuf {
         let path = self.path().join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("mkdir");
         }
+        let text = if rel == "cluster.toml" {
+            with_test_paths(text)
+        } else {
+            text.to_owned()
+        };
         std::fs::write(&path, text).expect("write config file");
         path
     }

@@ -292,7 +292,7 @@ fn config_dir(registration: &str, condition: &str) -> anyhow::Result<tempfile::T
     };
     write(
         "cluster.toml",
-        "[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n",
+        &vigil_tests::with_test_paths("[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n"),
     )?;
     write("monitors.d/plugin.toml", registration)?;
     let script = write(

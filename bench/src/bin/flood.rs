@@ -37,7 +37,7 @@ fn main() {
     };
     write(
         "cluster.toml",
-        "[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n".into(),
+        vigil_tests::with_test_paths("[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n"),
     );
     let hello = |name: &str| {
         format!(

@@ -33,7 +33,7 @@ fn main() {
     };
     write(
         "cluster.toml",
-        "[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n".into(),
+        vigil_tests::with_test_paths("[cluster]\nname = \"bench\"\nnodes = [\"node1\"]\n"),
     );
     for i in 0..DYLIB_MONITORS {
         write(

@@ -28,6 +28,12 @@ pub use source::{ConfigError, SourceFile};
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/vigil";
 /// Where dylib plugins are looked for after `plugin_path` and the executable's directory.
 pub const SYSTEM_PLUGIN_DIR: &str = "/usr/lib/vigil/plugins";
+/// `[paths] state_dir` by default (the Linux layout).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vigil";
+/// `[paths] run_dir` by default.
+pub const DEFAULT_RUN_DIR: &str = "/run/vigil";
+/// `[paths] log_dir` by default.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/vigil";
 
 // ---------------------------------------------------------------- raw phase
 
@@ -39,6 +45,28 @@ struct RawClusterFile {
     store: Option<Spanned<RawStore>>,
     #[serde(default)]
     api: Option<RawApi>,
+    #[serde(default)]
+    paths: Option<RawPaths>,
+    #[serde(default)]
+    logging: Option<RawLogging>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    #[serde(default)]
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    #[serde(default)]
+    state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    run_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    log_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +215,58 @@ pub struct ClusterConfig {
     /// this node carries out at once.
     pub max_parallel_actions: usize,
     pub api: ApiConfig,
+    pub paths: Paths,
+    /// `[logging] format`: how `vigil host` writes its log to stderr.
+    pub log_format: LogFormat,
+}
+
+/// `[logging] format` (DESIGN §7a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (see [`crate::logging`]).
+    Json,
+}
+
+/// `[paths]` (DESIGN §7a): where the host keeps what it writes. Relative
+/// paths in the file are resolved against the config dir (the demo's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Kept across reboots: the embedded store, run records and claims.
+    pub state_dir: PathBuf,
+    /// Gone at reboot: the API socket (by default), the guard's socket and lock.
+    pub run_dir: PathBuf,
+    /// Package service output and `guard.log` (rotated by logrotate's
+    /// `copytruncate`: every writer opens its file with `O_APPEND`).
+    pub log_dir: PathBuf,
+}
+
+impl Paths {
+    /// The Linux layout: `/var/lib/vigil`, `/run/vigil`, `/var/log/vigil`.
+    pub fn linux() -> Self {
+        Self {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            log_dir: DEFAULT_LOG_DIR.into(),
+        }
+    }
+
+    /// The embedded store's directory unless `[store] path` says otherwise.
+    pub fn store(&self) -> PathBuf {
+        self.state_dir.join("store")
+    }
+
+    /// Run records (`<pkg>.json`) and the guard's claims (`<pkg>.guard.json`).
+    pub fn records(&self) -> PathBuf {
+        self.state_dir.join("packages")
+    }
+
+    /// The API socket unless `[api] socket` says otherwise.
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir.join("vigil.sock")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -341,11 +421,27 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
         .map(|p| dir.join(p.get_ref()))
         .collect();
 
+    let paths = resolve_paths(dir, file, raw.paths.as_ref(), &mut errors);
+    let log_format = match raw.logging.as_ref().and_then(|l| l.format.as_ref()) {
+        None => LogFormat::Text,
+        Some(f) => match f.get_ref().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(file.error_at(
+                    f.span(),
+                    format!("logging.format {other:?} is not one of \"text\", \"json\""),
+                ));
+                LogFormat::Text
+            }
+        },
+    };
+
     let mut lease_ttl = DEFAULT_LEASE_TTL;
     let mut max_parallel_actions = DEFAULT_MAX_PARALLEL_ACTIONS;
     let store = match raw.store {
         None => StoreConfig::Embedded {
-            path: dir.join("run/state"),
+            path: paths.store(),
         },
         Some(store) => {
             let span = store.span();
@@ -380,7 +476,10 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
                         errors.push(file.error_at(p.span(), "store.path must not be empty"));
                     }
                     StoreConfig::Embedded {
-                        path: dir.join(store.path.as_ref().map_or("run/state", |p| p.get_ref())),
+                        path: store
+                            .path
+                            .as_ref()
+                            .map_or_else(|| paths.store(), |p| dir.join(p.get_ref())),
                     }
                 }
                 "etcd" => {
@@ -415,7 +514,7 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
                         format!("store.type {other:?} is not one of \"embedded\", \"etcd\""),
                     ));
                     StoreConfig::Embedded {
-                        path: dir.join("run/state"),
+                        path: paths.store(),
                     }
                 }
             }
@@ -427,7 +526,7 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
         http_listen: None,
     });
     let socket = match &api.socket {
-        None => dir.join("run/vigil.sock"),
+        None => paths.api_socket(),
         Some(s) => {
             let path = dir.join(s.get_ref());
             if s.get_ref().is_empty() {
@@ -466,9 +565,67 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
             lease_ttl,
             max_parallel_actions,
             api,
+            paths,
+            log_format,
         })
     } else {
         Err(errors)
+    }
+}
+
+/// `[paths]` resolved against `dir`, the Linux layout for what is not set.
+/// A path that exists must be a directory (the host creates missing ones),
+/// and `run_dir` must leave room for the sockets in it.
+fn resolve_paths(
+    dir: &Path,
+    file: &SourceFile,
+    raw: Option<&RawPaths>,
+    errors: &mut Vec<ConfigError>,
+) -> Paths {
+    let defaults = Paths::linux();
+    let mut one = |key: &str, value: Option<&Spanned<String>>, default: PathBuf| {
+        let Some(value) = value else {
+            return default;
+        };
+        let text = value.get_ref();
+        if text.is_empty() {
+            errors.push(file.error_at(value.span(), format!("paths.{key} must not be empty")));
+            return default;
+        }
+        let path = dir.join(text);
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_dir() => errors.push(file.error_at(
+                value.span(),
+                format!(
+                    "paths.{key}: {} exists and is not a directory",
+                    path.display()
+                ),
+            )),
+            _ => {}
+        }
+        if key == "run_dir"
+            && let Some(problem) = crate::api::socket_path_problem(&path.join(crate::guard::SOCKET))
+        {
+            errors.push(file.error_at(value.span(), format!("paths.run_dir: {problem}")));
+        }
+        path
+    };
+    Paths {
+        state_dir: one(
+            "state_dir",
+            raw.and_then(|r| r.state_dir.as_ref()),
+            defaults.state_dir,
+        ),
+        run_dir: one(
+            "run_dir",
+            raw.and_then(|r| r.run_dir.as_ref()),
+            defaults.run_dir,
+        ),
+        log_dir: one(
+            "log_dir",
+            raw.and_then(|r| r.log_dir.as_ref()),
+            defaults.log_dir,
+        ),
     }
 }
 

@@ -61,7 +61,7 @@ fn valid_monitors_of_each_kind() {
             ),
         ],
         expect![[r#"
-            cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
+            cluster demo nodes ["node1"] store Embedded { path: "/var/lib/vigil/store" }
             monitor lan Dylib { plugin: "vigil_lan", isolation: InProcess } every 5s timeout 2s params {"interfaces":["eth0"]}
             monitor load Nagios { command: ["check_load", "-w", "1,1,1"] } every 500ms timeout 2s params {}
             monitor tail Exec { command: ["./t.sh"], mode: Stream } every 5s timeout 2s params {}
@@ -96,7 +96,7 @@ fn errors_name_file_and_line_and_keep_other_monitors() {
             ("h.toml", "name = [\n"),
         ],
         expect![[r#"
-            cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
+            cluster demo nodes ["node1"] store Embedded { path: "/var/lib/vigil/store" }
             monitor d Dylib { plugin: "p", isolation: InProcess } every 5s timeout 2s params {}
             DIR/monitors.d/a.toml:5: unknown field `intervall`, expected one of `name`, `type`, `plugin`, `command`, `mode`, `isolation`, `interval_seconds`, `timeout_seconds`, `enabled`, `params`
             DIR/monitors.d/b.toml:2: type "snmp" is not one of "dylib", "exec", "nagios"
@@ -237,10 +237,86 @@ fn isolation_applies_to_dylib_monitors_only() {
             ),
         ],
         expect![[r#"
-            cluster demo nodes ["node1"] store Embedded { path: "DIR/run/state" }
+            cluster demo nodes ["node1"] store Embedded { path: "/var/lib/vigil/store" }
             monitor own Dylib { plugin: "p", isolation: Process } every 5s timeout 2s params {}
             DIR/monitors.d/exec.toml:4: isolation does not apply to type = "exec"
             DIR/monitors.d/typo.toml:4: isolation "sandbox" is not one of "in_process", "process"
         "#]],
     );
+}
+
+/// `[paths]`: the Linux layout by default, relative paths below the config
+/// dir, and `check` refusing what the host could not use.
+#[test]
+fn paths_default_to_the_linux_layout_and_are_validated() {
+    fn check(paths: &str, expect: Expect) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a-file"), "").unwrap();
+        let text = format!("{CLUSTER}{paths}");
+        std::fs::write(dir.path().join("cluster.toml"), &text).unwrap();
+        let rendered = match load_cluster(dir.path()) {
+            Ok(c) => format!(
+                "state {} run {} log {}\nstore {:?} socket {}\n",
+                c.paths.state_dir.display(),
+                c.paths.run_dir.display(),
+                c.paths.log_dir.display(),
+                c.store,
+                c.api.socket.display()
+            ),
+            Err(errors) => errors.iter().map(|e| format!("{e}\n")).collect(),
+        };
+        let rendered = rendered.replace(&dir.path().display().to_string(), "DIR");
+        expect.assert_eq(&rendered);
+    }
+    check(
+        "",
+        expect![[r#"
+            state /var/lib/vigil run /run/vigil log /var/log/vigil
+            store Embedded { path: "/var/lib/vigil/store" } socket /run/vigil/vigil.sock
+        "#]],
+    );
+    check(
+        "[paths]\nstate_dir = \"run\"\nrun_dir = \"/run/x\"\n",
+        expect![[r#"
+            state DIR/run run /run/x log /var/log/vigil
+            store Embedded { path: "DIR/run/store" } socket /run/x/vigil.sock
+        "#]],
+    );
+    let long = "r".repeat(120);
+    check(
+        &format!(
+            "[paths]\nstate_dir = \"\"\nrun_dir = \"{long}\"\nlog_dir = \"a-file\"\ncache = \"x\"\n"
+        ),
+        expect![[r#"
+            DIR/cluster.toml:8: unknown field `cache`, expected one of `state_dir`, `run_dir`, `log_dir`
+        "#]],
+    );
+    check(
+        &format!("[paths]\nstate_dir = \"\"\nrun_dir = \"/{long}\"\nlog_dir = \"a-file\"\n"),
+        expect![[r#"
+            DIR/cluster.toml:5: paths.state_dir must not be empty
+            DIR/cluster.toml:6: paths.run_dir: /rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr/guard.sock is too long for a Unix socket (132 bytes; with its temporary name 138, limit 107)
+            DIR/cluster.toml:7: paths.log_dir: DIR/a-file exists and is not a directory
+        "#]],
+    );
+}
+
+#[test]
+fn logging_format_is_text_or_json() {
+    check(
+        &format!("{CLUSTER}[logging]\nformat = \"xml\"\n"),
+        &[],
+        expect![[r#"
+            DIR/cluster.toml:5: logging.format "xml" is not one of "text", "json"
+        "#]],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for (text, want) in [
+        ("", LogFormat::Text),
+        ("[logging]\nformat = \"text\"\n", LogFormat::Text),
+        ("[logging]\nformat = \"json\"\n", LogFormat::Json),
+    ] {
+        std::fs::write(dir.path().join("cluster.toml"), format!("{CLUSTER}{text}")).unwrap();
+        assert_eq!(load_cluster(dir.path()).unwrap().log_format, want, "{text}");
+    }
 }

@@ -116,14 +116,25 @@ pub fn resolve(plugin: &str, config_dir: &Path, search: &[PathBuf]) -> Result<Pa
 }
 
 /// The plugin search path: `plugin_path` from cluster.toml, then the
-/// directory of the running executable, then the system plugin directory.
+/// directory of the running executable (a build tree), then
+/// `<exe dir>/../lib/vigil/plugins` (an install under any prefix, such as
+/// `/opt/vigil` or a package unpacked into a scratch root), then the system
+/// plugin directory.
 pub fn search_path(plugin_path: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = plugin_path.to_vec();
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_owned))
     {
-        dirs.push(dir);
+        if let Some(prefix) = dir.parent() {
+            let relative = prefix.join("lib/vigil/plugins");
+            dirs.push(dir);
+            if relative != Path::new(crate::config::SYSTEM_PLUGIN_DIR) {
+                dirs.push(relative);
+            }
+        } else {
+            dirs.push(dir);
+        }
     }
     dirs.push(PathBuf::from(crate::config::SYSTEM_PLUGIN_DIR));
     dirs

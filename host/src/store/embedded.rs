@@ -1,6 +1,6 @@
 //! The embedded cluster store: one node, in-process, persisted with redb in
 //! `<store path>/cluster.redb` (the `path` of `[store] type = "embedded"`
-//! is a directory, `run/state` below the config dir by default).
+//! is a directory, `<[paths] state_dir>/store` by default).
 //!
 //! Every write is one redb write transaction, committed durably before its
 //! events are sent, so what a watcher saw survives a crash and a reopened

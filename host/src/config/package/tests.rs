@@ -21,6 +21,13 @@ fn cluster(dir: &Path) -> ClusterConfig {
             socket: dir.join("run/vigil.sock"),
             http_listen: None,
         },
+        // Inside the test's dir: no test touches /var/lib, /run or /var/log.
+        paths: crate::config::Paths {
+            state_dir: dir.join("run"),
+            run_dir: dir.join("run"),
+            log_dir: dir.join("run"),
+        },
+        log_format: crate::config::LogFormat::Text,
     }
 }
 
