@@ -42,10 +42,27 @@ pub fn mount(
     }
     if fsck {
         // -p repairs what is safe to repair; 0 = clean, 1 = repaired.
-        let out = tool("fsck", &["-p", "-t", fstype, device], &[], FSCK_TIMEOUT)?;
+        let mut out = tool("fsck", &["-p", "-t", fstype, device], &[], FSCK_TIMEOUT)?;
+        // A device probe (udev's blkid after a device appears) holds it
+        // exclusively for a moment: e2fsck then says "in use" and gives up.
+        for _ in 0..5 {
+            if out.code != Some(8) || !out.stdout.contains("is in use") {
+                break;
+            }
+            tracing::warn!(%device, "device briefly in use; retrying fsck");
+            std::thread::sleep(Duration::from_millis(200));
+            out = tool("fsck", &["-p", "-t", fstype, device], &[], FSCK_TIMEOUT)?;
+        }
         match out.code {
             Some(0) | Some(1) => {}
-            _ => return Err(out.describe(&format!("fsck -p {device}"))),
+            // e2fsck says why on stdout and only "cannot continue" on stderr.
+            _ => {
+                return Err(format!(
+                    "{} ({})",
+                    out.describe(&format!("fsck -p {device}")),
+                    out.stdout.trim().lines().last().unwrap_or("")
+                ));
+            }
         }
     }
     std::fs::create_dir_all(mount)

@@ -361,12 +361,22 @@ pub(crate) struct ToolOutput {
 impl ToolOutput {
     /// The last line of stderr (or stdout), for messages.
     pub fn last_line(&self) -> String {
+        self.last_lines(1)
+    }
+
+    /// The last `n` non-empty lines of stderr (or stdout), joined by ` | `.
+    pub fn last_lines(&self, n: usize) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
         } else {
             &self.stderr
         };
-        text.trim().lines().last().unwrap_or("").to_owned()
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join(" | ")
     }
 
     pub fn describe(&self, program: &str) -> String {
@@ -374,7 +384,8 @@ impl ToolOutput {
             Some(c) => format!("{program} exited with status {c}"),
             None => format!("{program} was killed (timeout or signal)"),
         };
-        let line = self.last_line();
+        // Tools such as fsck give the cause a line or two before the end.
+        let line = self.last_lines(3);
         if line.is_empty() {
             how
         } else {
