@@ -477,3 +477,44 @@ fn the_guard_of_a_frozen_host_releases_its_address_and_mount() {
         .collect();
     assert_eq!(order, ["ip", "fs"], "{log}");
 }
+
+/// The volume group's tags, as `vgs` prints them.
+fn vg_tags(vg: &str) -> String {
+    run("vgs", &["--noheadings", "-o", "vg_tags", vg])
+}
+
+#[test]
+fn volume_group_part_is_tagged_while_active_and_refused_while_another_node_holds_it() {
+    if !privileged("volume group parts on loop devices") {
+        return;
+    }
+    require_tools(&[
+        ("vgcreate", "lvm2"),
+        ("vgchange", "lvm2"),
+        ("losetup", "util-linux"),
+    ]);
+    require_loop_devices();
+    let disk = LoopDevice::new("vga", 16 << 20);
+    let name = unique("vga").replace('-', "_");
+    let vg = VolumeGroup::new(&name, &[&disk.device]);
+    let cfg = setup(&format!("[[volume_group]]\nname = \"{}\"\n", vg.name), 10);
+    let host = cfg.start_host();
+    wait_state(&cfg, &host, "up");
+    assert_eq!(vg_tags(&vg.name), "vigil-node1");
+    let out = cfg.vigil(&["pkg", "halt", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "down");
+    assert_eq!(vg_tags(&vg.name), "", "the tag goes on halt");
+
+    // Another node activated it and has not released it.
+    run("vgchange", &["--addtag", "vigil-node2", &vg.name]);
+    let out = cfg.vigil(&["pkg", "run", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let failed = wait_state(&cfg, &host, "failed");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("it carries the tag vigil-node2: node node2 activated it"),
+        "{failed}"
+    );
+    assert_eq!(vg_tags(&vg.name), "vigil-node2", "left as it was");
+}
