@@ -518,3 +518,123 @@ fn volume_group_part_is_tagged_while_active_and_refused_while_another_node_holds
     );
     assert_eq!(vg_tags(&vg.name), "vigil-node2", "left as it was");
 }
+
+fn require_dummy_agent() {
+    require_tool("/usr/lib/ocf/resource.d/heartbeat/Dummy", "resource-agents");
+}
+
+/// The value of the resource and its reason, as `resls` shows them.
+fn resource_value(cfg: &ConfigDir, name: &str) -> Result<(String, String), String> {
+    let r = cfg.resource(name)?;
+    Ok((
+        r["value"].as_str().unwrap_or("").to_owned(),
+        r["reason"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+#[test]
+fn ocf_dummy_agent_starts_stops_and_its_monitor_saying_not_running_fails_the_package() {
+    if !privileged("OCF agents as package parts") {
+        return;
+    }
+    require_dummy_agent();
+    let state = std::env::temp_dir().join(format!("{}.state", unique("dummy")));
+    let cfg = setup(
+        &format!(
+            "[[agent]]\nname = \"dummy\"\nagent = \"ocf:heartbeat:Dummy\"\nparams = {{ state = \"{}\" }}\nmonitor_interval_seconds = 0.3\n",
+            state.display()
+        ),
+        10,
+    );
+    let resource = "/package/web/agent/dummy/status";
+    let host = cfg.start_host();
+    wait_state(&cfg, &host, "up");
+    assert!(state.exists(), "Dummy start wrote its state file");
+    wait_for(
+        WAIT,
+        "the agent's monitor to say up",
+        || match resource_value(&cfg, resource)? {
+            (v, _) if v == "up" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // Halt stops it; run starts it again.
+    let out = cfg.vigil(&["pkg", "halt", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "down");
+    assert!(!state.exists(), "Dummy stop removed its state file");
+    let out = cfg.vigil(&["pkg", "run", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "up");
+    assert!(state.exists());
+
+    // The resource behind the agent's back goes away: monitor says 7.
+    std::fs::remove_file(&state).unwrap();
+    let failed = wait_state(&cfg, &host, "failed");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(resource), "{failed}");
+    // Halted and failed here: the agent is no longer judged on this node.
+    wait_for(
+        WAIT,
+        "the agent's status to be stopped",
+        || match resource_value(&cfg, resource)? {
+            (v, _) if v == "stopped" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let _ = std::fs::remove_file(&state);
+}
+
+#[test]
+fn template_prints_an_agents_parameters_from_its_meta_data() {
+    require_dummy_agent();
+    let cfg = ConfigDir::new();
+    let out = cfg.vigil(&["template", "package", "--agent", "ocf:heartbeat:Dummy"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("agent = \"ocf:heartbeat:Dummy\""), "{text}");
+    assert!(
+        text.contains("# state = \"/run/resource-agents/Dummy-RESOURCE_ID.state\"  # State file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# Timeouts from the agent's meta-data: start 20 s, stop 20 s, monitor 20 s"),
+        "{text}"
+    );
+    let missing = cfg.vigil(&[
+        "template",
+        "package",
+        "--agent",
+        "ocf:heartbeat:NoSuchAgent",
+    ]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("NoSuchAgent"),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn check_refuses_a_missing_agent_and_two_packages_with_one_address() {
+    let cfg = setup(
+        "[[agent]]\nname = \"x\"\nagent = \"ocf:heartbeat:NoSuchAgent\"\n\n[[ip]]\naddress = \"192.0.2.50/24\"\n",
+        10,
+    );
+    cfg.write(
+        "packages.d/other.toml",
+        "name = \"other\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n\n[[ip]]\naddress = \"192.0.2.50/24\"\n",
+    );
+    let out = cfg.vigil(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("web.toml:8: package web: agent x (ocf:heartbeat:NoSuchAgent): /usr/lib/ocf/resource.d/heartbeat/NoSuchAgent"),
+        "{text}"
+    );
+    assert!(
+        text.contains("web.toml:12: address 192.0.2.50 is already claimed by package \"other\""),
+        "{text}"
+    );
+}

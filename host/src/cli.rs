@@ -85,6 +85,10 @@ pub enum Command {
     Template {
         #[arg(value_parser = ["monitor", "package"])]
         kind: String,
+        /// With `package`: add an [[agent]] part for this OCF agent
+        /// (ocf:<provider>:<type>), its parameters read from its meta-data.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
     },
     /// The guard `vigil host` starts beside itself (not for people to run):
     /// halts this node's packages when the host stops heartbeating.
@@ -168,6 +172,10 @@ pub enum MonitorCommand {
         #[arg(long)]
         timeout_ms: u64,
     },
+    /// Serve the monitor of a package's OCF agents over the exec protocol;
+    /// the host runs this for `[[agent]]` parts. Not for people.
+    #[command(hide = true)]
+    ServeOcf,
 }
 
 /// The configuration directory as an absolute path, resolved once: every
@@ -205,6 +213,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Command::Monitor(MonitorCommand::ServeDylib { plugin, timeout_ms }) => Ok(
             runtime::isolated::serve(plugin, std::time::Duration::from_millis(timeout_ms)),
         ),
+        Command::Monitor(MonitorCommand::ServeOcf) => Ok(vigil_sdk::proto::serve_stdio::<
+            crate::package::parts::ocf::AgentMonitor,
+        >()),
         Command::Simulate(args) => simulate(&cli.config, &args),
         Command::Status { json } => status(&cli.config, json),
         Command::Pkg {
@@ -240,7 +251,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             json,
         ),
         Command::Why { package, json } => why(&cli.config, &package, json),
-        Command::Template { kind } => {
+        Command::Template { kind, agent } => {
             print!(
                 "{}",
                 if kind == "monitor" {
@@ -249,6 +260,17 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
                     PACKAGE_TEMPLATE
                 }
             );
+            if let Some(agent) = agent {
+                let xml = crate::package::parts::ocf::meta_data(
+                    &crate::package::parts::ocf_root(),
+                    &agent,
+                )
+                .map_err(|e| anyhow::anyhow!("agent {agent}: {e}"))?;
+                print!(
+                    "{}",
+                    crate::package::parts::ocf::agent_template(&agent, &xml)
+                );
+            }
             Ok(0)
         }
     }

@@ -819,6 +819,46 @@ pub fn load_package_text(
     }
 
     let parts = load_parts(&raw, file, &mut errors);
+    // An agent with a monitor interval is a requirement of the package,
+    // judged after the start like any deferred resource: its monitor says
+    // `stopped` where the package does not run.
+    for part in &parts {
+        if let Part::Agent(agent) = &part.part
+            && agent.monitor_interval_ms.is_some()
+        {
+            let resource = crate::package::parts::ocf::status_resource(&name, &agent.name);
+            match (
+                ResourceName::new(resource.clone()),
+                Criteria::parse_any(&[
+                    format!("== {}", crate::package::parts::ocf::UP),
+                    format!("== {}", crate::package::parts::ocf::STOPPED),
+                ]),
+            ) {
+                (Ok(rname), Ok(up)) if !resources.iter().any(|r| r.name == rname) => {
+                    resources.push(ResourceRequirement {
+                        name: rname,
+                        up,
+                        evaluate: Evaluate::AfterStart,
+                        rise: 1,
+                        fall: 1,
+                        unknown_timeout: DEFAULT_UNKNOWN_TIMEOUT,
+                        line: part.line,
+                    });
+                }
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) => errors.push(ConfigError::at(
+                    &file.path,
+                    part.line,
+                    format!("agent {}: resource {resource}: {e}", agent.name),
+                )),
+                (_, Err(e)) => errors.push(ConfigError::at(
+                    &file.path,
+                    part.line,
+                    format!("agent {}: {e}", agent.name),
+                )),
+            }
+        }
+    }
 
     if !errors.is_empty() {
         return Err(errors);
@@ -1081,6 +1121,56 @@ fn load_parts(
         );
     }
     parts
+}
+
+/// The monitor that publishes `/package/<pkg>/agent/<name>/status` for a
+/// package's agents.
+pub fn agent_monitor_name(package: &str) -> String {
+    format!("vigil-ocf.{package}")
+}
+
+/// One streaming exec monitor (`vigil monitor serve-ocf`) per package with
+/// an agent that has `monitor_interval_seconds`, polling at the shortest
+/// such interval. `vigil` is the running executable.
+pub fn agent_monitors(packages: &[PackageConfig], config_dir: &Path) -> Vec<super::MonitorConfig> {
+    let vigil = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "vigil".to_owned());
+    packages
+        .iter()
+        .filter_map(|p| {
+            let agents: Vec<(&AgentPart, usize)> = p
+                .parts
+                .iter()
+                .filter_map(|part| match &part.part {
+                    Part::Agent(a) if a.monitor_interval_ms.is_some() => Some((a, part.line)),
+                    _ => None,
+                })
+                .collect();
+            let interval = agents
+                .iter()
+                .filter_map(|(a, _)| a.monitor_interval_ms)
+                .min()?;
+            let params = crate::package::parts::ocf::AgentMonitorParams {
+                package: p.name.clone(),
+                records_dir: crate::guard::records_dir(config_dir),
+                ocf_root: crate::package::parts::ocf_root(),
+                agents: agents.iter().map(|(a, _)| (*a).clone()).collect(),
+            };
+            Some(super::MonitorConfig {
+                name: agent_monitor_name(&p.name),
+                kind: super::MonitorKind::Exec {
+                    command: vec![vigil.clone(), "monitor".into(), "serve-ocf".into()],
+                    mode: vigil_sdk::proto::Mode::Stream,
+                },
+                interval: Duration::from_millis(interval),
+                timeout: Duration::from_secs(10),
+                params: serde_json::to_value(&params).unwrap_or_default(),
+                source: p.source.clone(),
+                line: agents.first().map_or(p.lines.name, |(_, line)| *line),
+            })
+        })
+        .collect()
 }
 
 /// `192.0.2.50/24` or `2001:db8::50/64`.

@@ -24,9 +24,13 @@ fn cluster(dir: &Path) -> ClusterConfig {
     }
 }
 
-/// Monitors in these tests declare the LAN status of any interface and the
-/// used percentage of `/fs/data`.
-const DECLARED: &[&str] = &["/net/interfaces/*/status", "/fs/data/used_percent"];
+/// Monitors in these tests declare the LAN status of any interface, the
+/// used percentage of `/fs/data` and the status of any package's agent.
+const DECLARED: &[&str] = &[
+    "/net/interfaces/*/status",
+    "/fs/data/used_percent",
+    "/package/*/agent/*/status",
+];
 
 /// Writes `packages` into a temp `packages.d`, loads and cross-checks them,
 /// and renders the packages and then every error, with the temp dir as `DIR`.
@@ -579,6 +583,7 @@ fn parts_are_loaded_in_file_order_and_checked_with_file_and_line() {
             package a failover nodes ["node1"] ConfiguredNode Manual auto_run=true priority=None
               run ["/bin/true"] 60s
               halt ["/bin/true"] 60s
+              resource /package/a/agent/web/status up [== up or == stopped] AfterStart rise 1 fall 1
               part line 18 VolumeGroup { name: "vgdata" }
               part line 12 Filesystem { device: "/dev/vgdata/lv", mount: "/srv/data", fstype: "ext4", options: Some("noatime"), fsck: true }
               part line 8 Ip { address: 192.0.2.50, prefix: 24, interface: None }
