@@ -776,4 +776,22 @@ halt_timeout_seconds = 60
 # package = "db"
 # condition = "up"                  # | down
 # location = "same_node"            # | different_node | any_node | all_nodes
+
+# Parts: started before run (volume groups, file systems, addresses, agents),
+# released after halt in reverse.
+# [[volume_group]]
+# name = "vgdata"                   # vgchange -ay with tag vigil-<node>
+# [[filesystem]]
+# device = "/dev/vgdata/lvdata"     # or "UUID=..." / "LABEL=..."
+# mount = "/srv/data"
+# type = "ext4"
+# options = "noatime"
+# fsck = false
+# [[ip]]
+# address = "192.0.2.50/24"         # interface: the up one in that subnet
+# [[agent]]                         # vigil template package --agent ocf:heartbeat:Dummy
+# name = "dummy"
+# agent = "ocf:heartbeat:Dummy"
+# params = { state = "/run/app-dummy.state" }
+# monitor_interval_seconds = 10
 "#;
