@@ -550,6 +550,16 @@ fn ocf_dummy_agent_starts_stops_and_its_monitor_saying_not_running_fails_the_pac
     let host = cfg.start_host();
     wait_state(&cfg, &host, "up");
     assert!(state.exists(), "Dummy start wrote its state file");
+    // `vigil status` shows the parts up on this node.
+    let status = String::from_utf8_lossy(&cfg.vigil(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("part agent dummy (ocf:heartbeat:Dummy)") && status.contains("up on node1"),
+        "{status}"
+    );
+    assert_eq!(
+        package(&cfg).unwrap()["parts_here"],
+        serde_json::json!([{"kind": "agent", "part": "agent dummy (ocf:heartbeat:Dummy)"}])
+    );
     wait_for(
         WAIT,
         "the agent's monitor to say up",

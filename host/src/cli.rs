@@ -339,9 +339,29 @@ fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let result = api::call(&socket, &Request::ConfigErrors)?;
     let errors: Vec<api::ConfigErrorRow> =
         serde_json::from_value(result).context("decoding the answer")?;
+    // Parts are node-local: they are read from this node's run records.
+    let parts_here = |package: &str| -> Vec<crate::package::parts::Part> {
+        let dir = crate::guard::records_dir(config_dir);
+        crate::package::lifecycle::RunRecord::load(&crate::package::agent::record_path(
+            &dir, package,
+        ))
+        .map(|r| r.parts)
+        .unwrap_or_default()
+    };
     if json {
         let mut value = serde_json::to_value(&out)?;
         value["config_errors"] = serde_json::to_value(&errors)?;
+        if let Some(packages) = value["packages"].as_array_mut() {
+            for p in packages {
+                let name = p["name"].as_str().unwrap_or_default().to_owned();
+                p["parts_here"] = serde_json::Value::Array(
+                    parts_here(&name)
+                        .iter()
+                        .map(|part| serde_json::json!({"kind": part.kind(), "part": part.to_string()}))
+                        .collect(),
+                );
+            }
+        }
         print_json(&value)?;
         return Ok(0);
     }
@@ -375,6 +395,9 @@ fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         );
         for r in &p.resources {
             println!("    {:<44} {:<8} ({})", r.name, r.state, r.evaluate);
+        }
+        for part in parts_here(&p.name) {
+            println!("    part {part:<39} up on {}", out.node);
         }
     }
     Ok(0)
