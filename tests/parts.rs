@@ -648,3 +648,48 @@ fn check_refuses_a_missing_agent_and_two_packages_with_one_address() {
         "{text}"
     );
 }
+
+#[test]
+fn ocf_ipaddr2_agent_adds_and_removes_its_address() {
+    if !privileged("OCF IPaddr2 in a network namespace") {
+        return;
+    }
+    require_tool(
+        "/usr/lib/ocf/resource.d/heartbeat/IPaddr2",
+        "resource-agents",
+    );
+    require_net_tools();
+    let lan = Lan::new("ra", &net(4));
+    let vip = format!("{}.80", lan.net);
+    let cfg = setup(
+        &format!(
+            "[[agent]]\nname = \"vip\"\nagent = \"ocf:heartbeat:IPaddr2\"\nparams = {{ ip = \"{vip}\", cidr_netmask = 24, nic = \"{}\" }}\nmonitor_interval_seconds = 1\n",
+            lan.veth.a.name
+        ),
+        10,
+    );
+    let prefix = lan.host_prefix();
+    let host = cfg.start_host_with(&prefix.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_state(&cfg, &host, "up");
+    assert!(
+        lan.node_addresses().contains(&format!("inet {vip}/24")),
+        "{}",
+        lan.node_addresses()
+    );
+    wait_for(
+        WAIT,
+        "IPaddr2's monitor to say up",
+        || match resource_value(&cfg, "/package/web/agent/vip/status")? {
+            (v, _) if v == "up" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let out = cfg.vigil(&["pkg", "halt", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "down");
+    assert!(
+        !lan.node_addresses().contains(&vip),
+        "{}",
+        lan.node_addresses()
+    );
+}
