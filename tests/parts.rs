@@ -693,3 +693,32 @@ fn ocf_ipaddr2_agent_adds_and_removes_its_address() {
         lan.node_addresses()
     );
 }
+
+#[test]
+fn a_restarted_host_re_adopts_the_parts_and_releases_them_on_halt() {
+    if !privileged("filesystem parts on loop devices") {
+        return;
+    }
+    require_disk_tools();
+    let disk = LoopDevice::new("ad", 32 << 20);
+    disk.mkfs_ext4();
+    let mnt = MountPoint::new("ad");
+    let cfg = setup(&filesystem_part(&disk.device, &mnt), 10);
+    let mut host = cfg.start_host();
+    let up = wait_state(&cfg, &host, "up");
+    assert!(host.stop().unwrap().success());
+    // Stopping the host does not stop packages: the mount stays.
+    assert!(mnt.mounted().is_some());
+    let host = cfg.start_host();
+    let again = wait_state(&cfg, &host, "up");
+    assert!(
+        again["reason"].as_str().unwrap().contains("re-adopted"),
+        "{again}"
+    );
+    assert_eq!(again["fence_token"], up["fence_token"]);
+    assert_eq!(script_log(&cfg), ["run"], "run ran once");
+    let out = cfg.vigil(&["pkg", "halt", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "down");
+    assert_eq!(mnt.mounted(), None, "the adopted mount is released");
+}
