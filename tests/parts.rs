@@ -330,7 +330,8 @@ fn ip_part_is_added_on_the_subnets_interface_announced_and_removed_on_halt() {
         "stale",
     ]);
     let cfg = setup(&format!("[[ip]]\naddress = \"{vip}/24\"\n"), 10);
-    let host = cfg.start_host_with(&lan.node.exec_prefix());
+    let prefix = lan.host_prefix();
+    let host = cfg.start_host_with(&prefix.iter().map(String::as_str).collect::<Vec<_>>());
     wait_state(&cfg, &host, "up");
     assert!(
         lan.node_addresses().contains(&format!("inet {vip}/24")),
@@ -376,7 +377,8 @@ fn an_address_already_answering_on_the_lan_fails_the_start_with_the_reason() {
         &lan.veth.b.name,
     ]);
     let cfg = setup(&format!("[[ip]]\naddress = \"{taken}/24\"\n"), 10);
-    let host = cfg.start_host_with(&lan.node.exec_prefix());
+    let prefix = lan.host_prefix();
+    let host = cfg.start_host_with(&prefix.iter().map(String::as_str).collect::<Vec<_>>());
     let failed = wait_state(&cfg, &host, "failed");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(

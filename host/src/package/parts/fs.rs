@@ -43,9 +43,12 @@ pub fn mount(
     if fsck {
         // -p repairs what is safe to repair; 0 = clean, 1 = repaired.
         let mut out = tool("fsck", &["-p", "-t", fstype, device], &[], FSCK_TIMEOUT)?;
-        // A device probe (udev's blkid after a device appears) holds it
-        // exclusively for a moment: e2fsck then says "in use" and gives up.
-        for _ in 0..5 {
+        // Something holds the device for a while — a device probe (udev's
+        // blkid after a device appears), or a copy of its last mount in a
+        // mount namespace created while it was mounted, which lives until
+        // that namespace does: e2fsck then says "in use" and gives up.
+        // Wait up to 10 s before failing the start.
+        for _ in 0..50 {
             if out.code != Some(8) || !out.stdout.contains("is in use") {
                 break;
             }
