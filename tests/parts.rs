@@ -724,3 +724,88 @@ fn a_restarted_host_re_adopts_the_parts_and_releases_them_on_halt() {
     wait_state(&cfg, &host, "down");
     assert_eq!(mnt.mounted(), None, "the adopted mount is released");
 }
+
+#[test]
+fn ipv6_part_waits_for_duplicate_address_detection_and_fails_on_a_duplicate() {
+    if !privileged("IPv6 address parts in network namespaces") {
+        return;
+    }
+    require_net_tools();
+    let lan = Lan::new("i6", &net(5));
+    let prefix = format!("fd00:{:x}:{:x}::", std::process::id() % 0xffff, 5);
+    for (ns, end, host) in [
+        (&lan.node, &lan.veth.a.name, 1),
+        (&lan.lan, &lan.veth.b.name, 2),
+    ] {
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{prefix}{host}/64"),
+            "dev",
+            end,
+            "nodad",
+        ]);
+    }
+    let taken = format!("{prefix}99");
+    lan.lan.ip(&[
+        "addr",
+        "add",
+        &format!("{taken}/64"),
+        "dev",
+        &lan.veth.b.name,
+        "nodad",
+    ]);
+    let vip = format!("{prefix}50");
+    let cfg = setup(&format!("[[ip]]\naddress = \"{vip}/64\"\n"), 10);
+    cfg.write(
+        "packages.d/dup.toml",
+        &format!(
+            "name = \"dup\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n\n[[ip]]\naddress = \"{taken}/64\"\n"
+        ),
+    );
+    let host_prefix = lan.host_prefix();
+    let host = cfg.start_host_with(&host_prefix.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_state(&cfg, &host, "up");
+    let shown = lan
+        .node
+        .ip(&["-6", "-o", "addr", "show", "dev", &lan.veth.a.name]);
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&format!("{vip}/64")))
+        .unwrap_or_else(|| panic!("{vip} not on the node: {shown}"));
+    assert!(!line.contains("tentative"), "DAD done before run: {line}");
+    let dup = wait_for(WAIT, "dup to fail", || {
+        let out = cfg.vigil(&["status", "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["packages"]
+            .as_array()
+            .and_then(|p| {
+                p.iter()
+                    .find(|p| p["name"] == "dup" && p["state"] == "failed")
+                    .cloned()
+            })
+            .ok_or_else(|| v.to_string())
+    });
+    assert!(
+        dup["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("IPv6 duplicate address detection failed"),
+        "{dup}"
+    );
+    let shown = lan
+        .node
+        .ip(&["-6", "-o", "addr", "show", "dev", &lan.veth.a.name]);
+    assert!(
+        !shown.contains(&taken),
+        "the duplicate was removed: {shown}"
+    );
+    let out = cfg.vigil(&["pkg", "halt", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_state(&cfg, &host, "down");
+    let shown = lan
+        .node
+        .ip(&["-6", "-o", "addr", "show", "dev", &lan.veth.a.name]);
+    assert!(!shown.contains(&vip), "{shown}");
+}
