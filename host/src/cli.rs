@@ -85,6 +85,10 @@ pub enum Command {
     Template {
         #[arg(value_parser = ["monitor", "package"])]
         kind: String,
+        /// With `package`: add an [[agent]] part for this OCF agent
+        /// (ocf:<provider>:<type>), its parameters read from its meta-data.
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: crate::generate::Shell },
@@ -183,6 +187,10 @@ pub enum MonitorCommand {
         #[arg(long)]
         timeout_ms: u64,
     },
+    /// Serve the monitor of a package's OCF agents over the exec protocol;
+    /// the host runs this for `[[agent]]` parts. Not for people.
+    #[command(hide = true)]
+    ServeOcf,
 }
 
 /// The configuration directory as an absolute path, resolved once: every
@@ -247,6 +255,9 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Command::Monitor(MonitorCommand::ServeDylib { plugin, timeout_ms }) => Ok(
             runtime::isolated::serve(plugin, std::time::Duration::from_millis(timeout_ms)),
         ),
+        Command::Monitor(MonitorCommand::ServeOcf) => Ok(vigil_sdk::proto::serve_stdio::<
+            crate::package::parts::ocf::AgentMonitor,
+        >()),
         Command::Simulate(args) => simulate(&cli.config, &args),
         Command::Status { json } => status(&cli.config, json),
         Command::Pkg {
@@ -282,7 +293,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             json,
         ),
         Command::Why { package, json } => why(&cli.config, &package, json),
-        Command::Template { kind } => {
+        Command::Template { kind, agent } => {
             print!(
                 "{}",
                 if kind == "monitor" {
@@ -291,13 +302,28 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
                     PACKAGE_TEMPLATE
                 }
             );
+            if let Some(agent) = agent {
+                let xml = crate::package::parts::ocf::meta_data(
+                    &crate::package::parts::ocf_root(),
+                    &agent,
+                )
+                .map_err(|e| anyhow::anyhow!("agent {agent}: {e}"))?;
+                print!(
+                    "{}",
+                    crate::package::parts::ocf::agent_template(&agent, &xml)
+                );
+            }
             Ok(0)
         }
     }
 }
 
 fn socket_path(config_dir: &Path) -> anyhow::Result<PathBuf> {
-    let cluster = config::load_cluster(config_dir).map_err(|errors| {
+    Ok(cluster_config(config_dir)?.api.socket)
+}
+
+fn cluster_config(config_dir: &Path) -> anyhow::Result<config::ClusterConfig> {
+    config::load_cluster(config_dir).map_err(|errors| {
         anyhow::anyhow!(
             "{}",
             errors
@@ -306,8 +332,7 @@ fn socket_path(config_dir: &Path) -> anyhow::Result<PathBuf> {
                 .collect::<Vec<_>>()
                 .join("\n")
         )
-    })?;
-    Ok(cluster.api.socket)
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -353,15 +378,36 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 }
 
 fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let socket = socket_path(config_dir)?;
+    let cluster = cluster_config(config_dir)?;
+    let socket = cluster.api.socket.clone();
     let result = api::call(&socket, &Request::Status)?;
     let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
     let result = api::call(&socket, &Request::ConfigErrors)?;
     let errors: Vec<api::ConfigErrorRow> =
         serde_json::from_value(result).context("decoding the answer")?;
+    // Parts are node-local: they are read from this node's run records.
+    let parts_here = |package: &str| -> Vec<crate::package::parts::Part> {
+        let dir = cluster.paths.records();
+        crate::package::lifecycle::RunRecord::load(&crate::package::agent::record_path(
+            &dir, package,
+        ))
+        .map(|r| r.parts)
+        .unwrap_or_default()
+    };
     if json {
         let mut value = serde_json::to_value(&out)?;
         value["config_errors"] = serde_json::to_value(&errors)?;
+        if let Some(packages) = value["packages"].as_array_mut() {
+            for p in packages {
+                let name = p["name"].as_str().unwrap_or_default().to_owned();
+                p["parts_here"] = serde_json::Value::Array(
+                    parts_here(&name)
+                        .iter()
+                        .map(|part| serde_json::json!({"kind": part.kind(), "part": part.to_string()}))
+                        .collect(),
+                );
+            }
+        }
         print_json(&value)?;
         return Ok(0);
     }
@@ -395,6 +441,9 @@ fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         );
         for r in &p.resources {
             println!("    {:<44} {:<8} ({})", r.name, r.state, r.evaluate);
+        }
+        for part in parts_here(&p.name) {
+            println!("    part {part:<39} up on {}", out.node);
         }
     }
     Ok(0)
@@ -796,4 +845,22 @@ halt_timeout_seconds = 60
 # package = "db"
 # condition = "up"                  # | down
 # location = "same_node"            # | different_node | any_node | all_nodes
+
+# Parts: started before run (volume groups, file systems, addresses, agents),
+# released after halt in reverse.
+# [[volume_group]]
+# name = "vgdata"                   # vgchange -ay with tag vigil-<node>
+# [[filesystem]]
+# device = "/dev/vgdata/lvdata"     # or "UUID=..." / "LABEL=..."
+# mount = "/srv/data"
+# type = "ext4"
+# options = "noatime"
+# fsck = false
+# [[ip]]
+# address = "192.0.2.50/24"         # interface: the up one in that subnet
+# [[agent]]                         # vigil template package --agent ocf:heartbeat:Dummy
+# name = "dummy"
+# agent = "ocf:heartbeat:Dummy"
+# params = { state = "/run/app-dummy.state" }
+# monitor_interval_seconds = 10
 "#;

@@ -559,7 +559,7 @@ impl Guard {
                 let spec = packages.get(&claim.record.package);
                 scope.spawn(move || {
                     let package = claim.record.package.clone();
-                    let (phase, detail) = match spec {
+                    let (mut phase, mut detail) = match spec {
                         None => (
                             ClaimPhase::HaltFailed,
                             "package is not configured; halt not run".to_owned(),
@@ -569,6 +569,14 @@ impl Guard {
                             Err(e) => (ClaimPhase::HaltFailed, e),
                         },
                     };
+                    // The parts go whatever `halt` did, and even for a
+                    // package no longer configured: the record says what
+                    // is up, and an address or mount left here would be
+                    // up twice once another node adopts the package.
+                    if let Err(e) = self.release_parts(&claim.record) {
+                        phase = ClaimPhase::HaltFailed;
+                        detail = format!("{detail}; {e}");
+                    }
                     self.log.line(format_args!("package {package}: {detail}"));
                     claim.phase = phase;
                     claim.detail = detail;
@@ -671,6 +679,42 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Releases the record's parts in reverse start order (users of file
+    /// systems killed after a quarter of the margin).
+    fn release_parts(&self, record: &RunRecord) -> Result<(), String> {
+        if record.parts.is_empty() {
+            return Ok(());
+        }
+        let mut ops = crate::package::parts::SystemParts {
+            ctx: crate::package::parts::PartContext {
+                node: record.node.clone(),
+                package: record.package.clone(),
+                stop_grace: self.options.margin / 4,
+                ocf_root: crate::package::parts::ocf_root(),
+            },
+        };
+        for part in record.parts.iter().rev() {
+            self.log
+                .line(format_args!("package {}: releasing {part}", record.package));
+        }
+        let errors = crate::package::parts::stop_all(&record.parts, &mut ops);
+        if errors.is_empty() {
+            self.log
+                .line(format_args!("package {}: parts released", record.package));
+            return Ok(());
+        }
+        let text = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.log.line(format_args!(
+            "package {}: parts not released: {text}",
+            record.package
+        ));
+        Err(format!("parts not released: {text}"))
     }
 
     /// Runs the package's `halt` as the host would, with `guard_expired`.
@@ -898,6 +942,7 @@ mod tests {
                 fence_token: FenceToken(4),
                 started_ms: 1,
                 services: Vec::new(),
+                parts: Vec::new(),
             },
             phase: ClaimPhase::Halted,
             guard_pid: 1,

@@ -193,6 +193,27 @@ fn program_errors(config: &Config) -> Vec<ConfigError> {
                     .iter()
                     .map(|s| (format!("service {}", s.name), &s.command)),
             );
+        for part in &p.parts {
+            if let crate::package::parts::Part::Agent(agent) = &part.part {
+                let root = crate::package::parts::ocf_root();
+                let checked = crate::package::parts::ocf::agent_path(&root, &agent.agent)
+                    .ok_or_else(|| "not of the form ocf:<provider>:<type>".to_owned())
+                    .and_then(|path| {
+                        runtime::check_executable(&path.display().to_string())
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = checked {
+                    errors.push(ConfigError::at(
+                        &p.source,
+                        part.line,
+                        format!(
+                            "package {}: agent {} ({}): {e}",
+                            p.name, agent.name, agent.agent
+                        ),
+                    ));
+                }
+            }
+        }
         for (what, argv) in programs {
             let Some(program) = argv.first() else {
                 continue;

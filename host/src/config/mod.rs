@@ -368,9 +368,11 @@ const DEFAULT_MAX_PARALLEL_ACTIONS: usize = 32;
 /// `Err` when `cluster.toml` itself is unusable.
 pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     let cluster = load_cluster(dir)?;
-    let (monitors, mut errors) = load_monitors(&dir.join("monitors.d"));
+    let (mut monitors, mut errors) = load_monitors(&dir.join("monitors.d"));
     let (packages, mut package_errors) = package::load_packages(&dir.join("packages.d"), &cluster);
     errors.append(&mut package_errors);
+    // The monitors of packages' OCF agents (package parts).
+    monitors.extend(package::agent_monitors(&packages, &cluster.paths.records()));
     Ok(Config {
         cluster,
         monitors,

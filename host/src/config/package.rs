@@ -28,6 +28,7 @@ use vigil_sdk::ResourceName;
 
 use super::{ClusterConfig, ConfigError, Seconds, SourceFile, valid_node_name};
 use crate::criteria::Criteria;
+use crate::package::parts::{AgentPart, Part, parse_agent_name};
 
 // ---------------------------------------------------------------- raw phase
 
@@ -65,6 +66,58 @@ struct RawPackage {
     resource: Vec<RawResource>,
     #[serde(default)]
     dependency: Vec<RawDependency>,
+    #[serde(default)]
+    volume_group: Vec<RawVolumeGroup>,
+    #[serde(default)]
+    filesystem: Vec<RawFilesystem>,
+    #[serde(default)]
+    ip: Vec<RawIp>,
+    #[serde(default)]
+    agent: Vec<RawAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolumeGroup {
+    name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilesystem {
+    device: Spanned<String>,
+    mount: Spanned<String>,
+    #[serde(rename = "type")]
+    fstype: Spanned<String>,
+    #[serde(default)]
+    options: Option<Spanned<String>>,
+    #[serde(default)]
+    fsck: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIp {
+    address: Spanned<String>,
+    #[serde(default)]
+    interface: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    agent: Spanned<String>,
+    #[serde(default)]
+    params: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    #[serde(default)]
+    monitor_interval_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    start_timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    stop_timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    monitor_timeout_seconds: Option<Spanned<Seconds>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +220,14 @@ pub struct DependencyConfig {
     pub line: usize,
 }
 
+/// A `[[volume_group]]`, `[[filesystem]]`, `[[ip]]` or `[[agent]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartConfig {
+    pub part: Part,
+    /// Line of its first key (`name`, `device`, `address`).
+    pub line: usize,
+}
+
 /// Lines of keys that the cross-check may complain about.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PackageLines {
@@ -203,6 +264,9 @@ pub struct PackageConfig {
     pub services: Vec<ServiceConfig>,
     pub resources: Vec<ResourceRequirement>,
     pub dependencies: Vec<DependencyConfig>,
+    /// Volume groups, file systems, addresses and agents, in file order
+    /// within each kind (the start order is [`crate::package::parts::start_order`]).
+    pub parts: Vec<PartConfig>,
     /// The file it came from, for messages.
     pub source: PathBuf,
     pub lines: PackageLines,
@@ -754,6 +818,48 @@ pub fn load_package_text(
         });
     }
 
+    let parts = load_parts(&raw, file, &mut errors);
+    // An agent with a monitor interval is a requirement of the package,
+    // judged after the start like any deferred resource: its monitor says
+    // `stopped` where the package does not run.
+    for part in &parts {
+        if let Part::Agent(agent) = &part.part
+            && agent.monitor_interval_ms.is_some()
+        {
+            let resource = crate::package::parts::ocf::status_resource(&name, &agent.name);
+            match (
+                ResourceName::new(resource.clone()),
+                Criteria::parse_any(&[
+                    format!("== {}", crate::package::parts::ocf::UP),
+                    format!("== {}", crate::package::parts::ocf::STOPPED),
+                ]),
+            ) {
+                (Ok(rname), Ok(up)) if !resources.iter().any(|r| r.name == rname) => {
+                    resources.push(ResourceRequirement {
+                        name: rname,
+                        up,
+                        evaluate: Evaluate::AfterStart,
+                        rise: 1,
+                        fall: 1,
+                        unknown_timeout: DEFAULT_UNKNOWN_TIMEOUT,
+                        line: part.line,
+                    });
+                }
+                (Ok(_), Ok(_)) => {}
+                (Err(e), _) => errors.push(ConfigError::at(
+                    &file.path,
+                    part.line,
+                    format!("agent {}: resource {resource}: {e}", agent.name),
+                )),
+                (_, Err(e)) => errors.push(ConfigError::at(
+                    &file.path,
+                    part.line,
+                    format!("agent {}: {e}", agent.name),
+                )),
+            }
+        }
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -775,9 +881,313 @@ pub fn load_package_text(
         services,
         resources,
         dependencies,
+        parts,
         source: file.path.clone(),
         lines,
     })
+}
+
+/// The parts of a package file, checked on their own: shapes of names,
+/// addresses, absolute mount points, the same part twice.
+fn load_parts(
+    raw: &RawPackage,
+    file: &SourceFile,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<PartConfig> {
+    let mut parts: Vec<PartConfig> = Vec::new();
+    let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(file.error_at(span, msg));
+    let line = |span: std::ops::Range<usize>| file.line_of(span.start);
+    let push = |parts: &mut Vec<PartConfig>,
+                part: Part,
+                span: std::ops::Range<usize>,
+                err: &mut dyn FnMut(std::ops::Range<usize>, String)| {
+        if let Some(first) = parts.iter().find(|p| p.part.same_part(&part)) {
+            err(
+                span,
+                format!("{part} is already listed at line {}", first.line),
+            );
+        } else {
+            parts.push(PartConfig {
+                part,
+                line: line(span),
+            });
+        }
+    };
+
+    for v in &raw.volume_group {
+        let name = v.name.get_ref();
+        let valid = !name.is_empty()
+            && !name.starts_with('-')
+            && name.len() <= 127
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+        if !valid {
+            err(
+                v.name.span(),
+                format!(
+                    "volume group name {name:?} must be 1-127 characters of [A-Za-z0-9._+-], not starting with -"
+                ),
+            );
+            continue;
+        }
+        push(
+            &mut parts,
+            Part::VolumeGroup { name: name.clone() },
+            v.name.span(),
+            &mut err,
+        );
+    }
+
+    for f in &raw.filesystem {
+        let device = f.device.get_ref();
+        let device_ok =
+            device.starts_with('/') || device.starts_with("UUID=") || device.starts_with("LABEL=");
+        if !device_ok {
+            err(
+                f.device.span(),
+                format!("device {device:?} must be an absolute path, UUID=... or LABEL=..."),
+            );
+        }
+        let mount = f.mount.get_ref();
+        let mount_ok = mount.starts_with('/')
+            && mount != "/"
+            && !mount.split('/').any(|c| c == ".." || c == ".");
+        if !mount_ok {
+            err(
+                f.mount.span(),
+                format!(
+                    "mount point {mount:?} must be an absolute path other than / without . or .."
+                ),
+            );
+        }
+        let fstype = f.fstype.get_ref();
+        if fstype.is_empty()
+            || !fstype
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            err(
+                f.fstype.span(),
+                format!("type {fstype:?} is not a file system type"),
+            );
+        }
+        let options = f.options.as_ref().map(|o| o.get_ref().clone());
+        if let Some(o) = &f.options
+            && (o.get_ref().is_empty() || o.get_ref().chars().any(char::is_whitespace))
+        {
+            err(
+                o.span(),
+                "options must be a comma-separated list without spaces".to_owned(),
+            );
+        }
+        if device_ok && mount_ok {
+            // Trailing slashes would make two spellings of one mount point.
+            let mount = PathBuf::from(mount.trim_end_matches('/'));
+            push(
+                &mut parts,
+                Part::Filesystem {
+                    device: device.clone(),
+                    mount,
+                    fstype: fstype.clone(),
+                    options,
+                    fsck: f.fsck.unwrap_or(false),
+                },
+                f.mount.span(),
+                &mut err,
+            );
+        }
+    }
+
+    for a in &raw.ip {
+        let text = a.address.get_ref();
+        let Some((address, prefix)) = parse_cidr(text) else {
+            err(
+                a.address.span(),
+                format!(
+                    "address {text:?} must be a unicast IPv4 or IPv6 address with a prefix length, e.g. \"192.0.2.50/24\""
+                ),
+            );
+            continue;
+        };
+        let interface = a.interface.as_ref().map(|i| i.get_ref().clone());
+        if let Some(i) = &a.interface {
+            let name = i.get_ref();
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace)
+            {
+                err(
+                    i.span(),
+                    format!(
+                        "interface {name:?} is not an interface name (1-15 characters, no / or spaces)"
+                    ),
+                );
+                continue;
+            }
+        }
+        push(
+            &mut parts,
+            Part::Ip {
+                address,
+                prefix,
+                interface,
+            },
+            a.address.span(),
+            &mut err,
+        );
+    }
+
+    for a in &raw.agent {
+        let name = a.name.get_ref();
+        if !valid_node_name(name) {
+            err(
+                a.name.span(),
+                format!("agent name {name:?} must be 1-63 characters of [A-Za-z0-9._-]"),
+            );
+            continue;
+        }
+        if parse_agent_name(a.agent.get_ref()).is_none() {
+            err(
+                a.agent.span(),
+                format!(
+                    "agent {:?} must be ocf:<provider>:<type>, e.g. \"ocf:heartbeat:IPaddr2\"",
+                    a.agent.get_ref()
+                ),
+            );
+            continue;
+        }
+        let mut params = BTreeMap::new();
+        if let Some(p) = &a.params {
+            for (k, v) in p.get_ref() {
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    err(
+                        p.span(),
+                        format!("agent {name:?}: parameter name {k:?} must be of [A-Za-z0-9_]"),
+                    );
+                    continue;
+                }
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => {
+                        err(
+                            p.span(),
+                            format!(
+                                "agent {name:?}: parameter {k:?} must be a string, number or boolean"
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                params.insert(k.clone(), value);
+            }
+        }
+        let mut secs = |field: &Option<Spanned<Seconds>>, key: &str| -> Option<u64> {
+            let s = field.as_ref()?;
+            match s.get_ref().to_duration(super::SECONDS_BOUNDS) {
+                Ok(d) => Some(d.as_millis() as u64),
+                Err(e) => {
+                    err(s.span(), format!("{key} {e}"));
+                    None
+                }
+            }
+        };
+        let monitor_interval_ms = secs(&a.monitor_interval_seconds, "monitor_interval_seconds");
+        let mut timeouts_ms = BTreeMap::new();
+        for (field, action) in [
+            (&a.start_timeout_seconds, "start"),
+            (&a.stop_timeout_seconds, "stop"),
+            (&a.monitor_timeout_seconds, "monitor"),
+        ] {
+            if let Some(ms) = secs(field, &format!("{action}_timeout_seconds")) {
+                timeouts_ms.insert(action.to_owned(), ms);
+            }
+        }
+        push(
+            &mut parts,
+            Part::Agent(AgentPart {
+                name: name.clone(),
+                agent: a.agent.get_ref().clone(),
+                params,
+                monitor_interval_ms,
+                timeouts_ms,
+            }),
+            a.name.span(),
+            &mut err,
+        );
+    }
+    parts
+}
+
+/// The monitor that publishes `/package/<pkg>/agent/<name>/status` for a
+/// package's agents.
+pub fn agent_monitor_name(package: &str) -> String {
+    format!("vigil-ocf.{package}")
+}
+
+/// One streaming exec monitor (`vigil monitor serve-ocf`) per package with
+/// an agent that has `monitor_interval_seconds`, polling at the shortest
+/// such interval. `vigil` is the running executable; `records_dir` holds
+/// the run records (`[paths] state_dir`).
+pub fn agent_monitors(
+    packages: &[PackageConfig],
+    records_dir: &Path,
+) -> Vec<super::MonitorConfig> {
+    let vigil = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "vigil".to_owned());
+    packages
+        .iter()
+        .filter_map(|p| {
+            let agents: Vec<(&AgentPart, usize)> = p
+                .parts
+                .iter()
+                .filter_map(|part| match &part.part {
+                    Part::Agent(a) if a.monitor_interval_ms.is_some() => Some((a, part.line)),
+                    _ => None,
+                })
+                .collect();
+            let interval = agents
+                .iter()
+                .filter_map(|(a, _)| a.monitor_interval_ms)
+                .min()?;
+            let params = crate::package::parts::ocf::AgentMonitorParams {
+                package: p.name.clone(),
+                records_dir: records_dir.to_owned(),
+                ocf_root: crate::package::parts::ocf_root(),
+                agents: agents.iter().map(|(a, _)| (*a).clone()).collect(),
+            };
+            Some(super::MonitorConfig {
+                name: agent_monitor_name(&p.name),
+                kind: super::MonitorKind::Exec {
+                    command: vec![vigil.clone(), "monitor".into(), "serve-ocf".into()],
+                    mode: vigil_sdk::proto::Mode::Stream,
+                },
+                interval: Duration::from_millis(interval),
+                timeout: Duration::from_secs(10),
+                params: serde_json::to_value(&params).unwrap_or_default(),
+                source: p.source.clone(),
+                line: agents.first().map_or(p.lines.name, |(_, line)| *line),
+            })
+        })
+        .collect()
+}
+
+/// `192.0.2.50/24` or `2001:db8::50/64`.
+pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (address, prefix) = text.split_once('/')?;
+    let address: std::net::IpAddr = address.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    (prefix <= max
+        && !address.is_unspecified()
+        && !address.is_loopback()
+        && !address.is_multicast())
+    .then_some((address, prefix))
 }
 
 /// A relative program path with a `/` is relative to the config directory.
@@ -953,6 +1363,35 @@ pub fn check_packages(
                     }
                 }
                 DependencyCondition::Up => {}
+            }
+        }
+    }
+
+    // Two packages with one address or mount point would fight over it
+    // wherever both run.
+    let mut claimed: BTreeMap<String, (&PackageConfig, usize)> = BTreeMap::new();
+    for p in packages {
+        for part in &p.parts {
+            let key = match &part.part {
+                Part::Ip { address, .. } => format!("address {address}"),
+                Part::Filesystem { mount, .. } => format!("mount point {}", mount.display()),
+                Part::VolumeGroup { name } => format!("volume group {name}"),
+                Part::Agent(_) => continue,
+            };
+            match claimed.get(&key) {
+                Some((first, line)) if first.name != p.name => errors.push(at(
+                    p,
+                    part.line,
+                    format!(
+                        "{key} is already claimed by package {:?} ({}:{line})",
+                        first.name,
+                        first.source.display()
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    claimed.insert(key, (p, part.line));
+                }
             }
         }
     }

@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::package::{PackageConfig, Restarts, ServiceConfig};
+use crate::package::parts::{self, Part, PartContext, SystemParts};
 use crate::runtime::subprocess::{self, Exit, RunOutput};
 use crate::store::FenceToken;
 
@@ -250,6 +251,10 @@ pub enum ScriptExit {
 pub enum StartError {
     #[error("package {0} is already running on this node")]
     AlreadyRunning(String),
+    /// A part failed to start; the parts started before it were released
+    /// again (`detail` says if one could not be).
+    #[error("package {package}: {detail}")]
+    Parts { package: String, detail: String },
     /// `run` failed or timed out: the package failed to start here.
     #[error(transparent)]
     Run(ScriptError),
@@ -268,6 +273,9 @@ pub enum HaltError {
     /// `halt` failed or timed out. Services are stopped regardless.
     #[error(transparent)]
     Halt(ScriptError),
+    /// `halt` succeeded but a part could not be released.
+    #[error("package {package}: {detail}")]
+    Parts { package: String, detail: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -307,9 +315,13 @@ pub struct RunRecord {
     pub package: String,
     pub node: String,
     pub fence_token: FenceToken,
-    /// When `run` succeeded.
+    /// When `run` succeeded (or, while it runs, when the parts started).
     pub started_ms: u64,
     pub services: Vec<ServiceRecord>,
+    /// The parts started for it, in start order, as started: what a halt,
+    /// the guard or a restarted host releases.
+    #[serde(default)]
+    pub parts: Vec<Part>,
 }
 
 /// Whether a recorded process is still the one that was started.
@@ -417,6 +429,9 @@ pub struct PackageRunner {
     /// The token of the last start or adoption, for a `halt` after a
     /// failed `run`.
     last_fence: FenceToken,
+    /// The parts up for the package, in start order: released by `halt`
+    /// also after a failed `run` (whose clean-up halt may still need them).
+    parts_up: Vec<Part>,
 }
 
 impl fmt::Debug for PackageRunner {
@@ -446,7 +461,112 @@ impl PackageRunner {
             events,
             running: None,
             last_fence: FenceToken::default(),
+            parts_up: Vec::new(),
         }
+    }
+
+    /// The parts up now, in start order.
+    pub fn parts_up(&self) -> &[Part] {
+        &self.parts_up
+    }
+
+    fn part_context(&self) -> PartContext {
+        PartContext {
+            node: self.ctx.node.clone(),
+            package: self.spec.name.clone(),
+            stop_grace: self.ctx.stop_grace,
+            ocf_root: parts::ocf_root(),
+        }
+    }
+
+    /// Starts the configured parts on a blocking task, recording each one
+    /// as it comes up (a run record with no services yet) so that a guard
+    /// or a restarted host knows what to release if this host dies now.
+    async fn start_parts(&mut self, fence: FenceToken) -> Result<(), StartError> {
+        if self.spec.parts.is_empty() {
+            return Ok(());
+        }
+        let configured: Vec<Part> = self.spec.parts.iter().map(|p| p.part.clone()).collect();
+        let mut ops = SystemParts {
+            ctx: self.part_context(),
+        };
+        let record_path = self
+            .ctx
+            .claims_dir
+            .as_deref()
+            .map(|dir| crate::package::agent::record_path(dir, &self.spec.name));
+        let (package, node) = (self.spec.name.clone(), self.ctx.node.clone());
+        let started = tokio::task::spawn_blocking(move || {
+            parts::start_all(&configured, &mut ops, |up| {
+                let Some(path) = &record_path else { return };
+                let result = if up.is_empty() {
+                    std::fs::remove_file(path).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(e),
+                    })
+                } else {
+                    RunRecord {
+                        package: package.clone(),
+                        node: node.clone(),
+                        fence_token: fence,
+                        started_ms: vigil_sdk::now_ms(),
+                        services: Vec::new(),
+                        parts: up.to_vec(),
+                    }
+                    .save(path)
+                };
+                if let Err(e) = result {
+                    tracing::warn!(%package, error = %e, "cannot record the started parts");
+                }
+            })
+        })
+        .await
+        .map_err(|e| StartError::Parts {
+            package: self.spec.name.clone(),
+            detail: format!("part task failed: {e}"),
+        })?;
+        match started {
+            Ok(up) => {
+                self.parts_up = up;
+                Ok(())
+            }
+            Err(failure) => {
+                // What could not be undone is still up: a halt tries again.
+                self.parts_up = failure.still_up.clone();
+                Err(StartError::Parts {
+                    package: self.spec.name.clone(),
+                    detail: failure.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Releases the parts that are up, in reverse, on a blocking task.
+    async fn stop_parts(&mut self) -> Result<(), String> {
+        if self.parts_up.is_empty() {
+            return Ok(());
+        }
+        let up = std::mem::take(&mut self.parts_up);
+        let mut ops = SystemParts {
+            ctx: self.part_context(),
+        };
+        let (errors, up) =
+            tokio::task::spawn_blocking(move || (parts::stop_all(&up, &mut ops), up))
+                .await
+                .map_err(|e| format!("part task failed: {e}"))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        // Keep what failed to stop, so a later halt tries again.
+        self.parts_up = up
+            .into_iter()
+            .filter(|p| errors.iter().any(|e| e.part == p.to_string()))
+            .collect();
+        Err(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 
     pub fn package(&self) -> &str {
@@ -471,6 +591,7 @@ impl PackageRunner {
             return Err(StartError::AlreadyRunning(self.spec.name.clone()));
         }
         self.last_fence = fence;
+        self.start_parts(fence).await?;
         let output = self
             .script("run", &self.spec.run, self.spec.run_timeout, reason, fence)
             .await
@@ -483,6 +604,7 @@ impl PackageRunner {
             fence_token: fence,
             started_ms: vigil_sdk::now_ms(),
             services: Vec::new(),
+            parts: self.parts_up.clone(),
         }));
         let (stop, stop_rx) = watch::channel(false);
         let mut supervisors = Vec::new();
@@ -553,6 +675,7 @@ impl PackageRunner {
         }
         let fence = record.fence_token;
         self.last_fence = fence;
+        self.parts_up = record.parts.clone();
         let shared = Arc::new(Mutex::new(record.clone()));
         let (stop, stop_rx) = watch::channel(false);
         let reason = Reason::Adopted;
@@ -591,6 +714,8 @@ impl PackageRunner {
             }
             tracing::info!(package = %self.spec.name, "package halted by the guard; no longer supervised");
         }
+        // The guard released them.
+        self.parts_up.clear();
     }
 
     /// Stops every service (SIGTERM to its group, SIGKILL after the grace
@@ -604,7 +729,7 @@ impl PackageRunner {
             }
         }
         let fence = self.last_fence;
-        let output = self
+        let halted = self
             .script(
                 "halt",
                 &self.spec.halt,
@@ -612,10 +737,21 @@ impl PackageRunner {
                 reason,
                 fence,
             )
-            .await
-            .map_err(HaltError::Halt)?;
+            .await;
+        // The parts go even when `halt` failed: an address or a mount left
+        // behind would keep the package from running anywhere else.
+        let parts = self.stop_parts().await;
+        let output = halted.map_err(|e| {
+            if let Err(detail) = &parts {
+                tracing::error!(package = %self.spec.name, %detail, "parts not released");
+            }
+            HaltError::Halt(e)
+        })?;
         tracing::info!(package = %self.spec.name, %reason, output = %output_tail(&output), "halt succeeded");
-        Ok(())
+        parts.map_err(|detail| HaltError::Parts {
+            package: self.spec.name.clone(),
+            detail,
+        })
     }
 
     async fn script(

@@ -3,9 +3,10 @@
 //! facts, carries the effects out); [`order`] is the plan's partial order;
 //! [`agent`] carries out this node's runs and halts, one task per package;
 //! [`lifecycle`] runs a package's control scripts and supervises its
-//! services on this node; [`membership`] is the lease, heartbeats and run
-//! permits of a cluster (none on one node); [`peers`] writes and watches
-//! the heartbeats.
+//! services on this node; [`parts`] starts and releases the volume groups,
+//! file systems, addresses and OCF agents a package takes with it;
+//! [`membership`] is the lease, heartbeats and run permits of a cluster
+//! (none on one node); [`peers`] writes and watches the heartbeats.
 
 pub mod agent;
 pub mod coordinator;
@@ -13,4 +14,5 @@ pub mod lifecycle;
 pub mod manager;
 pub mod membership;
 pub mod order;
+pub mod parts;
 pub mod peers;

@@ -31,9 +31,13 @@ fn cluster(dir: &Path) -> ClusterConfig {
     }
 }
 
-/// Monitors in these tests declare the LAN status of any interface and the
-/// used percentage of `/fs/data`.
-const DECLARED: &[&str] = &["/net/interfaces/*/status", "/fs/data/used_percent"];
+/// Monitors in these tests declare the LAN status of any interface, the
+/// used percentage of `/fs/data` and the status of any package's agent.
+const DECLARED: &[&str] = &[
+    "/net/interfaces/*/status",
+    "/fs/data/used_percent",
+    "/package/*/agent/*/status",
+];
 
 /// Writes `packages` into a temp `packages.d`, loads and cross-checks them,
 /// and renders the packages and then every error, with the temp dir as `DIR`.
@@ -105,6 +109,9 @@ fn render(p: &PackageConfig) -> String {
             d.condition.as_str(),
             d.location.as_str()
         );
+    }
+    for part in &p.parts {
+        out += &format!("  part line {} {:?}\n", part.line, part.part);
     }
     out
 }
@@ -278,7 +285,7 @@ package = "d"
             ("g.toml", "name = [\n"),
         ],
         expect![[r#"
-            DIR/packages.d/a.toml:6: unknown field `run_timout_seconds`, expected one of `name`, `type`, `nodes`, `failover_policy`, `failback_policy`, `auto_run`, `priority`, `run`, `halt`, `run_timeout_seconds`, `halt_timeout_seconds`, `follow`, `avoid`, `service`, `resource`, `dependency`
+            DIR/packages.d/a.toml:6: unknown field `run_timout_seconds`, expected one of `name`, `type`, `nodes`, `failover_policy`, `failback_policy`, `auto_run`, `priority`, `run`, `halt`, `run_timeout_seconds`, `halt_timeout_seconds`, `follow`, `avoid`, `service`, `resource`, `dependency`, `volume_group`, `filesystem`, `ip`, `agent`
             DIR/packages.d/b.toml:1: package name "b c" must be 1-63 characters of [A-Za-z0-9._-]
             DIR/packages.d/b.toml:2: type "floating" is not one of "failover", "multi_node", "system_multi_node"
             DIR/packages.d/b.toml:3: nodes must list at least one node, or ["*"] for every node
@@ -545,5 +552,69 @@ fn check_reports_duplicates_in_a_list_not_from_the_loader() {
             "one.toml:6: avoid names unknown package \"ascs\"",
             "two.toml:1: package name \"ers\" is already used by one.toml",
         ]
+    );
+}
+
+#[test]
+fn parts_are_loaded_in_file_order_and_checked_with_file_and_line() {
+    let head =
+        "type = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n";
+    check(
+        &[
+            (
+                "a.toml",
+                &format!(
+                    "name = \"a\"\n{head}\n[[ip]]\naddress = \"192.0.2.50/24\"\n\n[[filesystem]]\ndevice = \"/dev/vgdata/lv\"\nmount = \"/srv/data/\"\ntype = \"ext4\"\noptions = \"noatime\"\nfsck = true\n\n[[volume_group]]\nname = \"vgdata\"\n\n[[ip]]\naddress = \"2001:db8::50/64\"\ninterface = \"eth1\"\n\n[[agent]]\nname = \"web\"\nagent = \"ocf:heartbeat:Dummy\"\nparams = {{ state = \"/run/x\", fake = 3 }}\nmonitor_interval_seconds = 2\nstop_timeout_seconds = 5\n"
+                ),
+            ),
+            (
+                "b.toml",
+                &format!(
+                    "name = \"b\"\n{head}\n[[ip]]\naddress = \"192.0.2.300/24\"\n[[ip]]\naddress = \"192.0.2.51\"\n[[ip]]\naddress = \"127.0.0.2/8\"\n[[filesystem]]\ndevice = \"sdb1\"\nmount = \"srv/x\"\ntype = \"ext 4\"\n[[filesystem]]\ndevice = \"/dev/sdb\"\nmount = \"/\"\ntype = \"xfs\"\n[[volume_group]]\nname = \"-vg\"\n[[agent]]\nname = \"x\"\nagent = \"heartbeat:Dummy\"\n[[ip]]\naddress = \"192.0.2.9/24\"\ninterface = \"a/b\"\n"
+                ),
+            ),
+            (
+                "c.toml",
+                &format!(
+                    "name = \"c\"\n{head}\n[[ip]]\naddress = \"192.0.2.60/24\"\n[[ip]]\naddress = \"192.0.2.60/24\"\n"
+                ),
+            ),
+            (
+                "d.toml",
+                &format!(
+                    "name = \"d\"\n{head}\n[[ip]]\naddress = \"192.0.2.50/24\"\n[[filesystem]]\ndevice = \"LABEL=data\"\nmount = \"/srv/data\"\ntype = \"ext4\"\n[[ip]]\naddress = \"192.0.2.61/24\"\n"
+                ),
+            ),
+        ],
+        expect![[r#"
+            package a failover nodes ["node1"] ConfiguredNode Manual auto_run=true priority=None
+              run ["/bin/true"] 60s
+              halt ["/bin/true"] 60s
+              resource /package/a/agent/web/status up [== up or == stopped] AfterStart rise 1 fall 1
+              part line 18 VolumeGroup { name: "vgdata" }
+              part line 12 Filesystem { device: "/dev/vgdata/lv", mount: "/srv/data", fstype: "ext4", options: Some("noatime"), fsck: true }
+              part line 8 Ip { address: 192.0.2.50, prefix: 24, interface: None }
+              part line 21 Ip { address: 2001:db8::50, prefix: 64, interface: Some("eth1") }
+              part line 25 Agent(AgentPart { name: "web", agent: "ocf:heartbeat:Dummy", params: {"fake": "3", "state": "/run/x"}, monitor_interval_ms: Some(2000), timeouts_ms: {"stop": 5000} })
+            package d failover nodes ["node1"] ConfiguredNode Manual auto_run=true priority=None
+              run ["/bin/true"] 60s
+              halt ["/bin/true"] 60s
+              part line 11 Filesystem { device: "LABEL=data", mount: "/srv/data", fstype: "ext4", options: None, fsck: false }
+              part line 8 Ip { address: 192.0.2.50, prefix: 24, interface: None }
+              part line 14 Ip { address: 192.0.2.61, prefix: 24, interface: None }
+            DIR/packages.d/b.toml:22: volume group name "-vg" must be 1-127 characters of [A-Za-z0-9._+-], not starting with -
+            DIR/packages.d/b.toml:14: device "sdb1" must be an absolute path, UUID=... or LABEL=...
+            DIR/packages.d/b.toml:15: mount point "srv/x" must be an absolute path other than / without . or ..
+            DIR/packages.d/b.toml:16: type "ext 4" is not a file system type
+            DIR/packages.d/b.toml:19: mount point "/" must be an absolute path other than / without . or ..
+            DIR/packages.d/b.toml:8: address "192.0.2.300/24" must be a unicast IPv4 or IPv6 address with a prefix length, e.g. "192.0.2.50/24"
+            DIR/packages.d/b.toml:10: address "192.0.2.51" must be a unicast IPv4 or IPv6 address with a prefix length, e.g. "192.0.2.50/24"
+            DIR/packages.d/b.toml:12: address "127.0.0.2/8" must be a unicast IPv4 or IPv6 address with a prefix length, e.g. "192.0.2.50/24"
+            DIR/packages.d/b.toml:28: interface "a/b" is not an interface name (1-15 characters, no / or spaces)
+            DIR/packages.d/b.toml:25: agent "heartbeat:Dummy" must be ocf:<provider>:<type>, e.g. "ocf:heartbeat:IPaddr2"
+            DIR/packages.d/c.toml:10: ip 192.0.2.60/24 is already listed at line 8
+            DIR/packages.d/d.toml:11: mount point /srv/data is already claimed by package "a" (DIR/packages.d/a.toml:12)
+            DIR/packages.d/d.toml:8: address 192.0.2.50 is already claimed by package "a" (DIR/packages.d/a.toml:8)
+        "#]],
     );
 }

@@ -27,6 +27,7 @@ fn package(name: &str, run: &str, halt: &str, services: Vec<ServiceConfig>) -> P
         services,
         resources: Vec::new(),
         dependencies: Vec::new(),
+        parts: Vec::new(),
         source: "test.toml".into(),
         lines: PackageLines::default(),
     }

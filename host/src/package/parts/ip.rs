@@ -1,0 +1,288 @@
+//! `[[ip]]`: a relocatable address, added with `ip addr add` and announced,
+//! removed with `ip addr del`.
+//!
+//! * The interface is the configured one, or the first up interface that
+//!   already has an address in the same subnet (`ip -j addr show up`).
+//! * IPv4: before adding, `arping -D` (iputils, duplicate address
+//!   detection) asks the LAN whether someone answers for the address; an
+//!   answer fails the start. After adding, `arping -U` sends unsolicited
+//!   (gratuitous) ARP so neighbours update their caches at once.
+//! * IPv6: the kernel's own duplicate address detection runs when the
+//!   address is added; the start waits until the address is no longer
+//!   tentative, and fails (removing it) when the kernel marks it
+//!   `dadfailed`. The kernel then announces it itself (unsolicited
+//!   neighbour advertisement where `ndisc_notify` is set); no extra tool.
+//!
+//! It uses the iproute2 and iputils tools rather than netlink sockets: they
+//! are on every node, and their failures read well in an error.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::{tool, tool_ok};
+
+/// How long IPv6 duplicate address detection may take before the start
+/// fails (the kernel's default is one probe, one second).
+const DAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One address of one interface, from `ip -j addr show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    pub up: bool,
+    pub address: IpAddr,
+    pub prefix: u8,
+    pub tentative: bool,
+    pub dad_failed: bool,
+}
+
+/// Parses `ip -j addr show` output.
+pub fn parse_addresses(json: &str) -> Vec<InterfaceAddress> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str(json) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for link in &links {
+        let Some(name) = link.get("ifname").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let flags: Vec<&str> = link
+            .get("flags")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|f| f.as_str()).collect())
+            .unwrap_or_default();
+        let up =
+            flags.contains(&"UP") && link.get("operstate").and_then(|v| v.as_str()) != Some("DOWN");
+        let Some(infos) = link.get("addr_info").and_then(|v| v.as_array()) else {
+            continue;
+        };
+        for info in infos {
+            let Some(address) = info
+                .get("local")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let prefix = info.get("prefixlen").and_then(|v| v.as_u64()).unwrap_or(0) as u8;
+            let flag = |key: &str| info.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+            out.push(InterfaceAddress {
+                interface: name.to_owned(),
+                up,
+                address,
+                prefix,
+                tentative: flag("tentative"),
+                dad_failed: flag("dadfailed"),
+            });
+        }
+    }
+    out
+}
+
+/// Whether `a` and `b` are in the same subnet of `prefix` bits.
+pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The subnet of `address/prefix` as the lan monitor names it
+/// (`192.0.2.0_24`).
+pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
+    let network = match address {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    };
+    format!("{network}_{prefix}").replace(':', "-")
+}
+
+/// The interface for `address/prefix`: the first up interface with another
+/// address in that subnet.
+pub fn choose_interface(table: &[InterfaceAddress], address: IpAddr, prefix: u8) -> Option<String> {
+    table
+        .iter()
+        .find(|a| {
+            a.up && a.address != address
+                && a.prefix == prefix
+                && same_subnet(a.address, address, prefix)
+        })
+        .map(|a| a.interface.clone())
+}
+
+fn addresses() -> Result<Vec<InterfaceAddress>, String> {
+    let out = tool_ok("ip", &["-j", "addr", "show"])?;
+    Ok(parse_addresses(&out.stdout))
+}
+
+/// Adds `address/prefix` (on `interface`, or the one chosen by subnet);
+/// returns the interface.
+pub fn add(address: IpAddr, prefix: u8, interface: Option<&str>) -> Result<String, String> {
+    let table = addresses()?;
+    if let Some(present) = table.iter().find(|a| a.address == address) {
+        return Err(format!(
+            "{address} is already on interface {} of this node",
+            present.interface
+        ));
+    }
+    let interface = match interface {
+        Some(i) => i.to_owned(),
+        None => choose_interface(&table, address, prefix).ok_or_else(|| {
+            format!(
+                "no up interface of this node has an address in subnet {}; name one with interface = \"...\"",
+                subnet_name(address, prefix)
+            )
+        })?,
+    };
+    let cidr = format!("{address}/{prefix}");
+    match address {
+        IpAddr::V4(_) => {
+            let text = address.to_string();
+            // -D: 0 = nobody answered, 1 = someone has the address.
+            let out = tool(
+                "arping",
+                &["-D", "-q", "-c", "2", "-w", "3", "-I", &interface, &text],
+                &[],
+                Duration::from_secs(10),
+            )?;
+            match out.code {
+                Some(0) => {}
+                Some(1) => {
+                    return Err(format!(
+                        "{address} is already in use on the LAN of {interface} (duplicate address detection: another host answered the ARP probe)"
+                    ));
+                }
+                _ => return Err(out.describe("arping -D")),
+            }
+            tool_ok("ip", &["addr", "add", &cidr, "dev", &interface])?;
+            // Best effort: the address works without it, neighbours just
+            // learn it later.
+            match tool(
+                "arping",
+                &["-U", "-q", "-c", "2", "-w", "2", "-I", &interface, &text],
+                &[],
+                Duration::from_secs(10),
+            ) {
+                Ok(out) if out.code == Some(0) => {}
+                Ok(out) => {
+                    tracing::warn!(%address, %interface, error = %out.describe("arping -U"), "gratuitous ARP failed")
+                }
+                Err(e) => tracing::warn!(%address, %interface, error = %e, "gratuitous ARP failed"),
+            }
+        }
+        IpAddr::V6(_) => {
+            tool_ok("ip", &["addr", "add", &cidr, "dev", &interface])?;
+            let deadline = Instant::now() + DAD_TIMEOUT;
+            loop {
+                let now = addresses()?;
+                let Some(entry) = now.iter().find(|a| a.address == address) else {
+                    return Err(format!(
+                        "{address} disappeared from {interface} while it was being added"
+                    ));
+                };
+                if entry.dad_failed {
+                    let _ = remove(address, prefix, Some(&interface));
+                    return Err(format!(
+                        "{address} is already in use on the LAN of {interface} (IPv6 duplicate address detection failed)"
+                    ));
+                }
+                if !entry.tentative {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = remove(address, prefix, Some(&interface));
+                    return Err(format!(
+                        "{address} still tentative on {interface} after {} s of duplicate address detection",
+                        DAD_TIMEOUT.as_secs()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    Ok(interface)
+}
+
+/// Removes `address/prefix`; an address that is not there is success.
+pub fn remove(address: IpAddr, prefix: u8, interface: Option<&str>) -> Result<(), String> {
+    let table = addresses()?;
+    let Some(present) = table
+        .iter()
+        .find(|a| a.address == address && interface.is_none_or(|i| a.interface == i))
+    else {
+        tracing::info!(%address, "address not present; nothing to remove");
+        return Ok(());
+    };
+    let cidr = format!("{address}/{prefix}");
+    tool_ok("ip", &["addr", "del", &cidr, "dev", &present.interface]).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let check = |a: &str, b: &str, prefix: u8, same: bool, name: &str| {
+            let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(same_subnet(a, b, prefix), same, "{a} {b}/{prefix}");
+            assert_eq!(subnet_name(a, prefix), name);
+        };
+        check("192.0.2.50", "192.0.2.1", 24, true, "192.0.2.0_24");
+        check("192.0.2.50", "192.0.3.1", 24, false, "192.0.2.0_24");
+        check("10.1.2.3", "10.200.0.1", 8, true, "10.0.0.0_8");
+        check("10.1.2.3", "11.1.2.3", 0, true, "0.0.0.0_0");
+        check("2001:db8::5", "2001:db8::1", 64, true, "2001-db8--_64");
+        check("2001:db8::5", "192.0.2.1", 0, false, "--_0");
+    }
+
+    #[test]
+    fn interface_chosen_by_subnet() {
+        let json = r#"[
+          {"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"operstate":"UNKNOWN",
+           "addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+          {"ifname":"eth0","flags":["BROADCAST","UP"],"operstate":"DOWN",
+           "addr_info":[{"family":"inet","local":"192.0.2.7","prefixlen":24}]},
+          {"ifname":"eth1","flags":["BROADCAST","UP","LOWER_UP"],"operstate":"UP",
+           "addr_info":[{"family":"inet","local":"192.0.2.8","prefixlen":24},
+                        {"family":"inet6","local":"2001:db8::8","prefixlen":64,"tentative":true}]}
+        ]"#;
+        let table = parse_addresses(json);
+        assert_eq!(table.len(), 4);
+        assert!(table[3].tentative);
+        let check = |address: &str, prefix: u8, expect: Option<&str>| {
+            assert_eq!(
+                choose_interface(&table, address.parse().unwrap(), prefix).as_deref(),
+                expect,
+                "{address}/{prefix}"
+            );
+        };
+        // eth0 is in the subnet but down.
+        check("192.0.2.50", 24, Some("eth1"));
+        check("198.51.100.1", 24, None);
+        check("2001:db8::50", 64, Some("eth1"));
+        // A different prefix length is a different subnet.
+        check("192.0.2.50", 25, None);
+    }
+}
