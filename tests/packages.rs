@@ -449,19 +449,8 @@ fn paths_put_state_sockets_and_logs_where_cluster_toml_says() {
         "packages.d/app.toml",
         "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"pkg/server.sh\"]\n",
     );
-    /// Kills the service when the test ends, passed or not.
-    struct Reap(String);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            for (pid, _) in processes_matching(&self.0) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    let _reap = Reap(format!("sleep {marker}"));
+    // The service dies when the test ends, passed or not.
+    let _reap = KillMatching(format!("sleep {marker}"));
     let host = cfg.start_host();
     let p = cfg.path();
     wait_for(WAIT, "the service's log", || {

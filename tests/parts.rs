@@ -91,21 +91,9 @@ fn setup(parts: &str, lease_ttl_seconds: u32) -> ConfigDir {
     cfg
 }
 
-fn package(cfg: &ConfigDir) -> Result<serde_json::Value, String> {
-    let out = cfg.vigil(&["status", "--json"]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    v["packages"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "web").cloned())
-        .ok_or_else(|| v.to_string())
-}
-
 fn wait_state(cfg: &ConfigDir, host: &Host, state: &str) -> serde_json::Value {
     wait_for(WAIT, &format!("web to be {state}"), || {
-        let p = package(cfg)?;
+        let p = cfg.package_status("web")?;
         if p["state"] == state {
             Ok(p)
         } else {
@@ -559,7 +547,7 @@ fn ocf_dummy_agent_starts_stops_and_its_monitor_saying_not_running_fails_the_pac
         "{status}"
     );
     assert_eq!(
-        package(&cfg).unwrap()["parts_here"],
+        cfg.package_status("web").unwrap()["parts_here"],
         serde_json::json!([{"kind": "agent", "part": "agent dummy (ocf:heartbeat:Dummy)"}])
     );
     wait_for(

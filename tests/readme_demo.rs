@@ -31,18 +31,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn demo(cfg: &ConfigDir) -> Result<serde_json::Value, String> {
-    let out = cfg.vigil(&["status", "--json"]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    v["packages"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == "demo").cloned())
-        .ok_or_else(|| v.to_string())
-}
-
 fn heartbeat_pids(cfg: &ConfigDir) -> Vec<i32> {
     let needle = format!("{}/pkg/demo/heartbeat.sh", cfg.path().display());
     processes_matching(&needle)
@@ -67,7 +55,7 @@ fn readme_demo_package_survives_host_restarts_without_a_halt() {
     let cfg = demo_config();
     let mut host = cfg.start_host();
     let up = wait_for(WAIT, "the demo package to be up", || {
-        let p = demo(&cfg)?;
+        let p = cfg.package_status("demo")?;
         if p["state"] == "up" {
             Ok(p)
         } else {
@@ -84,7 +72,7 @@ fn readme_demo_package_survives_host_restarts_without_a_halt() {
         assert!(host.stop().unwrap().success(), "round {round}: host exit");
         host = cfg.start_host();
         let again = wait_for(WAIT, "the demo package to be re-adopted", || {
-            let p = demo(&cfg)?;
+            let p = cfg.package_status("demo")?;
             let adopted = p["state"] == "up"
                 && p["reason"]
                     .as_str()
@@ -98,7 +86,7 @@ fn readme_demo_package_survives_host_restarts_without_a_halt() {
         // Give the monitors time to deliver their first samples: a resource
         // not sampled yet must not halt the package when its sample comes.
         wait_for(WAIT, "every demo resource to have a sample", || {
-            let p = demo(&cfg)?;
+            let p = cfg.package_status("demo")?;
             let states: Vec<_> = p["resources"]
                 .as_array()
                 .map(|r| r.iter().map(|r| r["state"].clone()).collect())

@@ -111,19 +111,8 @@ fn systemd_style_restart_sigterm_to_main_pid_keeps_the_package_running_with_the_
             .map(|(pid, _)| pid)
             .collect()
     };
-    /// Kills the service when the test ends, passed or not.
-    struct Reap(String);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            for (pid, _) in processes_matching(&self.0) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    let _reap = Reap(format!("sleep {marker}"));
+    // The service dies when the test ends, passed or not.
+    let _reap = KillMatching(format!("sleep {marker}"));
     let app = |want: &str| {
         wait_for(Duration::from_secs(20), &format!("app {want}"), || {
             let out = cfg.vigil(&["status", "--json"]);

@@ -139,6 +139,20 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
+    /// The package `name` as `vigil status --json` shows it.
+    pub fn package_status(&self, name: &str) -> Result<serde_json::Value, String> {
+        let out = self.vigil(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["packages"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == name).cloned())
+            .ok_or_else(|| v.to_string())
+    }
+
     /// A one-node cluster `test` with node `node1`.
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
@@ -387,6 +401,22 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Kills every process whose command line contains the pattern when
+/// dropped: what a test's services leave behind dies with the test,
+/// passed or not.
+pub struct KillMatching(pub String);
+
+impl Drop for KillMatching {
+    fn drop(&mut self) {
+        for (pid, _) in processes_matching(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

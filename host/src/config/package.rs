@@ -1133,10 +1133,7 @@ pub fn agent_monitor_name(package: &str) -> String {
 /// an agent that has `monitor_interval_seconds`, polling at the shortest
 /// such interval. `vigil` is the running executable; `records_dir` holds
 /// the run records (`[paths] state_dir`).
-pub fn agent_monitors(
-    packages: &[PackageConfig],
-    records_dir: &Path,
-) -> Vec<super::MonitorConfig> {
+pub fn agent_monitors(packages: &[PackageConfig], records_dir: &Path) -> Vec<super::MonitorConfig> {
     let vigil = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "vigil".to_owned());
