@@ -170,10 +170,16 @@ struct Entry {
     node: String,
 }
 
+/// What a guard logs when its host went silent (`guard::run`).
+const GUARD_FIRED: &str = "halting this node's packages";
+
 /// What the hosts logged during a row, beyond the figures.
 #[derive(Default)]
 struct Oddities {
     permit_waits: usize,
+    /// A guard that found its host silent and halted the node's packages:
+    /// expected after a kill, a defect anywhere else (the host was busy).
+    guard_fired: usize,
     warnings: usize,
     errors: usize,
     /// The first few warning and error lines, shortened.
@@ -189,12 +195,16 @@ impl Oddities {
             || line.contains(" ERROR ")
             || line.contains("run permit still held")
             || line.contains("starting package")
+            || line.contains(GUARD_FIRED)
     }
 
     fn add(&mut self, line: &str) {
         let level = line.split_whitespace().nth(1).unwrap_or("");
         if line.contains("run permit still held") {
             self.permit_waits += 1;
+        }
+        if line.contains(GUARD_FIRED) {
+            self.guard_fired += 1;
         }
         let serious = match level {
             "WARN" => {
@@ -788,7 +798,7 @@ fn ideal(row: &Row, rows: &[Row]) -> Option<f64> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>4} {:>6} {:>4} {:>4}",
+        "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>4} {:>6} {:>5} {:>4} {:>4}",
         "case",
         "K",
         "moved",
@@ -804,6 +814,7 @@ fn print_table(rows: &[Row]) {
         "last lch",
         "peak",
         "permit",
+        "guard",
         "warn",
         "err"
     );
@@ -821,7 +832,7 @@ fn print_table(rows: &[Row]) {
         let peak = row.trials.iter().map(|t| t.peak).max().unwrap_or(0);
         let ideal = ideal(row, rows);
         println!(
-            "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8.0} {:>8.0} {:>8} {:>6} {:>7.1} {:>8.0} {:>8.0} {:>8.0} {:>4} {:>6} {:>4} {:>4}",
+            "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8.0} {:>8.0} {:>8} {:>6} {:>7.1} {:>8.0} {:>8.0} {:>8.0} {:>4} {:>6} {:>5} {:>4} {:>4}",
             row.case.name(),
             row.k,
             row.trials.iter().map(|t| t.moved).min().unwrap_or(0),
@@ -837,6 +848,7 @@ fn print_table(rows: &[Row]) {
             launch_last,
             peak,
             row.oddities.permit_waits,
+            row.oddities.guard_fired,
             row.oddities.warnings,
             row.oddities.errors,
         );
@@ -848,7 +860,7 @@ fn print_table(rows: &[Row]) {
         "1st run: median to the first run line; 1st/last lch: median to the adoptive hosts' first/last `starting package` log line;"
     );
     println!(
-        "peak: most packages between `starting package` and their run line at once; permit/warn/err: host log lines in the row (restores included)"
+        "peak: most packages between `starting package` and their run line at once; permit/guard/warn/err: host log lines in the row (restores included); guard: a guard halted its node's packages (expected after each kill, never otherwise)"
     );
     for row in rows {
         for s in row.oddities.notes.iter().chain(&row.oddities.samples) {
