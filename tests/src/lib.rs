@@ -6,6 +6,7 @@
 //! this test executable was built into; `cargo build --workspace` builds
 //! them (the README's test command does).
 
+pub mod chaos;
 mod guards;
 
 pub use guards::*;
@@ -464,7 +465,17 @@ impl Etcd {
         );
     }
 
-    fn log(&self) -> String {
+    /// Like [`Etcd::resume`], false instead of a panic when it did not come back.
+    pub fn try_restart(&mut self) -> bool {
+        self.try_resume()
+    }
+
+    /// The etcd process id while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
