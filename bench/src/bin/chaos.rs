@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use vigil_tests::chaos::{Chaos, FaultKind, Options};
+use vigil_tests::chaos::{Chaos, FaultKind, NODES, Options, Signal};
 use vigil_tests::target_dir;
 
-const USAGE: &str = "usage: chaos [--trials N] [--seed N] [--only kind,kind] [--out DIR] [--slack-ms N] [--stable-ms N] [--stuck-s N] [--guard-off]";
+const USAGE: &str = "usage: chaos [--trials N] [--seed N] [--only kind,kind] [--out DIR] [--slack-ms N] [--stable-ms N] [--stuck-s N] [--guard-off] [--pause-ms N] [--stop-signal term|kill] [--slow-etcd NODE:MS]";
 
 fn parse() -> anyhow::Result<Options> {
     let beat_bin = target_dir().join("chaos_beat");
@@ -43,6 +43,25 @@ fn parse() -> anyhow::Result<Options> {
             "--stuck-s" => options.stuck_after = Duration::from_secs(number(value()?)?),
             "--out" => options.out_dir = Some(PathBuf::from(value()?)),
             "--guard-off" => options.guard = false,
+            "--pause-ms" => options.pause = Some(Duration::from_millis(number(value()?)?)),
+            "--stop-signal" => {
+                options.stop_signal = Some(match value()?.as_str() {
+                    "term" => Signal::SIGTERM,
+                    "kill" => Signal::SIGKILL,
+                    other => bail!("--stop-signal {other:?}: want term or kill"),
+                });
+            }
+            "--slow-etcd" => {
+                let v = value()?;
+                let (node, ms) = v
+                    .split_once(':')
+                    .with_context(|| format!("--slow-etcd {v:?}: want NODE:MS"))?;
+                let node = NODES
+                    .into_iter()
+                    .find(|n| *n == node)
+                    .with_context(|| format!("--slow-etcd: unknown node {node:?}"))?;
+                options.slow_etcd = Some((node, Duration::from_millis(number(ms.to_owned())?)));
+            }
             "--only" => {
                 options.kinds = value()?
                     .split(',')
@@ -69,8 +88,15 @@ fn parse() -> anyhow::Result<Options> {
 fn main() -> anyhow::Result<()> {
     let options = parse()?;
     println!(
-        "chaos: {} trials, seed {}, lost after TTL 2 s + start 0.1 s + slack {:?}, settled after {:?} unchanged",
-        options.trials, options.seed, options.lost_slack, options.stable_for
+        "chaos: {} trials, seed {}, lost after TTL 2 s + start 0.1 s + slack {:?}, settled after {:?} unchanged{}{}",
+        options.trials,
+        options.seed,
+        options.lost_slack,
+        options.stable_for,
+        options.slow_etcd.map_or(String::new(), |(n, d)| format!(
+            ", {n} reaches etcd {d:?} late"
+        )),
+        if options.guard { "" } else { ", guard off" }
     );
     let started = std::time::Instant::now();
     let summary = {

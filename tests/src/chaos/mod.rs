@@ -37,10 +37,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::{ConfigDir, Etcd, vigil_bin};
+use crate::{ConfigDir, Etcd, SlowProxy, vigil_bin};
 use beats::{Beat, Beats, Overlap};
 
 pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
@@ -231,6 +232,13 @@ pub struct Options {
     /// False runs the hosts with `VIGIL_GUARD=off`, to show that the
     /// detector finds the overlaps the guard prevents.
     pub guard: bool,
+    /// Every fault's pause (how long a host or etcd stays down or frozen)
+    /// instead of a drawn one, to reproduce one finding.
+    pub pause: Option<Duration>,
+    /// The signal of every `all_at_once` fault instead of a drawn one.
+    pub stop_signal: Option<Signal>,
+    /// A node whose requests reach etcd this much late (a [`SlowProxy`]).
+    pub slow_etcd: Option<(&'static str, Duration)>,
 }
 
 impl Options {
@@ -245,6 +253,9 @@ impl Options {
             beat_bin,
             out_dir: None,
             guard: true,
+            pause: None,
+            stop_signal: None,
+            slow_etcd: None,
         }
     }
 
@@ -622,14 +633,22 @@ impl Chaos {
             .tempdir()
             .expect("tempdir");
         let name = format!("chaos{}", std::process::id());
+        let slow = options.slow_etcd.map(|(node, delay)| {
+            let proxy = SlowProxy::start(etcd.endpoint.trim_start_matches("http://"), delay);
+            (node, proxy.url())
+        });
         let nodes: Vec<Node> = NODES
             .iter()
             .map(|node| {
                 let cfg = ConfigDir::new();
+                let endpoint = match &slow {
+                    Some((slow, url)) if slow == node => url.clone(),
+                    _ => etcd.endpoint.clone(),
+                };
                 write_config(
                     &cfg,
                     &name,
-                    &etcd.endpoint,
+                    &endpoint,
                     &options.beat_bin,
                     beat_dir.path(),
                     node,
@@ -666,14 +685,7 @@ impl Chaos {
     /// handing each report to `each` as it ends.
     pub fn run(&mut self, mut each: impl FnMut(&TrialReport)) -> Summary {
         let mut summary = Summary::default();
-        let mut startup = self.report(0, FaultKind::AllAtOnce, "startup".to_owned());
-        let marks = self.marks();
-        for node in &mut self.nodes {
-            node.spawn();
-        }
-        startup.settle = self.settle(mono_ns(), false, &mut startup);
-        self.finish(&mut startup, &marks, &BTreeMap::new(), &[]);
-        if startup.failed() {
+        if let Some(startup) = self.start() {
             each(&startup);
             summary.add(&startup);
             return summary;
@@ -696,6 +708,19 @@ impl Chaos {
         summary
     }
 
+    /// Starts all hosts together and waits for the first settle; the
+    /// report of that start when it failed.
+    fn start(&mut self) -> Option<TrialReport> {
+        let mut startup = self.report(0, FaultKind::AllAtOnce, "startup".to_owned());
+        let marks = self.marks();
+        for node in &mut self.nodes {
+            node.spawn();
+        }
+        startup.settle = self.settle(mono_ns(), false, &mut startup);
+        self.finish(&mut startup, &marks, &BTreeMap::new(), &[]);
+        startup.failed().then_some(startup)
+    }
+
     fn report(&self, index: usize, kind: FaultKind, detail: String) -> TrialReport {
         TrialReport {
             index,
@@ -716,6 +741,7 @@ impl Chaos {
         self.nodes.iter().map(Node::log_sizes).collect()
     }
 
+    /// One trial of `kind` on a settled cluster.
     fn trial(&mut self, index: usize, kind: FaultKind) -> TrialReport {
         let mut report = self.report(index, kind, String::new());
         let marks = self.marks();
@@ -1061,6 +1087,13 @@ impl Chaos {
         out
     }
 
+    /// A pause drawn in `lo..=hi` ms, or the fixed one of the options (the
+    /// draw happens anyway, so the rest of the sequence stays the same).
+    fn pause(&mut self, lo: u64, hi: u64) -> Duration {
+        let drawn = self.rng.ms(lo, hi);
+        self.options.pause.unwrap_or(drawn)
+    }
+
     fn random_node(&mut self) -> usize {
         self.rng.range(0, NODES.len() as u64 - 1) as usize
     }
@@ -1076,7 +1109,7 @@ impl Chaos {
         match kind {
             FaultKind::HostKill => {
                 let v = self.random_node();
-                let pause = self.rng.ms(300, 4000);
+                let pause = self.pause(300, 4000);
                 self.nodes[v].kill();
                 std::thread::sleep(pause);
                 self.nodes[v].spawn();
@@ -1088,9 +1121,9 @@ impl Chaos {
             FaultKind::StopShort | FaultKind::StopMid | FaultKind::StopLong => {
                 let v = self.random_node();
                 let pause = match kind {
-                    FaultKind::StopShort => self.rng.ms(100, 600),
-                    FaultKind::StopMid => self.rng.ms(1200, 1800),
-                    _ => self.rng.ms(2500, 4500),
+                    FaultKind::StopShort => self.pause(100, 600),
+                    FaultKind::StopMid => self.pause(1200, 1800),
+                    _ => self.pause(2500, 4500),
                 };
                 self.nodes[v].signal(Signal::SIGSTOP);
                 std::thread::sleep(pause);
@@ -1098,14 +1131,14 @@ impl Chaos {
                 format!("{} SIGSTOP for {pause:?}", self.nodes[v].name)
             }
             FaultKind::EtcdKill => {
-                let pause = self.rng.ms(1000, 5000);
+                let pause = self.pause(1000, 5000);
                 self.etcd.stop();
                 std::thread::sleep(pause);
                 self.etcd_back(report);
                 format!("etcd killed, restarted after {pause:?}")
             }
             FaultKind::EtcdFreeze => {
-                let pause = self.rng.ms(1000, 5000);
+                let pause = self.pause(1000, 5000);
                 let pid = self.etcd.pid().map(|p| Pid::from_raw(p as i32));
                 if let Some(pid) = pid {
                     let _ = kill(pid, Signal::SIGSTOP);
@@ -1140,7 +1173,8 @@ impl Chaos {
             FaultKind::Operator => self.operator(),
             FaultKind::AllAtOnce => {
                 let signal = self.rng.pick(&[Signal::SIGTERM, Signal::SIGKILL]);
-                let pause = self.rng.ms(0, 1500);
+                let signal = self.options.stop_signal.unwrap_or(signal);
+                let pause = self.pause(0, 1500);
                 for node in &self.nodes {
                     node.signal(signal);
                 }
@@ -1182,9 +1216,9 @@ impl Chaos {
         let victim = self.nodes[v].name;
         let frozen = self.rng.pick(&[true, false]);
         let total = if frozen {
-            self.rng.ms(1200, 4500)
+            self.pause(1200, 4500)
         } else {
-            self.rng.ms(300, 4000)
+            self.pause(300, 4000)
         };
         let first = self.rng.ms(100, 600).min(total);
         let spec = &PACKAGES[self.rng.range(0, PACKAGES.len() as u64 - 1) as usize];
