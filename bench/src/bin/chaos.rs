@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use vigil_tests::chaos::{Chaos, FaultKind, NODES, Options, Signal};
 use vigil_tests::target_dir;
 
-const USAGE: &str = "usage: chaos [--trials N] [--seed N] [--only kind,kind] [--out DIR] [--slack-ms N] [--stable-ms N] [--stuck-s N] [--guard-off] [--pause-ms N] [--stop-signal term|kill] [--slow-etcd NODE:MS]";
+const USAGE: &str = "usage: chaos [--trials N] [--seed N] [--only kind,kind] [--out DIR] [--slack-ms N] [--stable-ms N] [--stuck-s N] [--guard-off] [--pause-ms N] [--stop-signal term|kill] [--slow-etcd NODE:MS] [--victim NODE] [--crowd NODE]";
 
 fn parse() -> anyhow::Result<Options> {
     let beat_bin = target_dir().join("chaos_beat");
@@ -50,6 +50,18 @@ fn parse() -> anyhow::Result<Options> {
                     "kill" => Signal::SIGKILL,
                     other => bail!("--stop-signal {other:?}: want term or kill"),
                 });
+            }
+            "--victim" | "--crowd" => {
+                let v = value()?;
+                let node = NODES
+                    .into_iter()
+                    .find(|n| *n == v)
+                    .with_context(|| format!("{arg}: unknown node {v:?}"))?;
+                if arg == "--victim" {
+                    options.victim = Some(node);
+                } else {
+                    options.crowd = Some(node);
+                }
             }
             "--slow-etcd" => {
                 let v = value()?;

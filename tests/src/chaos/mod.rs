@@ -239,6 +239,13 @@ pub struct Options {
     pub stop_signal: Option<Signal>,
     /// A node whose requests reach etcd this much late (a [`SlowProxy`]).
     pub slow_etcd: Option<(&'static str, Duration)>,
+    /// The node every host fault hits instead of a drawn one.
+    pub victim: Option<&'static str>,
+    /// Before each trial, drain the other nodes (`node halt`, then `node
+    /// run`) so that the packages with manual failback gather on this one.
+    pub crowd: Option<&'static str>,
+    /// End the run after the first failed trial.
+    pub stop_at_first_failure: bool,
 }
 
 impl Options {
@@ -256,6 +263,9 @@ impl Options {
             pause: None,
             stop_signal: None,
             slow_etcd: None,
+            victim: None,
+            crowd: None,
+            stop_at_first_failure: false,
         }
     }
 
@@ -704,6 +714,9 @@ impl Chaos {
             let report = self.trial(index, kind);
             each(&report);
             summary.add(&report);
+            if report.failed() && self.options.stop_at_first_failure {
+                break;
+            }
         }
         summary
     }
@@ -744,6 +757,13 @@ impl Chaos {
     /// One trial of `kind` on a settled cluster.
     fn trial(&mut self, index: usize, kind: FaultKind) -> TrialReport {
         let mut report = self.report(index, kind, String::new());
+        if let Some(node) = self.options.crowd
+            && !self.crowd_onto(node)
+        {
+            report.detail = format!("packages not gathered on {node}: the cluster did not settle");
+            report.stuck = true;
+            return report;
+        }
         let marks = self.marks();
         let _ = self.read_beats();
         let before = self.placement();
@@ -1095,7 +1115,25 @@ impl Chaos {
     }
 
     fn random_node(&mut self) -> usize {
-        self.rng.range(0, NODES.len() as u64 - 1) as usize
+        let drawn = self.rng.range(0, NODES.len() as u64 - 1) as usize;
+        self.options
+            .victim
+            .and_then(|v| NODES.iter().position(|n| *n == v))
+            .unwrap_or(drawn)
+    }
+
+    /// Drains every node but `node` in turn, so that the packages with
+    /// manual failback end up there; false if the cluster did not settle.
+    fn crowd_onto(&mut self, node: &str) -> bool {
+        for other in NODES.into_iter().filter(|n| *n != node) {
+            for verb in ["halt", "run"] {
+                let _ = self.any_cli(&["node", verb, other]);
+                if !self.settle_quietly(&mut self.report(0, FaultKind::Operator, String::new())) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Injects one fault and undoes it; returns what was done. Hosts that
