@@ -6,6 +6,7 @@
 //! this test executable was built into; `cargo build --workspace` builds
 //! them (the README's test command does).
 
+pub mod chaos;
 mod guards;
 
 pub use guards::*;
@@ -516,7 +517,17 @@ impl Etcd {
         );
     }
 
-    fn log(&self) -> String {
+    /// Like [`Etcd::resume`], false instead of a panic when it did not come back.
+    pub fn try_restart(&mut self) -> bool {
+        self.try_resume()
+    }
+
+    /// The etcd process id while it runs (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
@@ -663,5 +674,75 @@ impl CuttableProxy {
 
     pub fn mend(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A TCP relay on loopback to a target address that holds every chunk
+/// going to the target for `delay` first: a slow link from one process to
+/// a server (answers come back at once, so a round trip takes `delay` more).
+pub struct SlowProxy {
+    pub addr: std::net::SocketAddr,
+}
+
+impl SlowProxy {
+    /// Relays connections on a new loopback port to `target` (`host:port`).
+    pub fn start(target: &str, delay: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let target = target.to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                for (from, to, wait) in [
+                    (&client, &server, delay),
+                    (&server, &client, Duration::ZERO),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    // Each chunk leaves `wait` after it arrived, chunks
+                    // behind it in flight meanwhile: latency, not a
+                    // bandwidth limit.
+                    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0
+                                || tx
+                                    .send((std::time::Instant::now() + wait, buf[..n].to_vec()))
+                                    .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        for (due, chunk) in rx {
+                            std::thread::sleep(
+                                due.saturating_duration_since(std::time::Instant::now()),
+                            );
+                            if to.write_all(&chunk).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr }
+    }
+
+    /// `http://addr`, for an etcd endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
