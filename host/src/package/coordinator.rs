@@ -13,8 +13,9 @@
 //!
 //! 1. a copy running here whose ownership moved to another node (this host
 //!    was frozen or cut off) is halted without touching the record;
-//! 2. a record saying a start or halt is under way here while none is (an
-//!    attempt abandoned after a store error) is set straight;
+//! 2. a record saying this node runs (or starts, or halts) a package that
+//!    does not run here — an attempt abandoned after a store error, an
+//!    outcome that could not be recorded — is set straight;
 //! 3. the first live node in cluster order records that gone owners (their
 //!    lease expired, so their guard halted what ran there) run nothing;
 //! 4. what must stop now is halted here, all at once: failed services, a
@@ -233,21 +234,39 @@ fn halt_lost_copies(facts: &Facts<'_>) -> Vec<Effect> {
         .collect()
 }
 
-/// Step 2.
+/// Step 2: a record naming this node an owner of a package that does not
+/// run here — a start or halt abandoned after a store error, or one whose
+/// outcome could not be recorded (etcd was out while this node halted
+/// everything for its lease) — is set straight, or the other nodes would
+/// wait for ever for this one to halt it.
 fn correct_abandoned(facts: &Facts<'_>) -> Option<Effect> {
     let record = facts.store.packages.values().find(|r| {
         let r = &r.value;
-        matches!(r.state, PackageState::Starting | PackageState::Halting)
-            && r.owners.iter().any(|o| o == facts.node)
+        matches!(
+            r.state,
+            PackageState::Up | PackageState::Starting | PackageState::Halting
+        ) && r.owners.iter().any(|o| o == facts.node)
             && !facts.running_here.contains(&r.name)
             && !facts.adopting.contains(&r.name)
             && !facts.in_flight.contains(&r.name)
             && !facts.claiming.contains(&r.name)
     })?;
     let mut update = PackageUpdate::from(&record.value);
-    update.state = PackageState::Down;
+    update.reason = if record.value.state == PackageState::Up {
+        format!(
+            "not running on {} (its start or halt was not recorded)",
+            facts.node
+        )
+    } else {
+        format!("start or halt on {} abandoned", facts.node)
+    };
     update.owners.retain(|o| o != facts.node);
-    update.reason = format!("start or halt on {} abandoned", facts.node);
+    // A multi-node package still runs on its other owners.
+    update.state = if update.owners.is_empty() {
+        PackageState::Down
+    } else {
+        PackageState::Up
+    };
     Some(Effect::Write(Prepared {
         package: record.value.name.clone(),
         revision: record.mod_revision,

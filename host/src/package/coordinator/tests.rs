@@ -457,3 +457,49 @@ fn an_operator_move_starts_the_package_on_the_node_asked_for() {
         ]],
     );
 }
+
+/// Seen in the chaos test after an etcd freeze past the TTL: a node halted
+/// its packages for its lost lease, could not record the halts (etcd was
+/// frozen), rejoined, and its records said for ever that it ran them; the
+/// other nodes waited for it to halt what it did not run.
+#[test]
+fn a_record_saying_this_node_runs_a_package_it_does_not_is_set_straight() {
+    let s = Scenario::seen_from("node2")
+        .package(failover("ascs"))
+        .record("ascs", PackageState::Up, &["node2"]);
+    check(
+        &s,
+        expect![[
+            r#"write ascs: down on [] "not running on node2 (its start or halt was not recorded)""#
+        ]],
+    );
+}
+
+#[test]
+fn a_multi_node_package_not_running_here_any_more_keeps_its_other_owners() {
+    let mut spec = failover("mon");
+    spec.kind = PackageKind::MultiNode;
+    let mut s = Scenario::seen_from("node1").package(spec).record(
+        "mon",
+        PackageState::Up,
+        &["node1", "node2"],
+    );
+    s.adopting = BTreeSet::new();
+    check(
+        &s,
+        expect![[
+            r#"write mon: up on [node2] "not running on node1 (its start or halt was not recorded)""#
+        ]],
+    );
+}
+
+/// A package being re-adopted after a host restart is not running here
+/// yet as far as the manager knows: its record is left alone meanwhile.
+#[test]
+fn a_package_being_re_adopted_is_not_taken_for_one_that_does_not_run() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .record("web", PackageState::Up, &["node1"]);
+    s.adopting = set(&["web"]);
+    check(&s, expect![[""]]);
+}
