@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::{self, Request, ReslsOutput};
 use crate::config::{self, DEFAULT_CONFIG_DIR, MonitorConfig};
 use crate::daemon::{self, HostOptions};
-use crate::package::manager::{AdminOp, StatusOutput, WhyOutput};
+use crate::package::manager::AdminOp;
 use crate::runtime::{self, MonitorEvent, RuntimeContext};
 use crate::validation;
+use crate::views::{StatusOutput, WhyOutput};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -294,12 +295,7 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         Ok(validated) => (validated.errors, validated.monitors),
     };
     if json {
-        print_json(&serde_json::json!({
-            "ok": errors.is_empty(),
-            "errors": errors.iter().map(|e| serde_json::json!({
-                "file": e.file, "line": e.line, "message": e.message,
-            })).collect::<Vec<_>>(),
-        }))?;
+        print_json(&crate::views::CheckOutput::new(&errors))?;
     } else if errors.is_empty() {
         println!("configuration is valid ({monitors} monitors)");
     } else {
@@ -314,18 +310,14 @@ fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let socket = socket_path(config_dir)?;
     let result = api::call(&socket, &Request::Status)?;
     let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
-    let result = api::call(&socket, &Request::ConfigErrors)?;
-    let errors: Vec<api::ConfigErrorRow> =
-        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        let mut value = serde_json::to_value(&out)?;
-        value["config_errors"] = serde_json::to_value(&errors)?;
-        print_json(&value)?;
+        print_json(&out)?;
         return Ok(0);
     }
+    let errors = &out.config_errors;
     if !errors.is_empty() {
         println!("configuration errors (`vigil check` shows them too):");
-        for e in &errors {
+        for e in errors {
             println!("  {e}");
         }
         println!();
@@ -360,10 +352,12 @@ fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 
 fn admin(config_dir: &Path, request: Request, json: bool) -> anyhow::Result<i32> {
     let result = api::call(&socket_path(config_dir)?, &request)?;
+    let out: crate::views::AdminOutput =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&result)?;
+        print_json(&out)?;
     } else {
-        println!("{}", result["done"].as_str().unwrap_or_default());
+        println!("{}", out.done);
     }
     Ok(0)
 }
@@ -557,7 +551,10 @@ fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let errors: Vec<api::ConfigErrorRow> =
         serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&serde_json::json!({ "monitors": rows, "config_errors": errors }))?;
+        print_json(&crate::views::MonitorListOutput {
+            monitors: rows,
+            config_errors: errors,
+        })?;
     } else {
         println!(
             "{:<16} {:<7} {:<9} {:>8} REASON",

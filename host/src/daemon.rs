@@ -749,7 +749,10 @@ impl DaemonState {
                 }))
             }
             Request::Status => match self.manager.status(&self.hub).await {
-                Ok(status) => Response::ok(status),
+                Ok(mut status) => {
+                    status.config_errors.clone_from(&self.config_errors);
+                    Response::ok(status)
+                }
                 Err(e) => Response::error(e.to_string()),
             },
             Request::Why { package } => match self.manager.why(&package, &self.hub).await {
@@ -766,17 +769,22 @@ impl DaemonState {
                     .admin(action, &package, node.as_deref(), &self.hub)
                     .await
                 {
-                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                    Ok(done) => Response::ok(crate::views::AdminOutput { done }),
                     Err(e) => Response::error(e),
                 }
             }
             Request::Node { halt, node } => {
                 match self.manager.node_admin(halt, &node, &self.hub).await {
-                    Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                    Ok(done) => Response::ok(crate::views::AdminOutput { done }),
                     Err(e) => Response::error(e),
                 }
             }
             Request::ConfigErrors => Response::ok(&self.config_errors),
+            Request::Health => Response::ok(crate::views::HealthOutput::new(
+                &self.node,
+                self.manager.on_cluster(),
+                self.manager.lease_in_doubt(),
+            )),
             Request::Monitors => Response::ok(
                 self.hub
                     .registry

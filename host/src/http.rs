@@ -1,6 +1,8 @@
-//! The HTTP side of the API (`[api] http_listen`): a status page, the same
-//! JSON as `vigil resls --json` and `vigil monitor list --json`, and
-//! Prometheus metrics at `/metrics`.
+//! The HTTP side of the API (`[api] http_listen`): a status page,
+//! `/api/status` (the `vigil status --json` document), `/api/packages/<name>/why`
+//! (`vigil why --json`), the same JSON as `vigil resls --json` and
+//! `vigil monitor list --json`, `/healthz`, and Prometheus metrics at
+//! `/metrics`.
 //!
 //! Read-only by design: every operation that changes state goes through the
 //! Unix socket, whose 0600 mode is the access control. Like the socket
@@ -10,13 +12,14 @@
 use std::fmt::Write as _;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiCall, MonitorRow, Request, ReslsOutput};
+use crate::views::{HealthOutput, StatusOutput, WhyOutput};
 
 #[derive(Clone)]
 struct Calls(mpsc::UnboundedSender<ApiCall>);
@@ -47,7 +50,26 @@ impl Calls {
     }
 
     async fn monitors(&self) -> Result<Vec<MonitorRow>, String> {
-        let v = self.call(Request::Monitors).await?;
+        self.typed(Request::Monitors).await
+    }
+
+    async fn status(&self) -> Result<StatusOutput, String> {
+        self.typed(Request::Status).await
+    }
+
+    async fn why(&self, package: &str) -> Result<WhyOutput, String> {
+        self.typed(Request::Why {
+            package: package.to_owned(),
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<HealthOutput, String> {
+        self.typed(Request::Health).await
+    }
+
+    async fn typed<T: serde::de::DeserializeOwned>(&self, request: Request) -> Result<T, String> {
+        let v = self.call(request).await?;
         serde_json::from_value(v).map_err(|e| e.to_string())
     }
 }
@@ -71,6 +93,31 @@ async fn resources(State(calls): State<Calls>, Query(q): Query<PathQuery>) -> Ht
 async fn monitors(State(calls): State<Calls>) -> HttpResponse {
     match calls.monitors().await {
         Ok(rows) => axum::Json(serde_json::json!({ "monitors": rows })).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn status(State(calls): State<Calls>) -> HttpResponse {
+    match calls.status().await {
+        Ok(out) => axum::Json(out).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn why(State(calls): State<Calls>, Path(package): Path<String>) -> HttpResponse {
+    match calls.why(&package).await {
+        Ok(out) => axum::Json(out).into_response(),
+        // The host answered: the package is unknown (or its file broken).
+        Err(e) => (StatusCode::NOT_FOUND, e).into_response(),
+    }
+}
+
+/// 200 when the host's main loop answers and it vouches for its lease; 503
+/// otherwise (a load balancer or systemd-style probe reads only the code).
+async fn healthz(State(calls): State<Calls>) -> HttpResponse {
+    match calls.health().await {
+        Ok(h) if h.healthy => axum::Json(h).into_response(),
+        Ok(h) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(h)).into_response(),
         Err(e) => failure(e),
     }
 }
@@ -199,6 +246,9 @@ async fn page(State(calls): State<Calls>) -> HttpResponse {
 pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::UnboundedSender<ApiCall>) {
     let app = Router::new()
         .route("/", get(page))
+        .route("/api/status", get(status))
+        .route("/api/packages/{package}/why", get(why))
+        .route("/healthz", get(healthz))
         .route("/api/resources", get(resources))
         .route("/api/monitors", get(monitors))
         .route("/metrics", get(metrics))

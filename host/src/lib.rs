@@ -15,3 +15,4 @@ pub mod registry;
 pub mod runtime;
 pub mod store;
 pub mod validation;
+pub mod views;

@@ -36,6 +36,7 @@ use crate::store::{
     ClusterStore, NodeRecord, NodeState, PackageRecord, PackageState, PackageUpdate, Snapshot,
     StoreError, Versioned,
 };
+use crate::views::{NodeStatus, PackageStatus, ResourceStatus, StatusOutput, WhyOutput};
 
 /// What is being carried out now.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,55 +58,6 @@ pub enum AdminOp {
     Enable,
     Disable,
     Clear,
-}
-
-/// `vigil status --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusOutput {
-    pub cluster: String,
-    pub node: String,
-    pub nodes: Vec<NodeStatus>,
-    pub packages: Vec<PackageStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub name: String,
-    /// `up`, `down` or `halted`.
-    pub state: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PackageStatus {
-    pub name: String,
-    /// `up`, `down`, `starting`, `halting` or `failed`.
-    pub state: String,
-    pub running_on: Vec<String>,
-    pub switching: bool,
-    pub reason: String,
-    pub fence_token: u64,
-    pub failed_on: Vec<String>,
-    /// This node's view of the package's resources.
-    pub resources: Vec<ResourceStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceStatus {
-    pub name: String,
-    /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
-    pub state: String,
-    pub evaluate: String,
-}
-
-/// `vigil why --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WhyOutput {
-    pub package: String,
-    pub state: String,
-    pub running_on: Vec<String>,
-    pub explanation: placement::Explanation,
-    /// The same, as `vigil why` prints it.
-    pub text: String,
 }
 
 pub struct PackageManager {
@@ -1287,6 +1239,7 @@ impl PackageManager {
     pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
         let store = self.store.snapshot().await?;
         Ok(StatusOutput {
+            config_errors: Vec::new(),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             nodes: self

@@ -1,0 +1,316 @@
+//! The typed shapes of everything vigil shows: the `--json` output of
+//! every command, the answers of the control socket, and what the HTTP side
+//! serves (`/api/status`, the cluster page, `/metrics` read these).
+//!
+//! Architecture invariant: this module and the SDK's wire module are the
+//! only places that know the JSON layout of vigil's outputs. Producers (the
+//! daemon, the package manager, the registry listing) fill these structs;
+//! consumers (the CLI, the HTTP side) read them. Nothing here talks to the
+//! daemon or formats text for people.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement;
+use crate::registry::{ListedResource, Listing, MonitorRecord, MonitorStatus};
+
+/// `vigil status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusOutput {
+    pub cluster: String,
+    pub node: String,
+    pub nodes: Vec<NodeStatus>,
+    pub packages: Vec<PackageStatus>,
+    /// Configuration errors the host knows of (startup and last reload);
+    /// the daemon fills this in, the package manager leaves it empty.
+    #[serde(default)]
+    pub config_errors: Vec<ConfigErrorRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `up`, `down` or `halted`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageStatus {
+    pub name: String,
+    /// `up`, `down`, `starting`, `halting` or `failed`.
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub switching: bool,
+    pub reason: String,
+    pub fence_token: u64,
+    pub failed_on: Vec<String>,
+    /// This node's view of the package's resources.
+    pub resources: Vec<ResourceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
+    pub state: String,
+    pub evaluate: String,
+}
+
+/// `vigil why --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyOutput {
+    pub package: String,
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub explanation: placement::Explanation,
+    /// The same, as `vigil why` prints it.
+    pub text: String,
+}
+
+/// `vigil resls --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReslsOutput {
+    pub node: String,
+    pub path: String,
+    pub resources: Vec<ResourceRow>,
+    /// Immediate child classes of `path`.
+    pub classes: Vec<ClassRow>,
+    /// Declared wildcard patterns at or below `path`.
+    pub declared: Vec<DeclaredRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRow {
+    pub name: String,
+    /// A number, a string, or null when unknown.
+    pub value: serde_json::Value,
+    pub unit: Option<String>,
+    /// `known` or `unknown`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub monitor: String,
+    /// RFC 3339; null for a declared resource never sampled.
+    pub updated: Option<String>,
+    pub age_seconds: Option<f64>,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassRow {
+    pub name: String,
+    pub resources: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeclaredRow {
+    pub pattern: String,
+    pub monitor: String,
+}
+
+/// One monitor in `vigil monitor list --json` and status output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorRow {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `starting`, `ok` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub declares: Vec<String>,
+    pub samples_received: u64,
+    pub last_report: Option<String>,
+}
+
+/// One configuration error in `vigil monitor list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigErrorRow {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+    /// The monitor that keeps running its last good version because of
+    /// this error.
+    pub kept_running: Option<String>,
+}
+
+impl ConfigErrorRow {
+    pub fn new(error: &crate::config::ConfigError, kept_running: Option<String>) -> Self {
+        Self {
+            file: error.file.clone(),
+            line: error.line,
+            message: error.message.clone(),
+            kept_running,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigErrorRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message)?,
+            None => write!(f, "{}: {}", self.file.display(), self.message)?,
+        }
+        if let Some(monitor) = &self.kept_running {
+            write!(
+                f,
+                " (monitor {monitor} keeps running its last good version)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 (UTC).
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> ResourceRow {
+    let s = &r.entry.sample;
+    let (value, unit) = match &s.value {
+        None => (serde_json::Value::Null, None),
+        Some(vigil_sdk::Value::Text(t)) => (serde_json::Value::String(t.clone()), None),
+        Some(vigil_sdk::Value::Number { value, unit }) => (
+            serde_json::Number::from_f64(*value)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            unit.clone(),
+        ),
+    };
+    ResourceRow {
+        name: s.name.to_string(),
+        value,
+        unit,
+        state: if s.is_known() { "known" } else { "unknown" }.to_owned(),
+        reason: s.reason.clone(),
+        monitor: r.entry.monitor.clone(),
+        updated: r.sampled.then(|| rfc3339(s.timestamp_ms)),
+        age_seconds: r
+            .sampled
+            .then(|| now_ms.saturating_sub(s.timestamp_ms) as f64 / 1000.0),
+        used_by,
+    }
+}
+
+/// Shapes a registry listing; `used_by` names the packages using a resource.
+pub fn resls_output(
+    node: &str,
+    listing: &Listing,
+    now_ms: u64,
+    used_by: impl Fn(&str) -> Vec<String>,
+) -> ReslsOutput {
+    ReslsOutput {
+        node: node.to_owned(),
+        path: listing.path.clone(),
+        resources: listing
+            .resources
+            .iter()
+            .map(|r| resource_row(r, now_ms, used_by(r.entry.sample.name.as_str())))
+            .collect(),
+        classes: listing
+            .classes
+            .iter()
+            .map(|(name, n)| ClassRow {
+                name: name.clone(),
+                resources: *n,
+            })
+            .collect(),
+        declared: listing
+            .declared
+            .iter()
+            .map(|(p, m)| DeclaredRow {
+                pattern: p.to_string(),
+                monitor: m.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn monitor_row(name: &str, record: &MonitorRecord) -> MonitorRow {
+    let (state, reason) = match &record.status {
+        MonitorStatus::Starting => ("starting", None),
+        MonitorStatus::Ok => ("ok", None),
+        MonitorStatus::Failed(r) => ("failed", Some(r.clone())),
+    };
+    MonitorRow {
+        name: name.to_owned(),
+        kind: record.kind.to_owned(),
+        state: state.to_owned(),
+        reason,
+        declares: record.patterns.iter().map(|p| p.to_string()).collect(),
+        samples_received: record.samples_received,
+        last_report: record.last_report_ms.map(rfc3339),
+    }
+}
+
+/// `vigil check --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutput {
+    pub ok: bool,
+    pub errors: Vec<CheckError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl CheckOutput {
+    pub fn new(errors: &[crate::config::ConfigError]) -> Self {
+        Self {
+            ok: errors.is_empty(),
+            errors: errors
+                .iter()
+                .map(|e| CheckError {
+                    file: e.file.clone(),
+                    line: e.line,
+                    message: e.message.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `vigil monitor list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorListOutput {
+    pub monitors: Vec<MonitorRow>,
+    pub config_errors: Vec<ConfigErrorRow>,
+}
+
+/// `vigil pkg …` and `vigil node …` with `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminOutput {
+    /// What the host did, in words.
+    pub done: String,
+}
+
+/// Whether this host vouches for itself: `/healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthOutput {
+    pub node: String,
+    /// True when the host runs and, on a cluster, its lease is sure.
+    pub healthy: bool,
+    /// `sure`, `in_doubt` (it may expire within the safety margin) or
+    /// `none` (a one-node cluster on the embedded store has no lease).
+    pub lease: String,
+}
+
+impl HealthOutput {
+    pub fn new(node: &str, on_cluster: bool, lease_in_doubt: bool) -> Self {
+        let lease = match (on_cluster, lease_in_doubt) {
+            (false, _) => "none",
+            (true, false) => "sure",
+            (true, true) => "in_doubt",
+        };
+        Self {
+            node: node.to_owned(),
+            healthy: !lease_in_doubt,
+            lease: lease.to_owned(),
+        }
+    }
+}
