@@ -503,13 +503,11 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
     let (status, body) = http_get(port, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");
     assert!(
-        body.contains(
-            "vigil_resource_known{node=\"node1\",resource=\"/testkit/h/r0\",monitor=\"tk\"} 1"
-        ),
+        body.contains("vigil_resource_known{resource=\"/testkit/h/r0\",monitor=\"tk\"} 1"),
         "{body}"
     );
     assert!(
-        body.contains("vigil_monitor_ok{node=\"node1\",monitor=\"tk\",type=\"dylib\"} 1"),
+        body.contains("vigil_monitor_up{monitor=\"tk\",type=\"dylib\"} 1"),
         "{body}"
     );
     let (_, body) = http_get(port, "/api/resources?path=/testkit").unwrap();

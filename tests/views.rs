@@ -117,3 +117,126 @@ fn healthz_is_503_once_the_lease_is_in_doubt() {
         serde_json::json!({"node": "node1", "healthy": false, "lease": "in_doubt"})
     );
 }
+
+/// An exec monitor `gauges` publishing a percentage, a size in MB, a
+/// unitless number and a text, and package `app` requiring the percentage.
+fn with_gauges(cfg: &ConfigDir) {
+    cfg.script(
+        "gauges.sh",
+        "#!/bin/sh\nread -r hello\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/g/used_percent\",\"/g/avail_mb\",\"/g/load\",\"/g/status\"]}'\n\
+         echo '{\"type\":\"sample\",\"name\":\"/g/used_percent\",\"value\":96.10391525532768,\"unit\":\"%\"}'\n\
+         echo '{\"type\":\"sample\",\"name\":\"/g/avail_mb\",\"value\":14422.5,\"unit\":\"MB\"}'\n\
+         echo '{\"type\":\"sample\",\"name\":\"/g/load\",\"value\":0.5}'\n\
+         echo '{\"type\":\"sample\",\"name\":\"/g/status\",\"value\":\"up\"}'\n",
+    );
+    cfg.monitor(
+        "gauges",
+        "name = \"gauges\"\ntype = \"exec\"\ncommand = [\"./gauges.sh\"]\ninterval_seconds = 0.2\ntimeout_seconds = 2\n",
+    );
+    cfg.write(
+        "packages.d/app.toml",
+        "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n[[resource]]\nname = \"/g/used_percent\"\nup = \"< 99\"\n",
+    );
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_pass_promtool_and_equal_status_json() {
+    require_tool("promtool", "prometheus");
+    let port = free_loopback_port();
+    let cfg = one_node(port);
+    with_gauges(&cfg);
+    let _host = cfg.start_host();
+    let status = wait_for(WAIT, "app up with its resource up", || {
+        let status = json_of(&cfg, &["status", "--json"])?;
+        let p = &status["packages"][0];
+        if p["state"] == "up" && p["resources"][0]["state"] == "up" {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    });
+    let resls = cfg.resls("/g").unwrap();
+    let (code, text) = http_get(port, "/metrics").unwrap();
+    assert!(code.contains("200"), "{code}");
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let m = samples(&text);
+    let get = |key: &str| {
+        *m.get(key)
+            .unwrap_or_else(|| panic!("{key} missing in\n{text}"))
+    };
+    assert_eq!(status["nodes"][0]["state"], "up");
+    assert_eq!(get(r#"vigil_node_up{node="node1"}"#), 1.0);
+    assert_eq!(
+        status["packages"][0]["running_on"],
+        serde_json::json!(["node1"])
+    );
+    assert_eq!(get(r#"vigil_package_up{package="app",node="node1"}"#), 1.0);
+    assert_eq!(
+        get(r#"vigil_package_state{package="app",node="node1",state="up"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"vigil_package_state{package="app",node="node1",state="down"}"#),
+        0.0
+    );
+    assert_eq!(
+        get(r#"vigil_resource_up{resource="/g/used_percent",package="app"}"#),
+        1.0
+    );
+    // Numbers in base units, the unit in the name; the same values as resls.
+    let value = |name: &str| {
+        resls["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name))
+            .and_then(|r| r["value"].as_f64())
+            .unwrap_or_else(|| panic!("{name} in {resls}"))
+    };
+    assert_eq!(
+        get(r#"vigil_resource_ratio{resource="/g/used_percent",monitor="gauges"}"#),
+        value("/g/used_percent") / 100.0
+    );
+    assert_eq!(
+        get(r#"vigil_resource_bytes{resource="/g/avail_mb",monitor="gauges"}"#),
+        value("/g/avail_mb") * 1048576.0
+    );
+    assert_eq!(
+        get(r#"vigil_resource_value{resource="/g/load",monitor="gauges"}"#),
+        0.5
+    );
+    assert_eq!(
+        get(r#"vigil_resource_text_info{resource="/g/status",monitor="gauges",value="up"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"vigil_build_info{version="0.1.0"}"#), 1.0);
+    assert!(get(r#"vigil_monitor_poll_duration_seconds_count{monitor="gauges"}"#) >= 1.0);
+    assert!(get("process_resident_memory_bytes") > 0.0);
+    assert!(get("process_open_fds") > 0.0);
+}

@@ -56,6 +56,9 @@ pub struct ResourceStatus {
     /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
     pub state: String,
     pub evaluate: String,
+    /// The package's up-criteria for it, such as `< 80`.
+    #[serde(default)]
+    pub criterion: String,
 }
 
 /// `vigil why --json`.
@@ -313,4 +316,28 @@ impl HealthOutput {
             lease: lease.to_owned(),
         }
     }
+}
+
+/// Everything the cluster page and `/metrics` show, gathered in one round
+/// of requests to the main loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub status: StatusOutput,
+    pub resources: ReslsOutput,
+    pub monitors: Vec<MonitorRow>,
+    pub health: HealthOutput,
+    /// Newest first.
+    pub events: Vec<ClusterEvent>,
+}
+
+/// Something that changed in the cluster, as the HTTP side saw it happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// RFC 3339.
+    pub at: String,
+    /// `failover`, `package` or `node`.
+    pub kind: String,
+    /// The package or node.
+    pub subject: String,
+    pub text: String,
 }

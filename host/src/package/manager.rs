@@ -1283,6 +1283,7 @@ impl PackageManager {
                                     .unwrap_or(ResourceState::Pending)
                                     .as_str()
                                     .to_owned(),
+                                criterion: r.up.to_string(),
                                 evaluate: match r.evaluate {
                                     placement::Evaluate::BeforeStart => "before_start",
                                     placement::Evaluate::AfterStart => "after_start",
