@@ -240,3 +240,349 @@ fn metrics_pass_promtool_and_equal_status_json() {
     assert!(get("process_resident_memory_bytes") > 0.0);
     assert!(get("process_open_fds") > 0.0);
 }
+
+/// Headless chromium driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: commands on fd 3, answers on fd 4, each a
+/// JSON object ended by NUL), so the test needs no websocket client. Killed
+/// with its helper processes when dropped.
+struct Browser {
+    child: std::process::Child,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    next_id: u64,
+    session: String,
+    profile: tempfile::TempDir,
+}
+
+/// Flags every headless chromium of these tests runs with: as root it
+/// needs `--no-sandbox`; no GPU, no first-run work.
+const CHROMIUM_FLAGS: [&str; 5] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+];
+
+impl Browser {
+    fn open(url: &str) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        require_tool("chromium", "chromium");
+        let profile = tempfile::Builder::new()
+            .prefix("vigil-chromium-")
+            .tempdir()
+            .expect("tempdir");
+        let (child_reads, we_write) = nix::unistd::pipe().expect("pipe");
+        let (we_read, child_writes) = nix::unistd::pipe().expect("pipe");
+        let (r, w) = (child_reads.as_raw_fd(), child_writes.as_raw_fd());
+        let mut command = std::process::Command::new("chromium");
+        command
+            .args(CHROMIUM_FLAGS)
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork
+        // and exec. Both ends are first moved above fd 10 so that placing
+        // one at 3 cannot overwrite the other; dup2 clears close-on-exec.
+        unsafe {
+            command.pre_exec(move || {
+                let r = libc::fcntl(r, libc::F_DUPFD_CLOEXEC, 10);
+                let w = libc::fcntl(w, libc::F_DUPFD_CLOEXEC, 10);
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start chromium");
+        drop((child_reads, child_writes));
+        let mut browser = Self {
+            child,
+            to: std::fs::File::from(we_write),
+            from: std::io::BufReader::new(std::fs::File::from(we_read)),
+            next_id: 0,
+            session: String::new(),
+            profile,
+        };
+        let target = browser.call("Target.createTarget", serde_json::json!({ "url": url }));
+        let attached = browser.call(
+            "Target.attachToTarget",
+            serde_json::json!({ "targetId": target["targetId"], "flatten": true }),
+        );
+        browser.session = attached["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
+        browser
+    }
+
+    /// Sends one command (to the page once attached) and returns its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = serde_json::json!({ "id": id, "method": method, "params": params });
+        if !self.session.is_empty() {
+            message["sessionId"] = self.session.clone().into();
+        }
+        let mut bytes = serde_json::to_vec(&message).expect("encode");
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("write to chromium");
+        loop {
+            let mut answer = Vec::new();
+            let n = self.from.read_until(0, &mut answer).expect("read chromium");
+            assert!(n > 0, "chromium closed its pipe");
+            answer.pop();
+            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+            // Events (no id) and other answers are not ours.
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page; its value (null on exceptions).
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let out = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        out["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Its renderer and helper processes name the profile directory.
+        let profile = self.profile.path().display().to_string();
+        for (pid, _) in processes_matching(&profile) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// `chromium --headless ARGS URL` with a throwaway profile; its stdout.
+fn chromium(args: &[&str], url: &str) -> String {
+    require_tool("chromium", "chromium");
+    let profile = tempfile::Builder::new()
+        .prefix("vigil-chromium-")
+        .tempdir()
+        .expect("tempdir");
+    let out = std::process::Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Three config dirs for hosts on a real etcd; node1 serves HTTP on `port`.
+/// Packages: `web` prefers node2 then node3, `db` prefers node1, `all` runs
+/// on every node.
+fn three_nodes(etcd: &Etcd, port: u16) -> Vec<(&'static str, ConfigDir)> {
+    let name = format!("page{}", std::process::id());
+    ["node1", "node2", "node3"]
+        .into_iter()
+        .map(|node| {
+            let cfg = ConfigDir::new();
+            let http = if node == "node1" {
+                format!("[api]\nhttp_listen = \"{port}\"\n")
+            } else {
+                String::new()
+            };
+            cfg.write(
+                "cluster.toml",
+                &format!(
+                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n{http}",
+                    etcd.endpoint
+                ),
+            );
+            cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+            let scripts = "run = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n";
+            cfg.write(
+                "packages.d/web.toml",
+                &format!("name = \"web\"\ntype = \"failover\"\nnodes = [\"node2\", \"node3\", \"node1\"]\n{scripts}"),
+            );
+            cfg.write(
+                "packages.d/db.toml",
+                &format!("name = \"db\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n{scripts}"),
+            );
+            cfg.write(
+                "packages.d/all.toml",
+                &format!("name = \"all\"\ntype = \"multi_node\"\nnodes = [\"*\"]\n{scripts}"),
+            );
+            (node, cfg)
+        })
+        .collect()
+}
+
+/// Where each package runs, from `status --json`: "name=state@nodes".
+fn placement(status: &serde_json::Value) -> Vec<String> {
+    status["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let mut on: Vec<&str> = p["running_on"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            // A multi-node package lists its nodes in the order they joined.
+            on.sort_unstable();
+            format!(
+                "{}={}@{}",
+                p["name"].as_str().unwrap_or_default(),
+                p["state"].as_str().unwrap_or_default(),
+                on.join(",")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_page_shows_every_node_and_package_and_follows_a_failover_live() {
+    require_tool("chromium", "chromium");
+    let etcd = Etcd::start();
+    let port = free_loopback_port();
+    let dirs = three_nodes(&etcd, port);
+    // node2 first, so that the failover packages start there (failback is
+    // manual: they stay when the others join).
+    let node2 = dirs[1].1.start_host_as("node2");
+    wait_for(Duration::from_secs(30), "web and db on node2", || {
+        let status = json_of(&dirs[1].1, &["status", "--json"])?;
+        let p = placement(&status);
+        if p.contains(&"web=up@node2".to_owned()) && p.contains(&"db=up@node2".to_owned()) {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    let mut hosts = vec![
+        dirs[0].1.start_host_as("node1"),
+        node2,
+        dirs[2].1.start_host_as("node3"),
+    ];
+    let node1 = &dirs[0].1;
+    let settled = ["all=up@node1,node2,node3", "db=up@node2", "web=up@node2"];
+    wait_for(Duration::from_secs(30), "the seed placement", || {
+        let status = json_of(node1, &["status", "--json"])?;
+        let up = status["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] == "up"));
+        if up && placement(&status) == settled {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // What a browser shows on first load: every node and package, states.
+    let dom = chromium(&["--dump-dom"], &url);
+    for node in ["node1", "node2", "node3"] {
+        let cell = format!("<th data-node=\"{node}\" data-state=\"up\" class=\"good\">");
+        assert!(dom.contains(&cell), "{cell} not in\n{dom}");
+    }
+    for (package, on) in [("web", "node2"), ("db", "node2")] {
+        let row =
+            format!("<tr data-package=\"{package}\" data-state=\"up\" data-running-on=\"{on}\">");
+        assert!(dom.contains(&row), "{row} not in\n{dom}");
+    }
+    let all = dom
+        .split("<tr data-package=\"all\" data-state=\"up\"")
+        .nth(1)
+        .and_then(|row| row.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row of package all, up, in\n{dom}"));
+    for node in ["node1", "node2", "node3"] {
+        let cell = format!("<td class=\"cell good\" data-node=\"{node}\">up</td>");
+        assert!(all.contains(&cell), "{cell} not in {all}");
+    }
+    let shot = target_dir().join("cluster-page.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1000,760",
+            "--hide-scrollbars",
+        ],
+        &url,
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG: {}", shot.display());
+
+    // The same page, left open while node2 dies: web moves to node3.
+    let mut browser = Browser::open(&url);
+    let load = wait_for(WAIT, "the page and its event stream", || {
+        let v = browser.eval("document.readyState=='complete' && +document.body.dataset.updates>0 && window.vigilLoad");
+        if v.is_number() {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
+    let running_on = "document.querySelector('tr[data-package=web]').dataset.runningOn";
+    assert_eq!(browser.eval(running_on), "node2");
+    hosts[1].kill();
+    let (mut seen_by_cli, mut seen_by_page) = (None, None);
+    let start = std::time::Instant::now();
+    while seen_by_cli.is_none() || seen_by_page.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "web did not move to node3: status {:?}, page {}",
+            json_of(node1, &["status", "--json"]).map(|s| placement(&s)),
+            browser.eval(running_on)
+        );
+        if seen_by_cli.is_none()
+            && json_of(node1, &["status", "--json"])
+                .is_ok_and(|s| placement(&s).contains(&"web=up@node3".to_owned()))
+        {
+            seen_by_cli = Some(start.elapsed());
+        }
+        if seen_by_page.is_none() && browser.eval(running_on) == "node3" {
+            seen_by_page = Some(start.elapsed());
+        }
+        if let (Some(cli), None) = (seen_by_cli, seen_by_page) {
+            assert!(
+                start.elapsed() < cli + Duration::from_secs(2),
+                "the page did not show web on node3 within 2 s of status --json: {}",
+                browser.eval("document.getElementById('cluster').innerText")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Patched in place: the same page load, never reloaded.
+    assert_eq!(browser.eval("window.vigilLoad"), load);
+    let events = browser.eval("document.getElementById('events').innerText");
+    assert!(
+        events
+            .as_str()
+            .is_some_and(|e| e.contains("web moved node2 → node3")),
+        "{events}"
+    );
+    println!(
+        "failover: status --json showed web on node3 after {:?}, the open page after {:?}",
+        seen_by_cli.unwrap_or_default(),
+        seen_by_page.unwrap_or_default()
+    );
+    drop(browser);
+    drop(hosts);
+}

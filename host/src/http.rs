@@ -1,4 +1,5 @@
-//! The HTTP side of the API (`[api] http_listen`): a status page,
+//! The HTTP side of the API (`[api] http_listen`): the live cluster page
+//! (`page`, updated over Server-Sent Events at `/api/events`),
 //! `/api/status` (the `vigil status --json` document), `/api/packages/<name>/why`
 //! (`vigil why --json`), the same JSON as `vigil resls --json` and
 //! `vigil monitor list --json`, `/healthz`, and Prometheus metrics at
@@ -9,13 +10,14 @@
 //! server, it answers nothing itself: requests go to the main loop as
 //! [`ApiCall`]s.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
@@ -77,8 +79,17 @@ impl Calls {
 
     /// One round of requests for everything the page and metrics show.
     async fn view(&self, events: Vec<crate::views::ClusterEvent>) -> Result<ClusterView, String> {
+        self.view_with(self.status().await?, events).await
+    }
+
+    /// [`Calls::view`] around a status already fetched.
+    async fn view_with(
+        &self,
+        status: StatusOutput,
+        events: Vec<crate::views::ClusterEvent>,
+    ) -> Result<ClusterView, String> {
         Ok(ClusterView {
-            status: self.status().await?,
+            status,
             resources: self.resls("/").await?,
             monitors: self.monitors().await?,
             health: self.health().await?,
@@ -93,9 +104,22 @@ impl Calls {
 }
 
 /// What the HTTP side keeps between requests.
-#[derive(Default)]
 struct Shared {
     watch: Watch,
+    /// The last `#cluster` fragment pushed to the page's clients.
+    fragment: Option<Arc<String>>,
+    updates: tokio::sync::broadcast::Sender<Arc<String>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            watch: Watch::default(),
+            fragment: None,
+            // Each fragment is the whole state: a short queue is enough.
+            updates: tokio::sync::broadcast::channel(4).0,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -126,8 +150,26 @@ async fn watch(app: App) {
             continue;
         };
         let at = crate::api::rfc3339(vigil_sdk::now_ms());
-        for e in app.lock().watch.observe(&status, &at) {
-            tracing::info!(kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+        let (events, watched) = {
+            let mut shared = app.lock();
+            for e in shared.watch.observe(&status, &at) {
+                tracing::info!(kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+            }
+            (shared.watch.events(), shared.updates.receiver_count() > 0)
+        };
+        // Rendering needs the resources and monitors too: only for pages
+        // that are open.
+        if !watched {
+            continue;
+        }
+        let Ok(view) = app.calls.view_with(status, events).await else {
+            continue;
+        };
+        let fragment = Arc::new(crate::page::cluster(&view).into_string());
+        let mut shared = app.lock();
+        if shared.fragment.as_deref() != Some(&*fragment) {
+            shared.fragment = Some(Arc::clone(&fragment));
+            let _ = shared.updates.send(fragment);
         }
     }
 }
@@ -194,57 +236,35 @@ async fn metrics(State(app): State<App>) -> HttpResponse {
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+async fn page(State(app): State<App>) -> HttpResponse {
+    let events = app.lock().watch.events();
+    match app.calls.view(events).await {
+        Ok(view) => Html(crate::page::page(&view).into_string()).into_response(),
+        Err(e) => failure(e),
+    }
 }
 
-async fn page(State(app): State<App>) -> HttpResponse {
-    let (resls, monitors) = match (app.calls.resls("/").await, app.calls.monitors().await) {
-        (Ok(r), Ok(m)) => (r, m),
-        (Err(e), _) | (_, Err(e)) => return failure(e),
+/// Server-Sent Events: the current `#cluster` fragment at once, then each
+/// new one the watcher renders (at most one per [`WATCH_INTERVAL`]).
+async fn events(State(app): State<App>) -> HttpResponse {
+    use tokio_stream::StreamExt as _;
+    let (current, updates) = {
+        let shared = app.lock();
+        (shared.fragment.clone(), shared.updates.subscribe())
     };
-    let mut html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>vigil {node}</title><style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}\
-         td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}.unknown{{color:#b00}}</style></head>\
-         <body><h1>vigil — node {node}</h1><h2>Monitors</h2><table><tr><th>name</th><th>type</th><th>state</th><th>samples</th><th>reason</th></tr>",
-        node = html_escape(&resls.node)
-    );
-    for m in &monitors {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&m.name),
-            html_escape(&m.kind),
-            html_escape(&m.state),
-            m.samples_received,
-            html_escape(m.reason.as_deref().unwrap_or_default())
-        );
-    }
-    html.push_str("</table><h2>Resources</h2><table><tr><th>name</th><th>value</th><th>state</th><th>age</th><th>monitor</th><th>reason</th></tr>");
-    for r in &resls.resources {
-        let value = match &r.value {
-            serde_json::Value::Null => "-".to_owned(),
-            serde_json::Value::String(s) => s.clone(),
-            v => format!("{v}{}", r.unit.as_deref().unwrap_or_default()),
-        };
-        let _ = write!(
-            html,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&r.state),
-            html_escape(&r.name),
-            html_escape(&value),
-            html_escape(&r.state),
-            r.age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}s")),
-            html_escape(&r.monitor),
-            html_escape(r.reason.as_deref().unwrap_or_default())
-        );
-    }
-    html.push_str("</table></body></html>");
-    Html(html).into_response()
+    let first = tokio_stream::iter(current.map(Ok));
+    // A client too slow for the channel skips to the next fragment: each
+    // one is the whole state.
+    let rest = tokio_stream::wrappers::BroadcastStream::new(updates)
+        .filter_map(|update| update.ok().map(Ok));
+    let stream = first
+        .chain(rest)
+        .map(|fragment: Result<Arc<String>, Infallible>| {
+            fragment.map(|f| Event::default().event("cluster").data(f.as_str()))
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Serves the HTTP API on `listener` until the task is dropped.
@@ -259,6 +279,7 @@ pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::UnboundedSend
         .route("/api/status", get(status))
         .route("/api/packages/{package}/why", get(why))
         .route("/healthz", get(healthz))
+        .route("/api/events", get(events))
         .route("/api/resources", get(resources))
         .route("/api/monitors", get(monitors))
         .route("/metrics", get(metrics))

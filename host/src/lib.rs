@@ -11,6 +11,7 @@ pub mod hub;
 pub mod metrics;
 pub mod notify;
 pub mod package;
+pub mod page;
 pub mod placement;
 pub mod registry;
 pub mod runtime;
