@@ -586,3 +586,170 @@ fn cluster_page_shows_every_node_and_package_and_follows_a_failover_live() {
     drop(browser);
     drop(hosts);
 }
+
+/// `vigil ARGS` through `cfg`: (exit code, stdout, stderr).
+fn run(cfg: &ConfigDir, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = cfg.vigil(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn host_unreachable_exits_3_and_says_the_os_error_once() {
+    let cfg = ConfigDir::new();
+    let (code, _, err) = run(&cfg, &["status"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("cannot reach the vigil host"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn host_with_a_node_not_in_the_cluster_names_the_flag() {
+    let cfg = ConfigDir::new();
+    let (code, _, err) = run(&cfg, &["host", "--node", "node3"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--node node3: not in cluster.nodes (node1)") && !err.contains("pass --node"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_says_what_happened_once_with_the_exit_code_of_design_7() {
+    let port = free_loopback_port();
+    let cfg = one_node(port);
+    with_gauges(&cfg);
+    // Cannot run: its resource does not meet the criterion.
+    cfg.write(
+        "packages.d/stuck.toml",
+        "name = \"stuck\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n[[resource]]\nname = \"/g/load\"\nup = \"> 5\"\nfall = 2\n",
+    );
+    cfg.write("packages.d/broken.toml", "name = \"broken\"\ntype = \n");
+    let _host = cfg.start_host();
+    wait_for(WAIT, "app up", || {
+        let status = json_of(&cfg, &["status", "--json"])?;
+        let p = placement(&status);
+        if p.contains(&"app=up@node1".to_owned()) {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    let check = |args: &[&str], want_code: i32, want_text: &str| {
+        let (code, out, err) = run(&cfg, args);
+        assert_eq!(code, Some(want_code), "{args:?}: {out}{err}");
+        let text = format!("{out}{err}");
+        assert!(text.contains(want_text), "{args:?}: {text}");
+        assert_eq!(
+            text.matches(want_text).count(),
+            1,
+            "{args:?} says it once: {text}"
+        );
+    };
+    check(&["resls", "/nosuch"], 1, "no resource at or below /nosuch");
+    check(&["resls", "nosuch"], 2, "resls PATH");
+    check(&["pkg", "move", "app"], 2, "pkg move app needs --node NODE");
+    check(&["pkg", "run", "ghost"], 1, "no package named \"ghost\"");
+    check(
+        &["pkg", "move", "app", "--node", "node1"],
+        0,
+        "app already runs on node1: nothing to do",
+    );
+    check(&["pkg", "run", "app"], 0, "app already runs on node1");
+    check(&["pkg", "run", "stuck"], 1, "stuck cannot run anywhere");
+    check(
+        &["pkg", "move", "app", "--node", "node9"],
+        1,
+        "node \"node9\" is not in cluster.nodes",
+    );
+    check(
+        &["why", "broken"],
+        1,
+        "file packages.d/broken.toml is broken: line 2",
+    );
+    check(
+        &["pkg", "run", "broken"],
+        1,
+        "file packages.d/broken.toml is broken",
+    );
+    // why: the value against the criterion, with the hysteresis counts.
+    let why = json_of(&cfg, &["why", "stuck", "--json"]).unwrap();
+    let r = &why["resources"][0];
+    assert_eq!(r["name"], "/g/load", "{why}");
+    assert_eq!(r["criterion"], "> 5", "{why}");
+    assert_eq!(r["detail"], "0.5 does not meet > 5", "{why}");
+    assert_eq!(
+        (r["rise"].as_u64(), r["fall"].as_u64()),
+        (Some(1), Some(2)),
+        "{why}"
+    );
+    let (_, text, _) = run(&cfg, &["why", "stuck"]);
+    assert!(
+        text.contains(
+            "resource /g/load is down: 0.5 does not meet > 5 (0 good in a row of rise 1,"
+        ),
+        "{text}"
+    );
+    // --wait returns once it is done: no polling needed after it.
+    check(&["pkg", "halt", "app", "--wait=20"], 0, "app is down");
+    assert!(
+        placement(&json_of(&cfg, &["status", "--json"]).unwrap()).contains(&"app=down@".to_owned())
+    );
+    check(&["pkg", "run", "app", "--wait"], 0, "app is up on node1");
+    assert!(
+        placement(&json_of(&cfg, &["status", "--json"]).unwrap())
+            .contains(&"app=up@node1".to_owned())
+    );
+    // -v: values and criteria.
+    let (code, text, _) = run(&cfg, &["status", "-v"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        text.contains("/g/used_percent") && text.contains("96.1%") && text.contains("up when < 99"),
+        "{text}"
+    );
+    assert!(!text.contains("\x1b["), "no colour on a pipe: {text}");
+}
+
+#[test]
+fn status_watch_redraws_when_something_changes() {
+    use std::io::BufRead;
+    let port = free_loopback_port();
+    let cfg = one_node(port);
+    let _host = cfg.start_host();
+    let mut watch = std::process::Command::new(vigil_bin())
+        .arg("-c")
+        .arg(cfg.path())
+        .args(["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    let mut lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut seen = String::new();
+    let mut next_until = |want: &str, seen: &mut String| {
+        for line in lines.by_ref() {
+            let line = line.expect("a line");
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(want) {
+                return;
+            }
+        }
+        panic!("status --watch ended before {want:?}: {seen}");
+    };
+    next_until("app              up", &mut seen);
+    assert!(cfg.vigil(&["pkg", "halt", "app"]).status.success());
+    // A new frame after a separator, without asking again.
+    next_until("---", &mut seen);
+    next_until("app              ", &mut seen);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let last = seen.rsplit("---").next().unwrap_or_default();
+    assert!(
+        last.contains("disabled") && !last.contains("app              up"),
+        "{seen}"
+    );
+}

@@ -168,23 +168,29 @@ pub struct ApiCall {
 
 // ------------------------------------------------------------------ server
 
-/// Why the API socket could not be opened.
+/// Why the API socket could not be opened, or a call did not succeed.
+///
+/// The I/O errors are in the message and deliberately not a `source`:
+/// `vigil: {e:#}` prints the whole chain, which would say them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("another vigil host answers on {}", .0.display())]
     InUse(PathBuf),
-    #[error("socket {}: {source}", path.display())]
+    #[error("socket {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot reach the vigil host at {}: {source} (is `vigil host` running with this config dir?)", path.display())]
+    #[error("cannot reach the vigil host at {}: {error} (is `vigil host` running with this config dir?)", path.display())]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("talking to the vigil host at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
+    /// The host answered and refused, or the operation failed there.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The temporary name [`bind`] binds before renaming into place.
@@ -215,9 +221,9 @@ pub fn socket_path_problem(path: &Path) -> Option<String> {
 /// restricted, then renamed into place, so it is never reachable with a
 /// looser mode. A stale socket (nobody answers) is replaced.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let io = |source| ApiError::Io {
+    let io = |error| ApiError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -332,9 +338,9 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ApiErro
         path: path.to_owned(),
         message,
     };
-    let mut stream = StdUnixStream::connect(path).map_err(|source| ApiError::Connect {
+    let mut stream = StdUnixStream::connect(path).map_err(|error| ApiError::Connect {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let timeout = Some(Duration::from_secs(30));
     let _ = stream.set_read_timeout(timeout);
@@ -353,9 +359,11 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ApiErro
     match (response.ok, response.result, response.error) {
         (true, Some(result), _) => Ok(result),
         (true, None, _) => Ok(serde_json::Value::Null),
-        (false, _, error) => Err(protocol(
-            error.unwrap_or_else(|| "unspecified error".to_owned()),
-        )),
+        (false, _, error) => {
+            Err(ApiError::Refused(error.unwrap_or_else(|| {
+                "the host refused without saying why".to_owned()
+            })))
+        }
     }
 }
 

@@ -153,11 +153,19 @@ pub fn resolve_node(config: &Config, requested: Option<&str>) -> anyhow::Result<
             .into_owned(),
     };
     if !nodes.contains(&node) {
-        anyhow::bail!(
-            "node {node:?} is not in cluster.nodes ({}) of {}; pass --node",
-            nodes.join(", "),
-            config.cluster.dir.join("cluster.toml").display()
-        );
+        let file = config.cluster.dir.join("cluster.toml");
+        match requested {
+            Some(_) => anyhow::bail!(
+                "--node {node}: not in cluster.nodes ({}) of {}; add it there or pass one of those",
+                nodes.join(", "),
+                file.display()
+            ),
+            None => anyhow::bail!(
+                "this machine's hostname {node:?} is not in cluster.nodes ({}) of {}; pass --node NAME",
+                nodes.join(", "),
+                file.display()
+            ),
+        }
     }
     Ok(node)
 }
@@ -756,8 +764,17 @@ impl DaemonState {
                 Err(e) => Response::error(e.to_string()),
             },
             Request::Why { package } => match self.manager.why(&package, &self.hub).await {
-                Ok(why) => Response::ok(why),
-                Err(e) => Response::error(e),
+                Ok(mut why) => {
+                    why.resources = self.why_resources(&package);
+                    for r in &why.resources {
+                        if !why.text.ends_with('\n') {
+                            why.text.push('\n');
+                        }
+                        why.text.push_str(&format!("{r}\n"));
+                    }
+                    Response::ok(why)
+                }
+                Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
             },
             Request::Pkg {
                 action,
@@ -770,7 +787,7 @@ impl DaemonState {
                     .await
                 {
                     Ok(done) => Response::ok(crate::views::AdminOutput { done }),
-                    Err(e) => Response::error(e),
+                    Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
                 }
             }
             Request::Node { halt, node } => {
@@ -794,6 +811,73 @@ impl DaemonState {
                     .collect::<Vec<_>>(),
             ),
         }
+    }
+
+    /// How this node judges each resource `package` requires, with what
+    /// explains it: the latest value against the criterion, a failed
+    /// monitor, or no monitor at all.
+    fn why_resources(&self, package: &str) -> Vec<crate::views::WhyResource> {
+        let monitors = self.hub.registry.monitors();
+        self.hub
+            .states(package)
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let judged = self.hub.judged(package, &name)?;
+                let entry = self.hub.registry.get(&name);
+                let failed = entry
+                    .and_then(|e| Some((e.monitor.as_str(), monitors.get(&e.monitor)?)))
+                    .and_then(|(m, record)| match &record.status {
+                        crate::registry::MonitorStatus::Failed(reason) => {
+                            Some(format!("monitor {m} failed: {reason}"))
+                        }
+                        _ => None,
+                    });
+                let detail = if !self.hub.registry.is_declared(&name) {
+                    "no monitor declares it".to_owned()
+                } else if let Some(failed) = failed {
+                    failed
+                } else {
+                    judged
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "no sample yet".to_owned())
+                };
+                Some(crate::views::WhyResource {
+                    name: name.to_string(),
+                    state: judged.state.as_str().to_owned(),
+                    criterion: judged.criteria,
+                    rise: judged.rise,
+                    fall: judged.fall,
+                    good_run: judged.good_run,
+                    bad_run: judged.not_good_run,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// "file packages.d/x.toml is broken: ..." when the package is unknown
+    /// because its file did not load.
+    fn broken_package(&self, package: &str) -> Option<String> {
+        let file = self
+            .config_dir
+            .join("packages.d")
+            .join(format!("{package}.toml"));
+        let errors: Vec<String> = self
+            .config_errors
+            .iter()
+            .filter(|e| e.file == file)
+            .map(|e| match e.line {
+                Some(line) => format!("line {line}: {}", e.message),
+                None => e.message.clone(),
+            })
+            .collect();
+        (!errors.is_empty()).then(|| {
+            format!(
+                "file packages.d/{package}.toml is broken: {} (`vigil check` lists every error)",
+                errors.join("; ")
+            )
+        })
     }
 
     /// Reads and validates the configuration on a task; the result comes

@@ -68,8 +68,39 @@ pub struct WhyOutput {
     pub state: String,
     pub running_on: Vec<String>,
     pub explanation: placement::Explanation,
+    /// How this node judges each resource the package requires.
+    #[serde(default)]
+    pub resources: Vec<WhyResource>,
     /// The same, as `vigil why` prints it.
     pub text: String,
+}
+
+/// One resource of a package in `vigil why`, as this node judges it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyResource {
+    pub name: String,
+    /// `up`, `down`, `unknown` or `pending`.
+    pub state: String,
+    pub criterion: String,
+    pub rise: u32,
+    pub fall: u32,
+    /// Good samples in a row, toward `rise`.
+    pub good_run: u32,
+    /// Bad or unknown samples in a row, toward `fall`.
+    pub bad_run: u32,
+    /// What explains the state: `90 does not meet < 80`, `no monitor
+    /// declares it`, `monitor temp failed: ...`.
+    pub detail: String,
+}
+
+impl std::fmt::Display for WhyResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resource {} is {}: {} ({} good in a row of rise {}, {} not good of fall {})",
+            self.name, self.state, self.detail, self.good_run, self.rise, self.bad_run, self.fall
+        )
+    }
 }
 
 /// `vigil resls --json`.

@@ -1322,6 +1322,7 @@ impl PackageManager {
             state: record.map_or("down", |r| r.state.as_str()).to_owned(),
             running_on: record.map(|r| r.owners.clone()).unwrap_or_default(),
             explanation,
+            resources: Vec::new(),
             text,
         })
     }
@@ -1359,6 +1360,14 @@ impl PackageManager {
                     return Err("pkg move needs --node".into());
                 }
                 let target = node.map(str::to_owned);
+                let before = self.record(package).await.map_err(store_err)?.value;
+                let running = before.state == PackageState::Up && !before.owners.is_empty();
+                if running && node.is_none_or(|n| before.owners.iter().any(|o| o == n)) {
+                    return Ok(format!(
+                        "{package} already runs on {}: nothing to do",
+                        before.owners.join(", ")
+                    ));
+                }
                 self.write(package, |u| {
                     u.switching = true;
                     u.admin.halted = false;
@@ -1367,9 +1376,33 @@ impl PackageManager {
                 })
                 .await
                 .map_err(store_err)?;
+                // Say now when the request cannot be met, rather than
+                // "starting" something that will not start.
+                let (_, plan) = self.plan(hub).await.map_err(store_err)?;
+                let placed = plan.placement.get(package).cloned().unwrap_or_default();
+                let blocked = plan.explanations.get(package).and_then(|e| e.blocked);
+                match (node, placed.is_empty(), blocked) {
+                    (_, true, Some(why)) => {
+                        return Err(format!(
+                            "{package} cannot run anywhere: {why} (`vigil why {package}` says more)"
+                        ));
+                    }
+                    (_, true, None) => {
+                        return Err(format!(
+                            "{package} cannot run anywhere now (`vigil why {package}` says why)"
+                        ));
+                    }
+                    (Some(n), false, _) if !placed.iter().any(|p| p == n) => {
+                        return Err(format!(
+                            "{package} cannot run on {n}; it would run on {} (`vigil why {package}` says why)",
+                            placed.join(", ")
+                        ));
+                    }
+                    _ => {}
+                }
                 match node {
                     Some(n) => format!("starting {package} on {n}"),
-                    None => format!("starting {package}"),
+                    None => format!("starting {package} on {}", placed.join(", ")),
                 }
             }
             AdminOp::Enable | AdminOp::Disable => {
