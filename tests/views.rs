@@ -753,3 +753,78 @@ fn status_watch_redraws_when_something_changes() {
         "{seen}"
     );
 }
+
+#[test]
+fn monitor_list_and_status_show_broken_files_refused_samples_and_last_errors() {
+    let cfg = ConfigDir::new();
+    let exec = |name: &str, publishes: &str, body: &str| {
+        cfg.script(
+            &format!("{name}.sh"),
+            &format!(
+                "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"{publishes}\"]}}'\n{body}\n"
+            ),
+        );
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = 0.2\ntimeout_seconds = 2\n"),
+        );
+    };
+    exec(
+        "owner",
+        "/dup/x",
+        "echo '{\"type\":\"sample\",\"name\":\"/dup/x\",\"value\":1}'",
+    );
+    // Publishes a resource `owner` publishes, and one outside its declaration.
+    exec(
+        "second",
+        "/dup/x",
+        "sleep 0.3\necho '{\"type\":\"sample\",\"name\":\"/dup/x\",\"value\":2}'\necho '{\"type\":\"sample\",\"name\":\"/other/y\",\"value\":3}'",
+    );
+    // Fails now and then with an error message, and recovers.
+    exec(
+        "erring",
+        "/erring/x",
+        // (Every fifth run: the startup probes run it too.)
+        "n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs\nif [ $((n % 5)) -eq 0 ]; then echo '{\"type\":\"error\",\"message\":\"no tool installed\"}'; else echo '{\"type\":\"sample\",\"name\":\"/erring/x\",\"value\":1}'; fi",
+    );
+    cfg.monitor("bad", "name = \"bad\"\ntype = \n");
+    let _host = cfg.start_host();
+    let monitor = |name: &str| {
+        wait_for(WAIT, name, || {
+            let m = cfg.monitor_state(name)?;
+            if m["state"] == "ok"
+                && (m["refused_samples"].as_u64() > Some(0) || m["last_error"].is_string())
+            {
+                Ok(m)
+            } else {
+                Err(m.to_string())
+            }
+        })
+    };
+    let second = monitor("second");
+    let refused = second["last_refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("is published by monitor owner")
+            || refused.contains("matches none of its declared patterns"),
+        "{second}"
+    );
+    let erring = monitor("erring");
+    assert_eq!(erring["last_error"], "no tool installed", "{erring}");
+
+    let (code, list, _) = run(&cfg, &["monitor", "list"]);
+    assert_eq!(code, Some(0));
+    for want in [
+        "samples refused, last: monitor second:",
+        // As `last error <time>: ...` once recovered, as the reason while failed.
+        "no tool installed",
+        "file monitors.d/bad.toml is broken: line 2:",
+    ] {
+        assert!(list.contains(want), "{want:?} not in\n{list}");
+    }
+    let (code, status, _) = run(&cfg, &["status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        status.contains("MONITOR PROBLEMS") && status.contains("no tool installed"),
+        "{status}"
+    );
+}

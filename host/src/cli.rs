@@ -466,6 +466,21 @@ pub fn status_text(
     t
 }
 
+/// The monitors with a problem, for `vigil status`.
+fn monitor_problems(rows: &[api::MonitorRow]) -> String {
+    let lines: Vec<String> = rows
+        .iter()
+        .filter_map(|r| Some(format!("{:<16} {:<9} {}\n", r.name, r.state, r.problem()?)))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nMONITOR PROBLEMS (`vigil monitor list`)\n{}",
+        lines.concat()
+    )
+}
+
 /// How often `status --watch` asks the host.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -488,6 +503,11 @@ fn status(config_dir: &Path, json: bool, verbose: bool, watch: bool) -> anyhow::
         }
         let text = if json {
             serde_json::to_string(&out)? + "\n"
+        } else if !verbose {
+            let rows = api::call(&socket, &Request::Monitors)?;
+            let rows: Vec<api::MonitorRow> =
+                serde_json::from_value(rows).context("decoding the monitors")?;
+            status_text(&out, None, style) + &monitor_problems(&rows)
         } else {
             let resources = if verbose {
                 let listing = api::call(&socket, &Request::Resls { path: "/".into() })?;
@@ -495,7 +515,10 @@ fn status(config_dir: &Path, json: bool, verbose: bool, watch: bool) -> anyhow::
             } else {
                 None
             };
-            status_text(&out, resources.as_ref(), style)
+            let rows = api::call(&socket, &Request::Monitors)?;
+            let rows: Vec<api::MonitorRow> =
+                serde_json::from_value(rows).context("decoding the monitors")?;
+            status_text(&out, resources.as_ref(), style) + &monitor_problems(&rows)
         };
         if !watch {
             print!("{text}");
@@ -790,14 +813,42 @@ fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
             "{:<16} {:<7} {:<9} {:>8} REASON",
             "NAME", "TYPE", "STATE", "SAMPLES"
         );
-        for r in rows {
+        for r in &rows {
             println!(
                 "{:<16} {:<7} {:<9} {:>8} {}",
                 r.name,
                 r.kind,
                 r.state,
                 r.samples_received,
-                r.reason.unwrap_or_default()
+                r.problem().unwrap_or_default()
+            );
+        }
+        // A monitor file that did not load is a row too, not only a line
+        // at the bottom: otherwise the monitor is simply absent.
+        let monitors_d = config_dir.join("monitors.d");
+        for e in errors.iter().filter(|e| e.file.starts_with(&monitors_d)) {
+            let name = e
+                .kept_running
+                .clone()
+                .or_else(|| Some(e.file.file_stem()?.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            if rows
+                .iter()
+                .any(|r| r.name == name && e.kept_running.is_none())
+            {
+                continue;
+            }
+            println!(
+                "{:<16} {:<7} {:<9} {:>8} file {} is broken: {}",
+                name,
+                "-",
+                "broken",
+                "-",
+                e.file.strip_prefix(config_dir).unwrap_or(&e.file).display(),
+                match e.line {
+                    Some(line) => format!("line {line}: {}", e.message),
+                    None => e.message.clone(),
+                }
             );
         }
         if !errors.is_empty() {

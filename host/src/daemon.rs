@@ -298,6 +298,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         events: events.clone(),
         config_dir: options.config_dir.clone(),
         refusal_logs: BTreeMap::new(),
+        monitor_problems: BTreeMap::new(),
     };
     state.manager.step(&state.hub).await;
     let mut notifier = crate::notify::Notifier::from_env();
@@ -517,6 +518,8 @@ struct DaemonState {
     /// Per monitor, the log budget for its refused samples: a monitor that
     /// floods undeclared samples must not flood the log.
     refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
+    /// Refused samples and last errors by monitor, for `monitor list`.
+    monitor_problems: BTreeMap<String, crate::views::MonitorProblems>,
 }
 
 /// Whether a reload task runs; a SIGHUP during one queues one more.
@@ -724,7 +727,17 @@ impl DaemonState {
             | MonitorEvent::Samples { monitor, .. }
             | MonitorEvent::Failed { monitor, .. } => monitor.clone(),
         };
+        if let MonitorEvent::Failed { reason, .. } = &event {
+            let problems = self.monitor_problems.entry(monitor.clone()).or_default();
+            problems.last_error = Some(reason.clone());
+            problems.last_error_at = Some(api::rfc3339(now_ms()));
+        }
         let (applied, transitions) = self.hub.apply(event, now_ms());
+        if let Some(last) = applied.refused.last() {
+            let problems = self.monitor_problems.entry(monitor.clone()).or_default();
+            problems.refused_samples += applied.refused.len() as u64;
+            problems.last_refused = Some(last.clone());
+        }
         // One line per recorded sample: its log timestamp is when the host
         // knew the value, which `bench/detection_latency` measures against.
         for sample in &applied.recorded {
@@ -807,7 +820,13 @@ impl DaemonState {
                     .registry
                     .monitors()
                     .iter()
-                    .map(|(name, record)| api::monitor_row(name, record))
+                    .map(|(name, record)| {
+                        let mut row = api::monitor_row(name, record);
+                        if let Some(problems) = self.monitor_problems.get(name) {
+                            row.problems = problems.clone();
+                        }
+                        row
+                    })
                     .collect::<Vec<_>>(),
             ),
         }

@@ -536,6 +536,7 @@ mod tests {
                 declares: vec![],
                 samples_received: 7,
                 last_report: None,
+                problems: MonitorProblems::default(),
             }],
             health: HealthOutput::new("node1", false, false),
             events: vec![],

@@ -162,7 +162,7 @@ pub fn cluster(view: &ClusterView) -> Markup {
                     @for m in &view.monitors {
                     tr data-monitor=(m.name) {
                         td { (m.name) } td { (m.kind) } td class=(colour(&m.state)) { (m.state) }
-                        td.num { (m.samples_received) } td.reason { (m.reason.as_deref().unwrap_or_default()) }
+                        td.num { (m.samples_received) } td.reason { (m.problem().unwrap_or_default()) }
                     }
                 }
                 }

@@ -155,6 +155,51 @@ pub struct MonitorRow {
     pub declares: Vec<String>,
     pub samples_received: u64,
     pub last_report: Option<String>,
+    /// Problems only the log showed before: refused samples, last error.
+    #[serde(flatten)]
+    pub problems: MonitorProblems,
+}
+
+/// What went wrong with a monitor's reports, kept by the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorProblems {
+    /// Samples refused (outside its declaration, or a resource another
+    /// monitor publishes).
+    #[serde(default)]
+    pub refused_samples: u64,
+    /// Why the last one was refused.
+    #[serde(default)]
+    pub last_refused: Option<String>,
+    /// Its last failure (an exec monitor's `error` message, a timeout, ...),
+    /// kept after it recovers.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub last_error_at: Option<String>,
+}
+
+impl MonitorRow {
+    /// One line saying what is wrong, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(reason) = &self.reason {
+            parts.push(reason.clone());
+        }
+        if let Some(refused) = &self.problems.last_refused {
+            parts.push(format!(
+                "{} samples refused, last: {refused}",
+                self.problems.refused_samples
+            ));
+        }
+        if let (Some(error), None) = (&self.problems.last_error, &self.reason) {
+            parts.push(format!(
+                "last error {}: {error}",
+                self.problems.last_error_at.as_deref().unwrap_or_default()
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
 }
 
 /// One configuration error in `vigil monitor list`.
@@ -276,6 +321,7 @@ pub fn monitor_row(name: &str, record: &MonitorRecord) -> MonitorRow {
         declares: record.patterns.iter().map(|p| p.to_string()).collect(),
         samples_received: record.samples_received,
         last_report: record.last_report_ms.map(rfc3339),
+        problems: MonitorProblems::default(),
     }
 }
 
