@@ -515,7 +515,7 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
     assert_eq!(json["resources"][0]["name"], "/testkit/h/r0");
     let (_, page) = http_get(port, "/").unwrap();
     assert!(
-        page.contains("<h1>vigil — node node1</h1>") && page.contains("/testkit/h/r0"),
+        page.contains("seen from <b>node1</b>") && page.contains("<tr data-monitor=\"tk\">"),
         "{page}"
     );
 }
