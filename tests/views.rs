@@ -784,8 +784,9 @@ fn monitor_list_and_status_show_broken_files_refused_samples_and_last_errors() {
     exec(
         "erring",
         "/erring/x",
-        // (Every fifth run: the startup probes run it too.)
-        "n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs\nif [ $((n % 5)) -eq 0 ]; then echo '{\"type\":\"error\",\"message\":\"no tool installed\"}'; else echo '{\"type\":\"sample\",\"name\":\"/erring/x\",\"value\":1}'; fi",
+        // (Every fifth run: the startup probes run it too. The count is kept
+        // beside the script: monitors run in the host's working directory.)
+        "runs=\"$(dirname \"$0\")/runs\"; n=$(cat \"$runs\" 2>/dev/null || echo 0); n=$((n+1)); echo $n > \"$runs\"\nif [ $((n % 5)) -eq 0 ]; then echo '{\"type\":\"error\",\"message\":\"no tool installed\"}'; else echo '{\"type\":\"sample\",\"name\":\"/erring/x\",\"value\":1}'; fi",
     );
     cfg.monitor("bad", "name = \"bad\"\ntype = \n");
     let _host = cfg.start_host();
