@@ -485,25 +485,6 @@ fn rust_monitor_served_over_stdio_works_oneshot_and_streaming() {
     });
 }
 
-/// A plain HTTP/1.0 GET on loopback; returns (status line, body).
-fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
-    Ok((
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    ))
-}
-
 #[test]
 fn http_api_serves_status_json_and_metrics_on_loopback() {
     let cfg = ConfigDir::new();
@@ -522,13 +503,11 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
     let (status, body) = http_get(port, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");
     assert!(
-        body.contains(
-            "vigil_resource_known{node=\"node1\",resource=\"/testkit/h/r0\",monitor=\"tk\"} 1"
-        ),
+        body.contains("vigil_resource_known{resource=\"/testkit/h/r0\",monitor=\"tk\"} 1"),
         "{body}"
     );
     assert!(
-        body.contains("vigil_monitor_ok{node=\"node1\",monitor=\"tk\",type=\"dylib\"} 1"),
+        body.contains("vigil_monitor_up{monitor=\"tk\",type=\"dylib\"} 1"),
         "{body}"
     );
     let (_, body) = http_get(port, "/api/resources?path=/testkit").unwrap();
@@ -536,7 +515,7 @@ fn http_api_serves_status_json_and_metrics_on_loopback() {
     assert_eq!(json["resources"][0]["name"], "/testkit/h/r0");
     let (_, page) = http_get(port, "/").unwrap();
     assert!(
-        page.contains("<h1>vigil — node node1</h1>") && page.contains("/testkit/h/r0"),
+        page.contains("seen from <b>node1</b>") && page.contains("<tr data-monitor=\"tk\">"),
         "{page}"
     );
 }

@@ -285,7 +285,7 @@ fn operator_halt_and_run() {
     let up = s.wait_state("up");
     assert_eq!(up["switching"], true);
     let err = s.cfg.vigil(&["pkg", "run", "nope"]);
-    assert_eq!(err.status.code(), Some(2));
+    assert_eq!(err.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&err.stderr).contains("no package named \"nope\""),
         "{err:?}"

@@ -99,14 +99,14 @@ fn simulate_refuses_bad_input_with_clear_errors() {
     cfg.write("state.toml", "[nodes.node9]\nstate = \"up\"\n");
     let state = cfg.path().join("state.toml").display().to_string();
     let out = cfg.vigil(&["simulate", "--state", &state]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("node9"),
         "{out:?}"
     );
     cfg.write("state.toml", "[nodes.node1]\nstate = \"sideways\"\n");
     let out = cfg.vigil(&["simulate", "--state", &state]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("sideways"),
         "{out:?}"
@@ -118,7 +118,7 @@ fn simulate_refuses_bad_input_with_clear_errors() {
         "{out:?}"
     );
     let out = cfg.vigil(&["simulate", "--state", &state, "--set", "garbage"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("garbage"),
         "{out:?}"

@@ -1,9 +1,7 @@
-//! The control API: JSON lines over a Unix socket (mode 0600), and the
-//! JSON shapes of every listing the CLI prints with `--json`.
+//! The control API: JSON lines over a Unix socket (mode 0600).
 //!
-//! Architecture invariant: this module and the SDK's wire module are the
-//! only places that know the JSON layout of vigil's outputs; the daemon
-//! answers requests with the typed structs below.
+//! The shapes of the answers live in [`crate::views`] (re-exported here):
+//! the daemon answers requests with those typed structs.
 //!
 //! One request line, one response line per connection. The server does not
 //! handle requests itself: it forwards them to the daemon's main loop and
@@ -26,7 +24,10 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use crate::registry::{ListedResource, Listing, MonitorRecord, MonitorStatus};
+pub use crate::views::{
+    ClassRow, ConfigErrorRow, DeclaredRow, MonitorRow, ReslsOutput, ResourceRow, monitor_row,
+    resls_output, rfc3339,
+};
 
 /// Longest request line accepted.
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -68,12 +69,14 @@ pub enum Request {
     /// Configuration errors the daemon knows of (from startup and the last
     /// reload), for `vigil monitor list`.
     ConfigErrors,
+    /// Whether the host vouches for itself (`/healthz`).
+    Health,
 }
 
 /// The fields each op takes, besides `op`.
 fn request_fields(op: &str) -> Option<&'static [&'static str]> {
     Some(match op {
-        "ping" | "monitors" | "status" | "config_errors" => &[],
+        "ping" | "monitors" | "status" | "config_errors" | "health" => &[],
         "resls" => &["path"],
         "why" => &["package"],
         "pkg" => &["action", "package", "node"],
@@ -163,203 +166,31 @@ pub struct ApiCall {
     pub reply: oneshot::Sender<Response>,
 }
 
-// ------------------------------------------------------------- JSON shapes
-
-/// `vigil resls --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReslsOutput {
-    pub node: String,
-    pub path: String,
-    pub resources: Vec<ResourceRow>,
-    /// Immediate child classes of `path`.
-    pub classes: Vec<ClassRow>,
-    /// Declared wildcard patterns at or below `path`.
-    pub declared: Vec<DeclaredRow>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceRow {
-    pub name: String,
-    /// A number, a string, or null when unknown.
-    pub value: serde_json::Value,
-    pub unit: Option<String>,
-    /// `known` or `unknown`.
-    pub state: String,
-    pub reason: Option<String>,
-    pub monitor: String,
-    /// RFC 3339; null for a declared resource never sampled.
-    pub updated: Option<String>,
-    pub age_seconds: Option<f64>,
-    pub used_by: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassRow {
-    pub name: String,
-    pub resources: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeclaredRow {
-    pub pattern: String,
-    pub monitor: String,
-}
-
-/// One monitor in `vigil monitor list --json` and status output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MonitorRow {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `starting`, `ok` or `failed`.
-    pub state: String,
-    pub reason: Option<String>,
-    pub declares: Vec<String>,
-    pub samples_received: u64,
-    pub last_report: Option<String>,
-}
-
-/// One configuration error in `vigil monitor list`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConfigErrorRow {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-    /// The monitor that keeps running its last good version because of
-    /// this error.
-    pub kept_running: Option<String>,
-}
-
-impl ConfigErrorRow {
-    pub fn new(error: &crate::config::ConfigError, kept_running: Option<String>) -> Self {
-        Self {
-            file: error.file.clone(),
-            line: error.line,
-            message: error.message.clone(),
-            kept_running,
-        }
-    }
-}
-
-impl std::fmt::Display for ConfigErrorRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message)?,
-            None => write!(f, "{}: {}", self.file.display(), self.message)?,
-        }
-        if let Some(monitor) = &self.kept_running {
-            write!(
-                f,
-                " (monitor {monitor} keeps running its last good version)"
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Formats milliseconds since the epoch as RFC 3339 (UTC).
-pub fn rfc3339(ms: u64) -> String {
-    let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> ResourceRow {
-    let s = &r.entry.sample;
-    let (value, unit) = match &s.value {
-        None => (serde_json::Value::Null, None),
-        Some(vigil_sdk::Value::Text(t)) => (serde_json::Value::String(t.clone()), None),
-        Some(vigil_sdk::Value::Number { value, unit }) => (
-            serde_json::Number::from_f64(*value)
-                .map_or(serde_json::Value::Null, serde_json::Value::Number),
-            unit.clone(),
-        ),
-    };
-    ResourceRow {
-        name: s.name.to_string(),
-        value,
-        unit,
-        state: if s.is_known() { "known" } else { "unknown" }.to_owned(),
-        reason: s.reason.clone(),
-        monitor: r.entry.monitor.clone(),
-        updated: r.sampled.then(|| rfc3339(s.timestamp_ms)),
-        age_seconds: r
-            .sampled
-            .then(|| now_ms.saturating_sub(s.timestamp_ms) as f64 / 1000.0),
-        used_by,
-    }
-}
-
-/// Shapes a registry listing; `used_by` names the packages using a resource.
-pub fn resls_output(
-    node: &str,
-    listing: &Listing,
-    now_ms: u64,
-    used_by: impl Fn(&str) -> Vec<String>,
-) -> ReslsOutput {
-    ReslsOutput {
-        node: node.to_owned(),
-        path: listing.path.clone(),
-        resources: listing
-            .resources
-            .iter()
-            .map(|r| resource_row(r, now_ms, used_by(r.entry.sample.name.as_str())))
-            .collect(),
-        classes: listing
-            .classes
-            .iter()
-            .map(|(name, n)| ClassRow {
-                name: name.clone(),
-                resources: *n,
-            })
-            .collect(),
-        declared: listing
-            .declared
-            .iter()
-            .map(|(p, m)| DeclaredRow {
-                pattern: p.to_string(),
-                monitor: m.clone(),
-            })
-            .collect(),
-    }
-}
-
-pub fn monitor_row(name: &str, record: &MonitorRecord) -> MonitorRow {
-    let (state, reason) = match &record.status {
-        MonitorStatus::Starting => ("starting", None),
-        MonitorStatus::Ok => ("ok", None),
-        MonitorStatus::Failed(r) => ("failed", Some(r.clone())),
-    };
-    MonitorRow {
-        name: name.to_owned(),
-        kind: record.kind.to_owned(),
-        state: state.to_owned(),
-        reason,
-        declares: record.patterns.iter().map(|p| p.to_string()).collect(),
-        samples_received: record.samples_received,
-        last_report: record.last_report_ms.map(rfc3339),
-    }
-}
-
 // ------------------------------------------------------------------ server
 
-/// Why the API socket could not be opened.
+/// Why the API socket could not be opened, or a call did not succeed.
+///
+/// The I/O errors are in the message and deliberately not a `source`:
+/// `vigil: {e:#}` prints the whole chain, which would say them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("another vigil host answers on {}", .0.display())]
     InUse(PathBuf),
-    #[error("socket {}: {source}", path.display())]
+    #[error("socket {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot reach the vigil host at {}: {source} (is `vigil host` running with this config dir?)", path.display())]
+    #[error("cannot reach the vigil host at {}: {error} (is `vigil host` running with this config dir?)", path.display())]
     Connect {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("talking to the vigil host at {}: {message}", path.display())]
     Protocol { path: PathBuf, message: String },
+    /// The host answered and refused, or the operation failed there.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The temporary name [`bind`] binds before renaming into place.
@@ -390,9 +221,9 @@ pub fn socket_path_problem(path: &Path) -> Option<String> {
 /// restricted, then renamed into place, so it is never reachable with a
 /// looser mode. A stale socket (nobody answers) is replaced.
 pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
-    let io = |source| ApiError::Io {
+    let io = |error| ApiError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -507,9 +338,9 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ApiErro
         path: path.to_owned(),
         message,
     };
-    let mut stream = StdUnixStream::connect(path).map_err(|source| ApiError::Connect {
+    let mut stream = StdUnixStream::connect(path).map_err(|error| ApiError::Connect {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let timeout = Some(Duration::from_secs(30));
     let _ = stream.set_read_timeout(timeout);
@@ -528,9 +359,11 @@ pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value, ApiErro
     match (response.ok, response.result, response.error) {
         (true, Some(result), _) => Ok(result),
         (true, None, _) => Ok(serde_json::Value::Null),
-        (false, _, error) => Err(protocol(
-            error.unwrap_or_else(|| "unspecified error".to_owned()),
-        )),
+        (false, _, error) => {
+            Err(ApiError::Refused(error.unwrap_or_else(|| {
+                "the host refused without saying why".to_owned()
+            })))
+        }
     }
 }
 

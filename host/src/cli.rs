@@ -2,8 +2,9 @@
 //! not need the daemon's main loop (they talk to it over the API, or run a
 //! monitor once on their own).
 //!
-//! Exit codes: 0 success, 1 a check failed (invalid config, a monitor that
-//! does not work), 2 any other error (usage, I/O, no daemon).
+//! Exit codes (DESIGN §7): 0 done; 1 refused, failed or invalid; 2 a usage
+//! error (clap's own, or a [`UsageError`] found after parsing); 3 the host
+//! cannot be reached. [`exit_code`] maps an error to its code.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,30 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::{self, Request, ReslsOutput};
 use crate::config::{self, DEFAULT_CONFIG_DIR, MonitorConfig};
 use crate::daemon::{self, HostOptions};
-use crate::package::manager::{AdminOp, StatusOutput, WhyOutput};
+use crate::package::manager::AdminOp;
 use crate::runtime::{self, MonitorEvent, RuntimeContext};
 use crate::validation;
+use crate::views::{StatusOutput, WhyOutput};
+
+/// Arguments that parse but cannot be used (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error of [`run`]: 2 for usage, 3 when the host
+/// cannot be reached, 1 for everything that was refused or failed.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.downcast_ref::<UsageError>().is_some() {
+        2
+    } else if matches!(
+        error.downcast_ref::<api::ApiError>(),
+        Some(api::ApiError::Connect { .. })
+    ) {
+        3
+    } else {
+        1
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +64,7 @@ pub enum Command {
     },
     /// Validate the configuration; prints file:line: message per error and exits 1 if any.
     Check {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -52,30 +75,49 @@ pub enum Command {
     Monitor(MonitorCommand),
     /// Cluster, nodes, packages, and the resources of each package.
     Status {
+        /// Print JSON (with --watch: one line per change).
         #[arg(long)]
         json: bool,
+        /// Also resource values and criteria, and where packages failed.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Keep showing the status, redrawn when it changes (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
     },
     /// Operate a package: run, halt, move, enable, disable, clear.
     Pkg {
+        /// What to do.
         #[arg(value_parser = ["run", "halt", "move", "enable", "disable", "clear"])]
         action: String,
+        /// The package.
         package: String,
+        /// The node (required by move; for run, enable, disable: only that node).
         #[arg(long)]
         node: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Wait until it is done or failed: --wait (300 s) or --wait=SECONDS; exit 1 if not.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
+        wait: Option<u64>,
     },
     /// Join (run) or drain (halt) a node.
     Node {
+        /// run (join) or halt (drain).
         #[arg(value_parser = ["run", "halt"])]
         action: String,
+        /// The node.
         node: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Why a package runs where it does, or why it cannot run anywhere.
     Why {
+        /// The package.
         package: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -147,6 +189,7 @@ pub struct SimulateArgs {
     /// Show why each package is placed where it is.
     #[arg(long)]
     pub explain: bool,
+    /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -170,11 +213,13 @@ pub enum MonitorCommand {
     Test {
         /// A monitor name from monitors.d, or a registration file.
         monitor: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// List the daemon's monitors and their health.
     List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -259,12 +304,17 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             crate::package::parts::ocf::AgentMonitor,
         >()),
         Command::Simulate(args) => simulate(&cli.config, &args),
-        Command::Status { json } => status(&cli.config, json),
+        Command::Status {
+            json,
+            verbose,
+            watch,
+        } => status(&cli.config, json, verbose, watch),
         Command::Pkg {
             action,
             package,
             node,
             json,
+            wait,
         } => {
             let action = match action.as_str() {
                 "run" => AdminOp::Run,
@@ -274,15 +324,27 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
                 "disable" => AdminOp::Disable,
                 _ => AdminOp::Clear,
             };
-            admin(
+            if action == AdminOp::Move && node.is_none() {
+                return Err(UsageError(format!(
+                    "pkg move {package} needs --node NODE: the node to move it to"
+                ))
+                .into());
+            }
+            let code = admin(
                 &cli.config,
                 Request::Pkg {
-                    action,
-                    package,
-                    node,
+                    action: action.clone(),
+                    package: package.clone(),
+                    node: node.clone(),
                 },
                 json,
-            )
+            )?;
+            match wait {
+                Some(seconds) if code == 0 => {
+                    wait_package(&cli.config, &action, &package, node.as_deref(), seconds)
+                }
+                _ => Ok(code),
+            }
         }
         Command::Node { action, node, json } => admin(
             &cli.config,
@@ -361,12 +423,7 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         Ok(validated) => (validated.errors, validated.monitors),
     };
     if json {
-        print_json(&serde_json::json!({
-            "ok": errors.is_empty(),
-            "errors": errors.iter().map(|e| serde_json::json!({
-                "file": e.file, "line": e.line, "message": e.message,
-            })).collect::<Vec<_>>(),
-        }))?;
+        print_json(&crate::views::CheckOutput::new(&errors))?;
     } else if errors.is_empty() {
         println!("configuration is valid ({monitors} monitors)");
     } else {
@@ -377,84 +434,242 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(if errors.is_empty() { 0 } else { 1 })
 }
 
-fn status(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
-    let cluster = cluster_config(config_dir)?;
-    let socket = cluster.api.socket.clone();
-    let result = api::call(&socket, &Request::Status)?;
-    let out: StatusOutput = serde_json::from_value(result).context("decoding the status answer")?;
-    let result = api::call(&socket, &Request::ConfigErrors)?;
-    let errors: Vec<api::ConfigErrorRow> =
-        serde_json::from_value(result).context("decoding the answer")?;
-    // Parts are node-local: they are read from this node's run records.
-    let parts_here = |package: &str| -> Vec<crate::package::parts::Part> {
-        let dir = cluster.paths.records();
-        crate::package::lifecycle::RunRecord::load(&crate::package::agent::record_path(
-            &dir, package,
-        ))
-        .map(|r| r.parts)
-        .unwrap_or_default()
+/// How `vigil status` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusStyle {
+    /// `-v`: resources with values and criteria, failed nodes.
+    pub verbose: bool,
+    /// ANSI colours (only on a terminal).
+    pub colour: bool,
+}
+
+/// A state word, coloured when `colour`: green up, yellow on its way,
+/// red failed or down.
+fn paint(word: &str, width: usize, colour: bool) -> String {
+    let padded = format!("{word:<width$}");
+    if !colour {
+        return padded;
+    }
+    let code = match word {
+        "up" | "ok" | "known" => "32",
+        "starting" | "halting" | "halted" | "pending" => "33",
+        "failed" | "down" | "unknown" => "31",
+        _ => return padded,
     };
-    if json {
-        let mut value = serde_json::to_value(&out)?;
-        value["config_errors"] = serde_json::to_value(&errors)?;
-        if let Some(packages) = value["packages"].as_array_mut() {
-            for p in packages {
-                let name = p["name"].as_str().unwrap_or_default().to_owned();
-                p["parts_here"] = serde_json::Value::Array(
-                    parts_here(&name)
-                        .iter()
-                        .map(|part| serde_json::json!({"kind": part.kind(), "part": part.to_string()}))
-                        .collect(),
-                );
-            }
-        }
-        print_json(&value)?;
-        return Ok(0);
-    }
+    format!("\x1b[{code}m{padded}\x1b[0m")
+}
+
+/// `vigil status` for people; `resources` gives values for `-v`.
+pub fn status_text(
+    out: &StatusOutput,
+    resources: Option<&ReslsOutput>,
+    style: StatusStyle,
+) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let errors = &out.config_errors;
     if !errors.is_empty() {
-        println!("configuration errors (`vigil check` shows them too):");
-        for e in &errors {
-            println!("  {e}");
+        let _ = writeln!(t, "configuration errors (`vigil check` shows them too):");
+        for e in errors {
+            let _ = writeln!(t, "  {e}");
         }
-        println!();
+        let _ = writeln!(t);
     }
-    println!("cluster {} (this node: {})", out.cluster, out.node);
-    println!("\nNODE             STATE");
+    let _ = writeln!(t, "cluster {} (this node: {})", out.cluster, out.node);
+    let _ = writeln!(t, "\nNODE             STATE");
     for n in &out.nodes {
-        println!("{:<16} {}", n.name, n.state);
+        let _ = writeln!(t, "{:<16} {}", n.name, paint(&n.state, 0, style.colour));
     }
-    println!("\nPACKAGE          STATE     RUNNING ON       SWITCHING  TOKEN  REASON");
+    let _ = writeln!(
+        t,
+        "\nPACKAGE          STATE     RUNNING ON       SWITCHING  TOKEN  REASON"
+    );
     for p in &out.packages {
         let on = if p.running_on.is_empty() {
             "-".to_owned()
         } else {
             p.running_on.join(",")
         };
-        println!(
-            "{:<16} {:<9} {:<16} {:<10} {:>5}  {}",
+        let _ = writeln!(
+            t,
+            "{:<16} {} {:<16} {:<10} {:>5}  {}",
             p.name,
-            p.state,
+            paint(&p.state, 9, style.colour),
             on,
             if p.switching { "enabled" } else { "disabled" },
             p.fence_token,
             p.reason
         );
-        for r in &p.resources {
-            println!("    {:<44} {:<8} ({})", r.name, r.state, r.evaluate);
+        if style.verbose && !p.failed_on.is_empty() {
+            let _ = writeln!(t, "    failed on: {}", p.failed_on.join(", "));
         }
-        for part in parts_here(&p.name) {
-            println!("    part {part:<39} up on {}", out.node);
+        for r in &p.resources {
+            if style.verbose {
+                let value = resources
+                    .and_then(|l| l.resources.iter().find(|x| x.name == r.name))
+                    .map_or("-".to_owned(), |x| {
+                        display_value(&x.value, x.unit.as_deref())
+                    });
+                let _ = writeln!(
+                    t,
+                    "    {:<44} {} {:>12}  up when {}  ({})",
+                    r.name,
+                    paint(&r.state, 8, style.colour),
+                    value,
+                    r.criterion,
+                    r.evaluate
+                );
+            } else {
+                let _ = writeln!(
+                    t,
+                    "    {:<44} {} ({})",
+                    r.name,
+                    paint(&r.state, 8, style.colour),
+                    r.evaluate
+                );
+            }
+        }
+        for part in &p.parts_here {
+            let _ = writeln!(t, "    part {:<39} up on {}", part.part, out.node);
         }
     }
-    Ok(0)
+    t
+}
+
+/// The monitors with a problem, for `vigil status`.
+fn monitor_problems(rows: &[api::MonitorRow]) -> String {
+    let lines: Vec<String> = rows
+        .iter()
+        .filter_map(|r| Some(format!("{:<16} {:<9} {}\n", r.name, r.state, r.problem()?)))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nMONITOR PROBLEMS (`vigil monitor list`)\n{}",
+        lines.concat()
+    )
+}
+
+/// How often `status --watch` asks the host.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn status(config_dir: &Path, json: bool, verbose: bool, watch: bool) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let socket = socket_path(config_dir)?;
+    let tty = std::io::stdout().is_terminal();
+    let style = StatusStyle {
+        verbose,
+        colour: tty && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut shown = String::new();
+    loop {
+        let result = api::call(&socket, &Request::Status)?;
+        let out: StatusOutput =
+            serde_json::from_value(result).context("decoding the status answer")?;
+        if json && !watch {
+            print_json(&out)?;
+            return Ok(0);
+        }
+        let text = if json {
+            serde_json::to_string(&out)? + "\n"
+        } else if !verbose {
+            let rows = api::call(&socket, &Request::Monitors)?;
+            let rows: Vec<api::MonitorRow> =
+                serde_json::from_value(rows).context("decoding the monitors")?;
+            status_text(&out, None, style) + &monitor_problems(&rows)
+        } else {
+            let resources = if verbose {
+                let listing = api::call(&socket, &Request::Resls { path: "/".into() })?;
+                Some(serde_json::from_value::<ReslsOutput>(listing).context("decoding resls")?)
+            } else {
+                None
+            };
+            let rows = api::call(&socket, &Request::Monitors)?;
+            let rows: Vec<api::MonitorRow> =
+                serde_json::from_value(rows).context("decoding the monitors")?;
+            status_text(&out, resources.as_ref(), style) + &monitor_problems(&rows)
+        };
+        if !watch {
+            print!("{text}");
+            return Ok(0);
+        }
+        // Redraw only on change; a pipe gets each new state appended.
+        if text != shown {
+            let mut stdout = std::io::stdout().lock();
+            if tty && !json {
+                write!(stdout, "\x1b[H\x1b[2J")?;
+            } else if !shown.is_empty() && !json {
+                writeln!(stdout, "---")?;
+            }
+            write!(stdout, "{text}")?;
+            stdout.flush()?;
+            shown = text;
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
+/// `--wait`: polls the package until `action` is done (0) or failed, or
+/// `seconds` pass (1).
+fn wait_package(
+    config_dir: &Path,
+    action: &AdminOp,
+    package: &str,
+    node: Option<&str>,
+    seconds: u64,
+) -> anyhow::Result<i32> {
+    let socket = socket_path(config_dir)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let result = api::call(&socket, &Request::Status)?;
+        let out: StatusOutput =
+            serde_json::from_value(result).context("decoding the status answer")?;
+        let p = out
+            .packages
+            .iter()
+            .find(|p| p.name == package)
+            .with_context(|| format!("{package} is no longer in the cluster's packages"))?;
+        let done = match action {
+            AdminOp::Run | AdminOp::Move => {
+                p.state == "up" && node.is_none_or(|n| p.running_on.iter().any(|o| o == n))
+            }
+            AdminOp::Halt => p.running_on.is_empty() && p.state != "halting",
+            AdminOp::Enable | AdminOp::Disable | AdminOp::Clear => true,
+        };
+        if done {
+            match p.running_on.is_empty() {
+                true => println!("{package} is {}", p.state),
+                false => println!("{package} is {} on {}", p.state, p.running_on.join(",")),
+            }
+            return Ok(0);
+        }
+        if p.state == "failed" {
+            eprintln!(
+                "vigil: {package} failed: {} (`vigil why {package}`; `vigil pkg clear {package}` after fixing it)",
+                p.reason
+            );
+            return Ok(1);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "vigil: {package} is still {} after {seconds} s: {} (`vigil why {package}`)",
+                p.state, p.reason
+            );
+            return Ok(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn admin(config_dir: &Path, request: Request, json: bool) -> anyhow::Result<i32> {
     let result = api::call(&socket_path(config_dir)?, &request)?;
+    let out: crate::views::AdminOutput =
+        serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&result)?;
+        print_json(&out)?;
     } else {
-        println!("{}", result["done"].as_str().unwrap_or_default());
+        println!("{}", out.done);
     }
     Ok(0)
 }
@@ -547,7 +762,7 @@ fn simulate(config_dir: &Path, args: &SimulateArgs) -> anyhow::Result<i32> {
 
 fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
     if let Some(problem) = api::resls_path_problem(&args.path) {
-        bail!("resls PATH: {problem}");
+        return Err(UsageError(format!("resls PATH: {problem}")).into());
     }
     let socket = socket_path(config_dir)?;
     let result = api::call(
@@ -557,9 +772,12 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
         },
     )?;
     let out: ReslsOutput = serde_json::from_value(result).context("decoding the resls answer")?;
+    // Nothing below a path asked for is an error; nothing at all (no
+    // monitors yet) is an answer.
+    let nothing = out.resources.is_empty() && out.declared.is_empty() && out.path != "/";
     if args.json {
         print_json(&out)?;
-        return Ok(0);
+        return Ok(if nothing { 1 } else { 0 });
     }
     let mut stdout = std::io::stdout().lock();
     let exact = out.resources.len() == 1 && out.resources[0].name == out.path;
@@ -616,8 +834,16 @@ fn resls(config_dir: &Path, args: &ReslsArgs) -> anyhow::Result<i32> {
             )?;
         }
     }
-    if out.resources.is_empty() && out.declared.is_empty() {
-        writeln!(stdout, "no resources at or below {}", out.path)?;
+    if out.resources.is_empty() && out.declared.is_empty() && !nothing {
+        writeln!(stdout, "no resources on {} yet", out.node)?;
+    }
+    if nothing {
+        drop(stdout);
+        eprintln!(
+            "vigil: no resource at or below {} on {} (`vigil resls /` lists them all)",
+            out.path, out.node
+        );
+        return Ok(1);
     }
     Ok(0)
 }
@@ -648,20 +874,51 @@ fn monitor_list(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let errors: Vec<api::ConfigErrorRow> =
         serde_json::from_value(result).context("decoding the answer")?;
     if json {
-        print_json(&serde_json::json!({ "monitors": rows, "config_errors": errors }))?;
+        print_json(&crate::views::MonitorListOutput {
+            monitors: rows,
+            config_errors: errors,
+        })?;
     } else {
         println!(
             "{:<16} {:<7} {:<9} {:>8} REASON",
             "NAME", "TYPE", "STATE", "SAMPLES"
         );
-        for r in rows {
+        for r in &rows {
             println!(
                 "{:<16} {:<7} {:<9} {:>8} {}",
                 r.name,
                 r.kind,
                 r.state,
                 r.samples_received,
-                r.reason.unwrap_or_default()
+                r.problem().unwrap_or_default()
+            );
+        }
+        // A monitor file that did not load is a row too, not only a line
+        // at the bottom: otherwise the monitor is simply absent.
+        let monitors_d = config_dir.join("monitors.d");
+        for e in errors.iter().filter(|e| e.file.starts_with(&monitors_d)) {
+            let name = e
+                .kept_running
+                .clone()
+                .or_else(|| Some(e.file.file_stem()?.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            if rows
+                .iter()
+                .any(|r| r.name == name && e.kept_running.is_none())
+            {
+                continue;
+            }
+            println!(
+                "{:<16} {:<7} {:<9} {:>8} file {} is broken: {}",
+                name,
+                "-",
+                "broken",
+                "-",
+                e.file.strip_prefix(config_dir).unwrap_or(&e.file).display(),
+                match e.line {
+                    Some(line) => format!("line {line}: {}", e.message),
+                    None => e.message.clone(),
+                }
             );
         }
         if !errors.is_empty() {

@@ -590,6 +590,22 @@ struct Watch {
     since_ms: u64,
 }
 
+/// How a package judges a resource now: state, criteria, the hysteresis
+/// counts, and what the latest sample said (`90 does not meet < 80`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub state: ResourceState,
+    pub criteria: String,
+    pub rise: u32,
+    pub fall: u32,
+    /// Good samples in a row (toward `rise`).
+    pub good_run: u32,
+    /// Bad or unknown samples in a row (toward `fall`).
+    pub not_good_run: u32,
+    /// `None` when no sample arrived yet.
+    pub detail: Option<String>,
+}
+
 /// Criteria and hysteresis for every (package, resource) pair, fed with
 /// samples as they arrive. Samples of resources nobody watches cost one
 /// hash lookup. The latest value of every resource seen is kept, so that a
@@ -830,6 +846,24 @@ impl Tracker {
             .iter()
             .filter_map(|r| Some((r.clone(), self.state(package, r)?)))
             .collect()
+    }
+
+    /// How `package` judges `resource` now, for `vigil why`.
+    pub fn judged(&self, package: &str, resource: &ResourceName) -> Option<Judged> {
+        let watch = self.by_resource.get(resource)?.get(package)?;
+        let h = &watch.hysteresis;
+        Some(Judged {
+            state: h.state(),
+            criteria: watch.criteria.to_string(),
+            rise: h.rise,
+            fall: h.fall,
+            good_run: h.good_run,
+            not_good_run: h.not_good_run,
+            detail: self
+                .latest
+                .get(resource)
+                .map(|sample| detail(&watch.criteria, sample)),
+        })
     }
 
     /// The criteria `package` applies to `resource`, for explanations.

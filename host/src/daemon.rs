@@ -157,11 +157,19 @@ pub fn resolve_node(config: &Config, requested: Option<&str>) -> anyhow::Result<
             .into_owned(),
     };
     if !nodes.contains(&node) {
-        anyhow::bail!(
-            "node {node:?} is not in cluster.nodes ({}) of {}; pass --node",
-            nodes.join(", "),
-            config.cluster.dir.join("cluster.toml").display()
-        );
+        let file = config.cluster.dir.join("cluster.toml");
+        match requested {
+            Some(_) => anyhow::bail!(
+                "--node {node}: not in cluster.nodes ({}) of {}; add it there or pass one of those",
+                nodes.join(", "),
+                file.display()
+            ),
+            None => anyhow::bail!(
+                "this machine's hostname {node:?} is not in cluster.nodes ({}) of {}; pass --node NAME",
+                nodes.join(", "),
+                file.display()
+            ),
+        }
     }
     Ok(node)
 }
@@ -296,6 +304,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         events: events.clone(),
         config_dir: options.config_dir.clone(),
         refusal_logs: BTreeMap::new(),
+        monitor_problems: BTreeMap::new(),
     };
     state.manager.step(&state.hub).await;
     let mut notifier = crate::notify::Notifier::from_env();
@@ -560,6 +569,8 @@ struct DaemonState {
     /// Per monitor, the log budget for its refused samples: a monitor that
     /// floods undeclared samples must not flood the log.
     refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
+    /// Refused samples and last errors by monitor, for `monitor list`.
+    monitor_problems: BTreeMap<String, crate::views::MonitorProblems>,
 }
 
 /// Whether a reload task runs; a SIGHUP during one queues one more.
@@ -771,7 +782,17 @@ impl DaemonState {
             | MonitorEvent::Samples { monitor, .. }
             | MonitorEvent::Failed { monitor, .. } => monitor.clone(),
         };
+        if let MonitorEvent::Failed { reason, .. } = &event {
+            let problems = self.monitor_problems.entry(monitor.clone()).or_default();
+            problems.last_error = Some(reason.clone());
+            problems.last_error_at = Some(api::rfc3339(now_ms()));
+        }
         let (applied, transitions) = self.hub.apply(event, now_ms());
+        if let Some(last) = applied.refused.last() {
+            let problems = self.monitor_problems.entry(monitor.clone()).or_default();
+            problems.refused_samples += applied.refused.len() as u64;
+            problems.last_refused = Some(last.clone());
+        }
         // One line per recorded sample: its log timestamp is when the host
         // knew the value, which `bench/detection_latency` measures against.
         for sample in &applied.recorded {
@@ -804,35 +825,129 @@ impl DaemonState {
                 }))
             }
             Request::Status => match self.manager.status(&self.hub).await {
-                Ok(status) => Response::ok(status),
+                Ok(mut status) => {
+                    status.config_errors.clone_from(&self.config_errors);
+                    Response::ok(status)
+                }
                 Err(e) => Response::error(e.to_string()),
             },
             Request::Why { package } => match self.manager.why(&package, &self.hub).await {
-                Ok(why) => Response::ok(why),
-                Err(e) => Response::error(e),
+                Ok(mut why) => {
+                    why.resources = self.why_resources(&package);
+                    for r in &why.resources {
+                        if !why.text.ends_with('\n') {
+                            why.text.push('\n');
+                        }
+                        why.text.push_str(&format!("{r}\n"));
+                    }
+                    Response::ok(why)
+                }
+                Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
             },
             Request::Pkg {
                 action,
                 package,
                 node,
-            } => match self.manager.admin(action, &package, node.as_deref()).await {
-                Ok(done) => Response::ok(serde_json::json!({ "done": done })),
-                Err(e) => Response::error(e),
+            } => match self
+                .manager
+                .admin(action, &package, node.as_deref(), &self.hub)
+                .await
+            {
+                Ok(done) => Response::ok(crate::views::AdminOutput { done }),
+                Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
             },
             Request::Node { halt, node } => match self.manager.node_admin(halt, &node).await {
-                Ok(done) => Response::ok(serde_json::json!({ "done": done })),
+                Ok(done) => Response::ok(crate::views::AdminOutput { done }),
                 Err(e) => Response::error(e),
             },
             Request::ConfigErrors => Response::ok(&self.config_errors),
+            Request::Health => Response::ok(crate::views::HealthOutput::new(
+                &self.node,
+                self.manager.on_cluster(),
+                self.manager.lease_in_doubt(),
+            )),
             Request::Monitors => Response::ok(
                 self.hub
                     .registry
                     .monitors()
                     .iter()
-                    .map(|(name, record)| api::monitor_row(name, record))
+                    .map(|(name, record)| {
+                        let mut row = api::monitor_row(name, record);
+                        if let Some(problems) = self.monitor_problems.get(name) {
+                            row.problems = problems.clone();
+                        }
+                        row
+                    })
                     .collect::<Vec<_>>(),
             ),
         }
+    }
+
+    /// How this node judges each resource `package` requires, with what
+    /// explains it: the latest value against the criterion, a failed
+    /// monitor, or no monitor at all.
+    fn why_resources(&self, package: &str) -> Vec<crate::views::WhyResource> {
+        let monitors = self.hub.registry.monitors();
+        self.hub
+            .states(package)
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let judged = self.hub.judged(package, &name)?;
+                let entry = self.hub.registry.get(&name);
+                let failed = entry
+                    .and_then(|e| Some((e.monitor.as_str(), monitors.get(&e.monitor)?)))
+                    .and_then(|(m, record)| match &record.status {
+                        crate::registry::MonitorStatus::Failed(reason) => {
+                            Some(format!("monitor {m} failed: {reason}"))
+                        }
+                        _ => None,
+                    });
+                let detail = if !self.hub.registry.is_declared(&name) {
+                    "no monitor declares it".to_owned()
+                } else if let Some(failed) = failed {
+                    failed
+                } else {
+                    judged
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "no sample yet".to_owned())
+                };
+                Some(crate::views::WhyResource {
+                    name: name.to_string(),
+                    state: judged.state.as_str().to_owned(),
+                    criterion: judged.criteria,
+                    rise: judged.rise,
+                    fall: judged.fall,
+                    good_run: judged.good_run,
+                    bad_run: judged.not_good_run,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// "file packages.d/x.toml is broken: ..." when the package is unknown
+    /// because its file did not load.
+    fn broken_package(&self, package: &str) -> Option<String> {
+        let file = self
+            .config_dir
+            .join("packages.d")
+            .join(format!("{package}.toml"));
+        let errors: Vec<String> = self
+            .config_errors
+            .iter()
+            .filter(|e| e.file == file)
+            .map(|e| match e.line {
+                Some(line) => format!("line {line}: {}", e.message),
+                None => e.message.clone(),
+            })
+            .collect();
+        (!errors.is_empty()).then(|| {
+            format!(
+                "file packages.d/{package}.toml is broken: {} (`vigil check` lists every error)",
+                errors.join("; ")
+            )
+        })
     }
 
     /// Reads and validates the configuration on a task; the result comes

@@ -1,22 +1,34 @@
-//! The HTTP side of the API (`[api] http_listen`): a status page, the same
-//! JSON as `vigil resls --json` and `vigil monitor list --json`, and
-//! Prometheus metrics at `/metrics`.
+//! The HTTP side of the API (`[api] http_listen`): the live cluster page
+//! (`page`, updated over Server-Sent Events at `/api/events`),
+//! `/api/status` (the `vigil status --json` document), `/api/packages/<name>/why`
+//! (`vigil why --json`), the same JSON as `vigil resls --json` and
+//! `vigil monitor list --json`, `/healthz`, and Prometheus metrics at
+//! `/metrics`.
 //!
 //! Read-only by design: every operation that changes state goes through the
 //! Unix socket, whose 0600 mode is the access control. Like the socket
 //! server, it answers nothing itself: requests go to the main loop as
 //! [`ApiCall`]s.
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response as HttpResponse};
 use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiCall, MonitorRow, Request, ReslsOutput};
+use crate::views::{ClusterView, HealthOutput, StatusOutput, WhyOutput};
+use crate::watch::Watch;
+
+/// How often the HTTP side asks the main loop for the cluster's status,
+/// to see events and push page updates.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 struct Calls(mpsc::UnboundedSender<ApiCall>);
@@ -47,8 +59,118 @@ impl Calls {
     }
 
     async fn monitors(&self) -> Result<Vec<MonitorRow>, String> {
-        let v = self.call(Request::Monitors).await?;
+        self.typed(Request::Monitors).await
+    }
+
+    async fn status(&self) -> Result<StatusOutput, String> {
+        self.typed(Request::Status).await
+    }
+
+    async fn why(&self, package: &str) -> Result<WhyOutput, String> {
+        self.typed(Request::Why {
+            package: package.to_owned(),
+        })
+        .await
+    }
+
+    async fn health(&self) -> Result<HealthOutput, String> {
+        self.typed(Request::Health).await
+    }
+
+    /// One round of requests for everything the page and metrics show.
+    async fn view(&self, events: Vec<crate::views::ClusterEvent>) -> Result<ClusterView, String> {
+        self.view_with(self.status().await?, events).await
+    }
+
+    /// [`Calls::view`] around a status already fetched.
+    async fn view_with(
+        &self,
+        status: StatusOutput,
+        events: Vec<crate::views::ClusterEvent>,
+    ) -> Result<ClusterView, String> {
+        Ok(ClusterView {
+            status,
+            resources: self.resls("/").await?,
+            monitors: self.monitors().await?,
+            health: self.health().await?,
+            events,
+        })
+    }
+
+    async fn typed<T: serde::de::DeserializeOwned>(&self, request: Request) -> Result<T, String> {
+        let v = self.call(request).await?;
         serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+}
+
+/// What the HTTP side keeps between requests.
+struct Shared {
+    watch: Watch,
+    /// The last `#cluster` fragment pushed to the page's clients.
+    fragment: Option<Arc<String>>,
+    updates: tokio::sync::broadcast::Sender<Arc<String>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            watch: Watch::default(),
+            fragment: None,
+            // Each fragment is the whole state: a short queue is enough.
+            updates: tokio::sync::broadcast::channel(4).0,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    calls: Calls,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl App {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding it leaves plain data behind: keep serving.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Polls the main loop's status for ever, feeding [`Watch`] (events and
+/// failover counts); ends when the daemon stops.
+async fn watch(app: App) {
+    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if app.calls.0.is_closed() {
+            break;
+        }
+        // A busy or failing main loop is skipped this round.
+        let Ok(status) = app.calls.status().await else {
+            continue;
+        };
+        let at = crate::api::rfc3339(vigil_sdk::now_ms());
+        let (events, watched) = {
+            let mut shared = app.lock();
+            for e in shared.watch.observe(&status, &at) {
+                tracing::info!(kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+            }
+            (shared.watch.events(), shared.updates.receiver_count() > 0)
+        };
+        // Rendering needs the resources and monitors too: only for pages
+        // that are open.
+        if !watched {
+            continue;
+        }
+        let Ok(view) = app.calls.view_with(status, events).await else {
+            continue;
+        };
+        let fragment = Arc::new(crate::page::cluster(&view).into_string());
+        let mut shared = app.lock();
+        if shared.fragment.as_deref() != Some(&*fragment) {
+            shared.fragment = Some(Arc::clone(&fragment));
+            let _ = shared.updates.send(fragment);
+        }
     }
 }
 
@@ -61,214 +183,109 @@ struct PathQuery {
     path: Option<String>,
 }
 
-async fn resources(State(calls): State<Calls>, Query(q): Query<PathQuery>) -> HttpResponse {
-    match calls.resls(q.path.as_deref().unwrap_or("/")).await {
+async fn resources(State(app): State<App>, Query(q): Query<PathQuery>) -> HttpResponse {
+    match app.calls.resls(q.path.as_deref().unwrap_or("/")).await {
         Ok(out) => axum::Json(out).into_response(),
         Err(e) => failure(e),
     }
 }
 
-async fn monitors(State(calls): State<Calls>) -> HttpResponse {
-    match calls.monitors().await {
+async fn monitors(State(app): State<App>) -> HttpResponse {
+    match app.calls.monitors().await {
         Ok(rows) => axum::Json(serde_json::json!({ "monitors": rows })).into_response(),
         Err(e) => failure(e),
     }
 }
 
-/// Escapes a Prometheus label value.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+async fn status(State(app): State<App>) -> HttpResponse {
+    match app.calls.status().await {
+        Ok(out) => axum::Json(out).into_response(),
+        Err(e) => failure(e),
+    }
 }
 
-/// Prometheus text exposition of resources and monitors.
-pub fn metrics_text(resls: &ReslsOutput, monitors: &[MonitorRow]) -> String {
-    let mut out = String::new();
-    let node = label(&resls.node);
-    out.push_str("# HELP vigil_resource_value Latest numeric value of a resource.\n# TYPE vigil_resource_value gauge\n");
-    for r in &resls.resources {
-        if let Some(v) = r.value.as_f64() {
-            let _ = writeln!(
-                out,
-                "vigil_resource_value{{node=\"{node}\",resource=\"{}\",monitor=\"{}\",unit=\"{}\"}} {v}",
-                label(&r.name),
-                label(&r.monitor),
-                label(r.unit.as_deref().unwrap_or_default())
-            );
+async fn why(State(app): State<App>, Path(package): Path<String>) -> HttpResponse {
+    match app.calls.why(&package).await {
+        Ok(out) => axum::Json(out).into_response(),
+        // The host answered: the package is unknown (or its file broken).
+        Err(e) => (StatusCode::NOT_FOUND, e).into_response(),
+    }
+}
+
+/// 200 when the host's main loop answers and it vouches for its lease; 503
+/// otherwise (a load balancer or systemd-style probe reads only the code).
+async fn healthz(State(app): State<App>) -> HttpResponse {
+    match app.calls.health().await {
+        Ok(h) if h.healthy => axum::Json(h).into_response(),
+        Ok(h) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(h)).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> HttpResponse {
+    match app.calls.view(Vec::new()).await {
+        Ok(view) => {
+            let failovers = app.lock().watch.failovers().clone();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                crate::metrics::render(&view, &failovers),
+            )
+                .into_response()
         }
-    }
-    out.push_str("# HELP vigil_resource_known 1 when the resource's value is known, 0 when unknown.\n# TYPE vigil_resource_known gauge\n");
-    for r in &resls.resources {
-        let _ = writeln!(
-            out,
-            "vigil_resource_known{{node=\"{node}\",resource=\"{}\",monitor=\"{}\"}} {}",
-            label(&r.name),
-            label(&r.monitor),
-            u8::from(r.state == "known")
-        );
-    }
-    out.push_str("# HELP vigil_monitor_ok 1 when the monitor's last report was good.\n# TYPE vigil_monitor_ok gauge\n");
-    for m in monitors {
-        let _ = writeln!(
-            out,
-            "vigil_monitor_ok{{node=\"{node}\",monitor=\"{}\",type=\"{}\"}} {}",
-            label(&m.name),
-            label(&m.kind),
-            u8::from(m.state == "ok")
-        );
-    }
-    out.push_str("# HELP vigil_monitor_samples_total Samples recorded from the monitor.\n# TYPE vigil_monitor_samples_total counter\n");
-    for m in monitors {
-        let _ = writeln!(
-            out,
-            "vigil_monitor_samples_total{{node=\"{node}\",monitor=\"{}\"}} {}",
-            label(&m.name),
-            m.samples_received
-        );
-    }
-    out
-}
-
-async fn metrics(State(calls): State<Calls>) -> HttpResponse {
-    match (calls.resls("/").await, calls.monitors().await) {
-        (Ok(resls), Ok(monitors)) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            metrics_text(&resls, &monitors),
-        )
-            .into_response(),
-        (Err(e), _) | (_, Err(e)) => failure(e),
+        Err(e) => failure(e),
     }
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+async fn page(State(app): State<App>) -> HttpResponse {
+    let events = app.lock().watch.events();
+    match app.calls.view(events).await {
+        Ok(view) => Html(crate::page::page(&view).into_string()).into_response(),
+        Err(e) => failure(e),
+    }
 }
 
-async fn page(State(calls): State<Calls>) -> HttpResponse {
-    let (resls, monitors) = match (calls.resls("/").await, calls.monitors().await) {
-        (Ok(r), Ok(m)) => (r, m),
-        (Err(e), _) | (_, Err(e)) => return failure(e),
+/// Server-Sent Events: the current `#cluster` fragment at once, then each
+/// new one the watcher renders (at most one per [`WATCH_INTERVAL`]).
+async fn events(State(app): State<App>) -> HttpResponse {
+    use tokio_stream::StreamExt as _;
+    let (current, updates) = {
+        let shared = app.lock();
+        (shared.fragment.clone(), shared.updates.subscribe())
     };
-    let mut html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>vigil {node}</title><style>body{{font-family:sans-serif}}table{{border-collapse:collapse}}\
-         td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}.unknown{{color:#b00}}</style></head>\
-         <body><h1>vigil — node {node}</h1><h2>Monitors</h2><table><tr><th>name</th><th>type</th><th>state</th><th>samples</th><th>reason</th></tr>",
-        node = html_escape(&resls.node)
-    );
-    for m in &monitors {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&m.name),
-            html_escape(&m.kind),
-            html_escape(&m.state),
-            m.samples_received,
-            html_escape(m.reason.as_deref().unwrap_or_default())
-        );
-    }
-    html.push_str("</table><h2>Resources</h2><table><tr><th>name</th><th>value</th><th>state</th><th>age</th><th>monitor</th><th>reason</th></tr>");
-    for r in &resls.resources {
-        let value = match &r.value {
-            serde_json::Value::Null => "-".to_owned(),
-            serde_json::Value::String(s) => s.clone(),
-            v => format!("{v}{}", r.unit.as_deref().unwrap_or_default()),
-        };
-        let _ = write!(
-            html,
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&r.state),
-            html_escape(&r.name),
-            html_escape(&value),
-            html_escape(&r.state),
-            r.age_seconds.map_or("-".to_owned(), |a| format!("{a:.1}s")),
-            html_escape(&r.monitor),
-            html_escape(r.reason.as_deref().unwrap_or_default())
-        );
-    }
-    html.push_str("</table></body></html>");
-    Html(html).into_response()
+    let first = tokio_stream::iter(current.map(Ok));
+    // A client too slow for the channel skips to the next fragment: each
+    // one is the whole state.
+    let rest = tokio_stream::wrappers::BroadcastStream::new(updates)
+        .filter_map(|update| update.ok().map(Ok));
+    let stream = first
+        .chain(rest)
+        .map(|fragment: Result<Arc<String>, Infallible>| {
+            fragment.map(|f| Event::default().event("cluster").data(f.as_str()))
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// Serves the HTTP API on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::UnboundedSender<ApiCall>) {
-    let app = Router::new()
+    let app = App {
+        calls: Calls(calls),
+        shared: Arc::default(),
+    };
+    let watcher = tokio::spawn(watch(app.clone()));
+    let router = Router::new()
         .route("/", get(page))
+        .route("/api/status", get(status))
+        .route("/api/packages/{package}/why", get(why))
+        .route("/healthz", get(healthz))
+        .route("/api/events", get(events))
         .route("/api/resources", get(resources))
         .route("/api/monitors", get(monitors))
         .route("/metrics", get(metrics))
-        .with_state(Calls(calls));
-    if let Err(e) = axum::serve(listener, app).await {
+        .with_state(app);
+    if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "http api stopped");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::ResourceRow;
-
-    #[test]
-    fn metrics_are_prometheus_text() {
-        let resls = ReslsOutput {
-            node: "node1".into(),
-            path: "/".into(),
-            resources: vec![
-                ResourceRow {
-                    name: "/fs/a\"b/used_percent".into(),
-                    value: serde_json::json!(42.5),
-                    unit: Some("%".into()),
-                    state: "known".into(),
-                    reason: None,
-                    monitor: "fs".into(),
-                    updated: None,
-                    age_seconds: None,
-                    used_by: vec![],
-                },
-                ResourceRow {
-                    name: "/net/interfaces/eth0/status".into(),
-                    value: serde_json::Value::Null,
-                    unit: None,
-                    state: "unknown".into(),
-                    reason: Some("timed out".into()),
-                    monitor: "lan".into(),
-                    updated: None,
-                    age_seconds: None,
-                    used_by: vec![],
-                },
-            ],
-            classes: vec![],
-            declared: vec![],
-        };
-        let monitors = vec![MonitorRow {
-            name: "fs".into(),
-            kind: "dylib".into(),
-            state: "ok".into(),
-            reason: None,
-            declares: vec![],
-            samples_received: 7,
-            last_report: None,
-        }];
-        expect_test::expect![[r#"
-            # HELP vigil_resource_value Latest numeric value of a resource.
-            # TYPE vigil_resource_value gauge
-            vigil_resource_value{node="node1",resource="/fs/a\"b/used_percent",monitor="fs",unit="%"} 42.5
-            # HELP vigil_resource_known 1 when the resource's value is known, 0 when unknown.
-            # TYPE vigil_resource_known gauge
-            vigil_resource_known{node="node1",resource="/fs/a\"b/used_percent",monitor="fs"} 1
-            vigil_resource_known{node="node1",resource="/net/interfaces/eth0/status",monitor="lan"} 0
-            # HELP vigil_monitor_ok 1 when the monitor's last report was good.
-            # TYPE vigil_monitor_ok gauge
-            vigil_monitor_ok{node="node1",monitor="fs",type="dylib"} 1
-            # HELP vigil_monitor_samples_total Samples recorded from the monitor.
-            # TYPE vigil_monitor_samples_total counter
-            vigil_monitor_samples_total{node="node1",monitor="fs"} 7
-        "#]]
-        .assert_eq(&metrics_text(&resls, &monitors));
-    }
+    watcher.abort();
 }

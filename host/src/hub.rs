@@ -88,6 +88,20 @@ impl ResourceHub {
         self.tracker.unwatch_package(package);
     }
 
+    /// How `package` judges `resource` now (for `vigil why`).
+    pub fn judged(
+        &self,
+        package: &str,
+        resource: &ResourceName,
+    ) -> Option<crate::criteria::Judged> {
+        self.tracker.judged(package, resource)
+    }
+
+    /// Every resource `package` watches with its state, in name order.
+    pub fn states(&self, package: &str) -> Vec<(ResourceName, ResourceState)> {
+        self.tracker.states(package)
+    }
+
     pub fn state(&self, package: &str, resource: &ResourceName) -> Option<ResourceState> {
         self.tracker.state(package, resource)
     }

@@ -1,5 +1,5 @@
 //! `vigil`: parses arguments, sets up logging, runs the command, maps errors
-//! to exit codes. Everything else lives in the `vigil_host` library.
+//! to exit codes (0 done, 1 refused or failed, 2 usage, 3 host unreachable). Everything else lives in the `vigil_host` library.
 
 use clap::Parser;
 use vigil_host::cli::{Cli, Command};
@@ -21,7 +21,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vigil: {e:#}");
-            2
+            vigil_host::cli::exit_code(&e)
         }
     };
     // `exit` runs no destructors: flush what is still buffered.

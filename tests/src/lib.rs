@@ -746,3 +746,27 @@ impl SlowProxy {
         format!("http://{}", self.addr)
     }
 }
+
+/// A plain HTTP/1.0 GET on loopback; returns (status line, body).
+pub fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
+}
+
+/// A free loopback port (free until someone else takes it).
+pub fn free_loopback_port() -> u16 {
+    free_port()
+}

@@ -164,6 +164,16 @@ pub(crate) const SECONDS_BOUNDS: (f64, f64) = (0.01, 86_400.0);
 /// silent for more than an hour is not being watched.
 const LEASE_TTL_BOUNDS: (f64, f64) = (1.0, 3_600.0);
 
+/// `[api] http_listen` as an address: a bare port listens on loopback
+/// (the HTTP side is read-only but unauthenticated, so reaching it from
+/// other machines must be asked for by naming an address).
+pub fn http_listen_addr(text: &str) -> Option<std::net::SocketAddr> {
+    match text.parse::<u16>() {
+        Ok(port) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => text.parse().ok(),
+    }
+}
+
 /// Why `endpoint` is not an etcd endpoint (`[http[s]://]host:port`).
 fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
     let rest = endpoint
@@ -540,19 +550,21 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
         }
     };
     if let Some(h) = &api.http_listen
-        && h.get_ref().parse::<std::net::SocketAddr>().is_err()
+        && http_listen_addr(h.get_ref()).is_none()
     {
         errors.push(file.error_at(
             h.span(),
             format!(
-                "api.http_listen {:?} is not an IP address and port such as \"127.0.0.1:7878\"",
+                "api.http_listen {:?} is not a port (\"7878\", on loopback) or an IP address and port such as \"127.0.0.1:7878\"",
                 h.get_ref()
             ),
         ));
     }
     let api = ApiConfig {
         socket,
-        http_listen: api.http_listen.map(|h| h.into_inner()),
+        http_listen: api
+            .http_listen
+            .map(|h| http_listen_addr(h.get_ref()).map_or(h.into_inner(), |a| a.to_string())),
     };
 
     // Keys are checked table by table; report them in file order.

@@ -150,7 +150,7 @@ fn cluster_values_the_host_could_not_use_are_errors() {
         "[cluster]\nname = \"x\"\nnodes = [\"n1\"]\n[api]\nhttp_listen = \"not an address\"\nsocket = \"\"\n[store]\ntype = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"127.0.0.1:99999\", \"http://a b:1\", \"[::1]:2379\", \"nohost\", \"https://etcd-1.example:2379/\"]\nlease_ttl_seconds = 0.5\n",
         &[],
         expect![[r#"
-            DIR/cluster.toml:5: api.http_listen "not an address" is not an IP address and port such as "127.0.0.1:7878"
+            DIR/cluster.toml:5: api.http_listen "not an address" is not a port ("7878", on loopback) or an IP address and port such as "127.0.0.1:7878"
             DIR/cluster.toml:6: api.socket must not be empty
             DIR/cluster.toml:9: store.endpoints: "127.0.0.1:99999" is not an etcd endpoint such as "http://127.0.0.1:2379": the port is not a number from 1 to 65535
             DIR/cluster.toml:9: store.endpoints: "http://a b:1" is not an etcd endpoint such as "http://127.0.0.1:2379": the host is not a name or an address
@@ -164,7 +164,7 @@ fn cluster_values_the_host_could_not_use_are_errors() {
         ),
         &[],
         expect![[r#"
-            DIR/cluster.toml:5: api.http_listen "127.0.0.1:99999" is not an IP address and port such as "127.0.0.1:7878"
+            DIR/cluster.toml:5: api.http_listen "127.0.0.1:99999" is not a port ("7878", on loopback) or an IP address and port such as "127.0.0.1:7878"
             DIR/cluster.toml:6: api.socket: /tmp/ssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss is too long for a Unix socket (205 bytes; with its temporary name 216, limit 107)
             DIR/cluster.toml:9: store.path must not be empty
             DIR/cluster.toml:10: store.lease_ttl_seconds must be a number of seconds from 1 to 3600, got inf
@@ -319,4 +319,16 @@ fn logging_format_is_text_or_json() {
         std::fs::write(dir.path().join("cluster.toml"), format!("{CLUSTER}{text}")).unwrap();
         assert_eq!(load_cluster(dir.path()).unwrap().log_format, want, "{text}");
     }
+}
+
+#[test]
+fn http_listen_is_loopback_unless_an_address_is_named() {
+    let check = |text: &str, expect: Expect| {
+        expect.assert_eq(&format!("{:?}", super::http_listen_addr(text)));
+    };
+    check("7878", expect!["Some(127.0.0.1:7878)"]);
+    check("0.0.0.0:7878", expect!["Some(0.0.0.0:7878)"]);
+    check("[::1]:7878", expect!["Some([::1]:7878)"]);
+    check("localhost:7878", expect!["None"]);
+    check("70000", expect!["None"]);
 }

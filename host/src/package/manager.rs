@@ -37,6 +37,7 @@ use crate::store::{
     ClusterStore, NodeRecord, NodeState, PackageRecord, PackageState, PackageUpdate, Snapshot,
     StoreError, Versioned,
 };
+use crate::views::{NodeStatus, PackageStatus, ResourceStatus, StatusOutput, WhyOutput};
 
 /// What is being carried out now.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,55 +59,6 @@ pub enum AdminOp {
     Enable,
     Disable,
     Clear,
-}
-
-/// `vigil status --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusOutput {
-    pub cluster: String,
-    pub node: String,
-    pub nodes: Vec<NodeStatus>,
-    pub packages: Vec<PackageStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub name: String,
-    /// `up`, `down` or `halted`.
-    pub state: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PackageStatus {
-    pub name: String,
-    /// `up`, `down`, `starting`, `halting` or `failed`.
-    pub state: String,
-    pub running_on: Vec<String>,
-    pub switching: bool,
-    pub reason: String,
-    pub fence_token: u64,
-    pub failed_on: Vec<String>,
-    /// This node's view of the package's resources.
-    pub resources: Vec<ResourceStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceStatus {
-    pub name: String,
-    /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
-    pub state: String,
-    pub evaluate: String,
-}
-
-/// `vigil why --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WhyOutput {
-    pub package: String,
-    pub state: String,
-    pub running_on: Vec<String>,
-    pub explanation: placement::Explanation,
-    /// The same, as `vigil why` prints it.
-    pub text: String,
 }
 
 pub struct PackageManager {
@@ -1079,6 +1031,7 @@ impl PackageManager {
     pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
         let store = &self.view;
         Ok(StatusOutput {
+            config_errors: Vec::new(),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             nodes: self
@@ -1122,6 +1075,7 @@ impl PackageManager {
                                     .unwrap_or(ResourceState::Pending)
                                     .as_str()
                                     .to_owned(),
+                                criterion: r.up.to_string(),
                                 evaluate: match r.evaluate {
                                     placement::Evaluate::BeforeStart => "before_start",
                                     placement::Evaluate::AfterStart => "after_start",
@@ -1129,10 +1083,25 @@ impl PackageManager {
                                 .to_owned(),
                             })
                             .collect(),
+                        parts_here: self.parts_here(&p.name),
                     }
                 })
                 .collect(),
         })
+    }
+
+    /// The parts of `package` up here, from its run record (they are
+    /// node-local: each node answers for its own).
+    fn parts_here(&self, package: &str) -> Vec<crate::views::PartStatus> {
+        super::lifecycle::RunRecord::load(&agent::record_path(&self.run_dir, package))
+            .map(|r| r.parts)
+            .unwrap_or_default()
+            .iter()
+            .map(|part| crate::views::PartStatus {
+                kind: part.kind().to_owned(),
+                part: part.to_string(),
+            })
+            .collect()
     }
 
     pub async fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
@@ -1161,6 +1130,7 @@ impl PackageManager {
             state: record.map_or("down", |r| r.state.as_str()).to_owned(),
             running_on: record.map(|r| r.owners.clone()).unwrap_or_default(),
             explanation,
+            resources: Vec::new(),
             text,
         })
     }
@@ -1171,6 +1141,7 @@ impl PackageManager {
         op: AdminOp,
         package: &str,
         node: Option<&str>,
+        hub: &ResourceHub,
     ) -> Result<String, String> {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
@@ -1197,6 +1168,14 @@ impl PackageManager {
                     return Err("pkg move needs --node".into());
                 }
                 let target = node.map(str::to_owned);
+                let before = self.record(package).await.map_err(store_err)?.value;
+                let running = before.state == PackageState::Up && !before.owners.is_empty();
+                if running && node.is_none_or(|n| before.owners.iter().any(|o| o == n)) {
+                    return Ok(format!(
+                        "{package} already runs on {}: nothing to do",
+                        before.owners.join(", ")
+                    ));
+                }
                 self.write(package, |u| {
                     u.switching = true;
                     u.admin.halted = false;
@@ -1205,9 +1184,33 @@ impl PackageManager {
                 })
                 .await
                 .map_err(store_err)?;
+                // Say now when the request cannot be met, rather than
+                // "starting" something that will not start.
+                let plan = self.plan(hub);
+                let placed = plan.placement.get(package).cloned().unwrap_or_default();
+                let blocked = plan.explanations.get(package).and_then(|e| e.blocked);
+                match (node, placed.is_empty(), blocked) {
+                    (_, true, Some(why)) => {
+                        return Err(format!(
+                            "{package} cannot run anywhere: {why} (`vigil why {package}` says more)"
+                        ));
+                    }
+                    (_, true, None) => {
+                        return Err(format!(
+                            "{package} cannot run anywhere now (`vigil why {package}` says why)"
+                        ));
+                    }
+                    (Some(n), false, _) if !placed.iter().any(|p| p == n) => {
+                        return Err(format!(
+                            "{package} cannot run on {n}; it would run on {} (`vigil why {package}` says why)",
+                            placed.join(", ")
+                        ));
+                    }
+                    _ => {}
+                }
                 match node {
                     Some(n) => format!("starting {package} on {n}"),
-                    None => format!("starting {package}"),
+                    None => format!("starting {package} on {}", placed.join(", ")),
                 }
             }
             AdminOp::Enable | AdminOp::Disable => {

@@ -191,6 +191,7 @@ enum Periodic<'a> {
 async fn run_periodic(config: &MonitorConfig, emit: &Emit, log: &MonitorLog, run: Periodic<'_>) {
     let mut ticks = ticker(config.interval);
     loop {
+        let started = std::time::Instant::now();
         let events = match run {
             Periodic::Exec(command) => exec_once(config, command, log).await,
             Periodic::Nagios(command) => {
@@ -201,6 +202,7 @@ async fn run_periodic(config: &MonitorConfig, emit: &Emit, log: &MonitorLog, run
                 run.events
             }
         };
+        crate::metrics::observe_poll(&config.name, started.elapsed());
         for event in events {
             emit(event);
         }
@@ -223,7 +225,10 @@ async fn run_dylib(config: &MonitorConfig, plugin: &str, ctx: &RuntimeContext, e
         ticks.tick().await;
     };
     loop {
-        match worker.poll(config.timeout).await {
+        let started = std::time::Instant::now();
+        let polled = worker.poll(config.timeout).await;
+        crate::metrics::observe_poll(&config.name, started.elapsed());
+        match polled {
             Ok(samples) => emit(MonitorEvent::Samples {
                 monitor: config.name.clone(),
                 samples,

@@ -1,0 +1,432 @@
+//! The typed shapes of everything vigil shows: the `--json` output of
+//! every command, the answers of the control socket, and what the HTTP side
+//! serves (`/api/status`, the cluster page, `/metrics` read these).
+//!
+//! Architecture invariant: this module and the SDK's wire module are the
+//! only places that know the JSON layout of vigil's outputs. Producers (the
+//! daemon, the package manager, the registry listing) fill these structs;
+//! consumers (the CLI, the HTTP side) read them. Nothing here talks to the
+//! daemon or formats text for people.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::placement;
+use crate::registry::{ListedResource, Listing, MonitorRecord, MonitorStatus};
+
+/// `vigil status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusOutput {
+    pub cluster: String,
+    pub node: String,
+    pub nodes: Vec<NodeStatus>,
+    pub packages: Vec<PackageStatus>,
+    /// Configuration errors the host knows of (startup and last reload);
+    /// the daemon fills this in, the package manager leaves it empty.
+    #[serde(default)]
+    pub config_errors: Vec<ConfigErrorRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `up`, `down` or `halted`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageStatus {
+    pub name: String,
+    /// `up`, `down`, `starting`, `halting` or `failed`.
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub switching: bool,
+    pub reason: String,
+    pub fence_token: u64,
+    pub failed_on: Vec<String>,
+    /// This node's view of the package's resources.
+    pub resources: Vec<ResourceStatus>,
+    /// Its parts up on the node that answered (from its run record).
+    #[serde(default)]
+    pub parts_here: Vec<PartStatus>,
+}
+
+/// A package part (`[[filesystem]]`, `[[ip]]`, …) up on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartStatus {
+    /// `volume_group`, `filesystem`, `ip` or `agent`.
+    pub kind: String,
+    /// The part as `vigil status` prints it.
+    pub part: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    /// `up`, `down` or `unknown`, after the package's criteria and hysteresis.
+    pub state: String,
+    pub evaluate: String,
+    /// The package's up-criteria for it, such as `< 80`.
+    #[serde(default)]
+    pub criterion: String,
+}
+
+/// `vigil why --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyOutput {
+    pub package: String,
+    pub state: String,
+    pub running_on: Vec<String>,
+    pub explanation: placement::Explanation,
+    /// How this node judges each resource the package requires.
+    #[serde(default)]
+    pub resources: Vec<WhyResource>,
+    /// The same, as `vigil why` prints it.
+    pub text: String,
+}
+
+/// One resource of a package in `vigil why`, as this node judges it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyResource {
+    pub name: String,
+    /// `up`, `down`, `unknown` or `pending`.
+    pub state: String,
+    pub criterion: String,
+    pub rise: u32,
+    pub fall: u32,
+    /// Good samples in a row, toward `rise`.
+    pub good_run: u32,
+    /// Bad or unknown samples in a row, toward `fall`.
+    pub bad_run: u32,
+    /// What explains the state: `90 does not meet < 80`, `no monitor
+    /// declares it`, `monitor temp failed: ...`.
+    pub detail: String,
+}
+
+impl std::fmt::Display for WhyResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resource {} is {}: {} ({} good in a row of rise {}, {} not good of fall {})",
+            self.name, self.state, self.detail, self.good_run, self.rise, self.bad_run, self.fall
+        )
+    }
+}
+
+/// `vigil resls --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReslsOutput {
+    pub node: String,
+    pub path: String,
+    pub resources: Vec<ResourceRow>,
+    /// Immediate child classes of `path`.
+    pub classes: Vec<ClassRow>,
+    /// Declared wildcard patterns at or below `path`.
+    pub declared: Vec<DeclaredRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceRow {
+    pub name: String,
+    /// A number, a string, or null when unknown.
+    pub value: serde_json::Value,
+    pub unit: Option<String>,
+    /// `known` or `unknown`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub monitor: String,
+    /// RFC 3339; null for a declared resource never sampled.
+    pub updated: Option<String>,
+    pub age_seconds: Option<f64>,
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassRow {
+    pub name: String,
+    pub resources: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeclaredRow {
+    pub pattern: String,
+    pub monitor: String,
+}
+
+/// One monitor in `vigil monitor list --json` and status output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorRow {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `starting`, `ok` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub declares: Vec<String>,
+    pub samples_received: u64,
+    pub last_report: Option<String>,
+    /// Problems only the log showed before: refused samples, last error.
+    #[serde(flatten)]
+    pub problems: MonitorProblems,
+}
+
+/// What went wrong with a monitor's reports, kept by the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorProblems {
+    /// Samples refused (outside its declaration, or a resource another
+    /// monitor publishes).
+    #[serde(default)]
+    pub refused_samples: u64,
+    /// Why the last one was refused.
+    #[serde(default)]
+    pub last_refused: Option<String>,
+    /// Its last failure (an exec monitor's `error` message, a timeout, ...),
+    /// kept after it recovers.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub last_error_at: Option<String>,
+}
+
+impl MonitorRow {
+    /// One line saying what is wrong, if anything.
+    pub fn problem(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(reason) = &self.reason {
+            parts.push(reason.clone());
+        }
+        if let Some(refused) = &self.problems.last_refused {
+            parts.push(format!(
+                "{} samples refused, last: {refused}",
+                self.problems.refused_samples
+            ));
+        }
+        if let (Some(error), None) = (&self.problems.last_error, &self.reason) {
+            parts.push(format!(
+                "last error {}: {error}",
+                self.problems.last_error_at.as_deref().unwrap_or_default()
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// One configuration error in `vigil monitor list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigErrorRow {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+    /// The monitor that keeps running its last good version because of
+    /// this error.
+    pub kept_running: Option<String>,
+}
+
+impl ConfigErrorRow {
+    pub fn new(error: &crate::config::ConfigError, kept_running: Option<String>) -> Self {
+        Self {
+            file: error.file.clone(),
+            line: error.line,
+            message: error.message.clone(),
+            kept_running,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigErrorRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message)?,
+            None => write!(f, "{}: {}", self.file.display(), self.message)?,
+        }
+        if let Some(monitor) = &self.kept_running {
+            write!(
+                f,
+                " (monitor {monitor} keeps running its last good version)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 (UTC).
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn resource_row(r: &ListedResource, now_ms: u64, used_by: Vec<String>) -> ResourceRow {
+    let s = &r.entry.sample;
+    let (value, unit) = match &s.value {
+        None => (serde_json::Value::Null, None),
+        Some(vigil_sdk::Value::Text(t)) => (serde_json::Value::String(t.clone()), None),
+        Some(vigil_sdk::Value::Number { value, unit }) => (
+            serde_json::Number::from_f64(*value)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            unit.clone(),
+        ),
+    };
+    ResourceRow {
+        name: s.name.to_string(),
+        value,
+        unit,
+        state: if s.is_known() { "known" } else { "unknown" }.to_owned(),
+        reason: s.reason.clone(),
+        monitor: r.entry.monitor.clone(),
+        updated: r.sampled.then(|| rfc3339(s.timestamp_ms)),
+        age_seconds: r
+            .sampled
+            .then(|| now_ms.saturating_sub(s.timestamp_ms) as f64 / 1000.0),
+        used_by,
+    }
+}
+
+/// Shapes a registry listing; `used_by` names the packages using a resource.
+pub fn resls_output(
+    node: &str,
+    listing: &Listing,
+    now_ms: u64,
+    used_by: impl Fn(&str) -> Vec<String>,
+) -> ReslsOutput {
+    ReslsOutput {
+        node: node.to_owned(),
+        path: listing.path.clone(),
+        resources: listing
+            .resources
+            .iter()
+            .map(|r| resource_row(r, now_ms, used_by(r.entry.sample.name.as_str())))
+            .collect(),
+        classes: listing
+            .classes
+            .iter()
+            .map(|(name, n)| ClassRow {
+                name: name.clone(),
+                resources: *n,
+            })
+            .collect(),
+        declared: listing
+            .declared
+            .iter()
+            .map(|(p, m)| DeclaredRow {
+                pattern: p.to_string(),
+                monitor: m.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn monitor_row(name: &str, record: &MonitorRecord) -> MonitorRow {
+    let (state, reason) = match &record.status {
+        MonitorStatus::Starting => ("starting", None),
+        MonitorStatus::Ok => ("ok", None),
+        MonitorStatus::Failed(r) => ("failed", Some(r.clone())),
+    };
+    MonitorRow {
+        name: name.to_owned(),
+        kind: record.kind.to_owned(),
+        state: state.to_owned(),
+        reason,
+        declares: record.patterns.iter().map(|p| p.to_string()).collect(),
+        samples_received: record.samples_received,
+        last_report: record.last_report_ms.map(rfc3339),
+        problems: MonitorProblems::default(),
+    }
+}
+
+/// `vigil check --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutput {
+    pub ok: bool,
+    pub errors: Vec<CheckError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl CheckOutput {
+    pub fn new(errors: &[crate::config::ConfigError]) -> Self {
+        Self {
+            ok: errors.is_empty(),
+            errors: errors
+                .iter()
+                .map(|e| CheckError {
+                    file: e.file.clone(),
+                    line: e.line,
+                    message: e.message.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `vigil monitor list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorListOutput {
+    pub monitors: Vec<MonitorRow>,
+    pub config_errors: Vec<ConfigErrorRow>,
+}
+
+/// `vigil pkg …` and `vigil node …` with `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminOutput {
+    /// What the host did, in words.
+    pub done: String,
+}
+
+/// Whether this host vouches for itself: `/healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthOutput {
+    pub node: String,
+    /// True when the host runs and, on a cluster, its lease is sure.
+    pub healthy: bool,
+    /// `sure`, `in_doubt` (it may expire within the safety margin) or
+    /// `none` (a one-node cluster on the embedded store has no lease).
+    pub lease: String,
+}
+
+impl HealthOutput {
+    pub fn new(node: &str, on_cluster: bool, lease_in_doubt: bool) -> Self {
+        let lease = match (on_cluster, lease_in_doubt) {
+            (false, _) => "none",
+            (true, false) => "sure",
+            (true, true) => "in_doubt",
+        };
+        Self {
+            node: node.to_owned(),
+            healthy: !lease_in_doubt,
+            lease: lease.to_owned(),
+        }
+    }
+}
+
+/// Everything the cluster page and `/metrics` show, gathered in one round
+/// of requests to the main loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub status: StatusOutput,
+    pub resources: ReslsOutput,
+    pub monitors: Vec<MonitorRow>,
+    pub health: HealthOutput,
+    /// Newest first.
+    pub events: Vec<ClusterEvent>,
+}
+
+/// Something that changed in the cluster, as the HTTP side saw it happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// RFC 3339.
+    pub at: String,
+    /// `failover`, `package` or `node`.
+    pub kind: String,
+    /// The package or node.
+    pub subject: String,
+    pub text: String,
+}
