@@ -9,7 +9,7 @@
 //! decision does not change when a package that is placed later starts or
 //! stops — which is what makes plans converge. Everything is indexed by node
 //! and package number, so the pass is roughly linear in packages × list
-//! length.
+//! length. Runs are carried out in the same order, halts in the reverse.
 //!
 //! No I/O, no clock, no randomness: the same snapshot always gives the same
 //! plan.
@@ -698,13 +698,17 @@ impl<'c, 'a> Pass<'c, 'a> {
         // package would stay down once its halt is done.
         let was_running =
             !pk.current.is_empty() || !pk.current_unknown.is_empty() || state.left.is_some();
-        // Current nodes where it may stay (a duplicate's too).
-        let stay: Vec<usize> = pk
-            .current
-            .iter()
-            .copied()
-            .filter(|&n| eligible(n))
-            .collect();
+        // Current nodes where it may stay (a duplicate's too), for failback
+        // only (left empty otherwise: no allocation in the common case).
+        let stay: Vec<usize> = if pk.spec.failback_policy == FailbackPolicy::Automatic {
+            pk.current
+                .iter()
+                .copied()
+                .filter(|&n| eligible(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Keep the operator's requested node if it runs there, else the first
         // current node (in list order) where it may stay.
         let keep = pk
