@@ -9,7 +9,7 @@
 //! decision does not change when a package that is placed later starts or
 //! stops — which is what makes plans converge. Everything is indexed by node
 //! and package number, so the pass is roughly linear in packages × list
-//! length.
+//! length. Runs are carried out in the same order, halts in the reverse.
 //!
 //! No I/O, no clock, no randomness: the same snapshot always gives the same
 //! plan.
@@ -223,16 +223,28 @@ impl<'a> Ctx<'a> {
                 graph.add_unless_cycle(first, p + d - first);
             }
         }
+        // A pair with a package whose switching is disabled goes last: such
+        // a package is frozen where it runs, a fact of the current state
+        // that a plan can undo (a frozen package whose dependency fails is
+        // halted), so its edge, whose direction depends on that state, must
+        // not be the one that makes another avoid edge give way, or the
+        // order would change once the plan is carried out. Switching itself
+        // only an operator changes, so the insertion order stays put.
+        let mut pairs: Vec<(usize, usize)> = pkgs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, pk)| pk.peers.iter().map(move |&(q, _)| (p, q)))
+            .filter(|&(p, q)| p < q)
+            .collect();
+        pairs.sort_by_key(|&(p, q)| {
+            !pkgs[p].state.switching_enabled || !pkgs[q].state.switching_enabled
+        });
         let mut avoid_order = BTreeSet::new();
-        for (p, pk) in pkgs.iter().enumerate() {
-            for &(q, _) in &pk.peers {
-                if p < q {
-                    let first = avoid_first(&pkgs, p, q);
-                    let later = p + q - first;
-                    if graph.add_unless_cycle(first, later) {
-                        avoid_order.insert((first, later));
-                    }
-                }
+        for (p, q) in pairs {
+            let first = avoid_first(&pkgs, p, q);
+            let later = p + q - first;
+            if graph.add_unless_cycle(first, later) {
+                avoid_order.insert((first, later));
             }
         }
         for (p, pk) in pkgs.iter().enumerate() {
@@ -293,6 +305,17 @@ impl OrderGraph {
     }
 }
 
+/// Whether a package is frozen where it runs: package switching disabled,
+/// no operator request that would add instances or move it, and a current
+/// node where it may stay.
+fn frozen(pkgs: &[Pkg<'_>], x: usize) -> bool {
+    let state = pkgs[x].state;
+    !state.switching_enabled
+        && !state.run_requested
+        && state.requested_node.is_none()
+        && !pkgs[x].sticky.is_empty()
+}
+
 /// Which of two packages in an avoid relation is placed first (the other
 /// may not use its node). A package frozen where it runs (package switching
 /// disabled, no operator request that would add instances or move it) is
@@ -301,14 +324,7 @@ impl OrderGraph {
 /// as if its avoider did not exist, unless the avoider is strictly more
 /// important; two that avoid each other go by priority, then name.
 fn avoid_first(pkgs: &[Pkg<'_>], p: usize, q: usize) -> usize {
-    let frozen = |x: usize| {
-        let state = pkgs[x].state;
-        !state.switching_enabled
-            && !state.run_requested
-            && state.requested_node.is_none()
-            && !pkgs[x].sticky.is_empty()
-    };
-    match (frozen(p), frozen(q)) {
+    match (frozen(pkgs, p), frozen(pkgs, q)) {
         (true, false) => return p,
         (false, true) => return q,
         _ => {}
@@ -682,6 +698,17 @@ impl<'c, 'a> Pass<'c, 'a> {
         // package would stay down once its halt is done.
         let was_running =
             !pk.current.is_empty() || !pk.current_unknown.is_empty() || state.left.is_some();
+        // Current nodes where it may stay (a duplicate's too), for failback
+        // only (left empty otherwise: no allocation in the common case).
+        let stay: Vec<usize> = if pk.spec.failback_policy == FailbackPolicy::Automatic {
+            pk.current
+                .iter()
+                .copied()
+                .filter(|&n| eligible(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Keep the operator's requested node if it runs there, else the first
         // current node (in list order) where it may stay.
         let keep = pk
@@ -700,7 +727,7 @@ impl<'c, 'a> Pass<'c, 'a> {
             if let Some(r) = pk.requested.filter(|r| candidates.contains(r)) {
                 target = Some(r);
                 choice = Some(Choice::Requested);
-            } else if let Some(f) = self.failback(p, c, &candidates) {
+            } else if let Some(f) = self.failback(p, c, &candidates, &stay) {
                 target = Some(f);
                 choice = Some(Choice::Failback);
             } else {
@@ -708,7 +735,11 @@ impl<'c, 'a> Pass<'c, 'a> {
                 choice = Some(Choice::Sticky);
             }
         } else {
+            // An operator's move (`requested_node`) that has halted the
+            // package starts it, as `vigil pkg run` would: the halt is half
+            // of the move, whatever auto_run and package switching say.
             let may_start = state.run_requested
+                || state.requested_node.is_some()
                 || (state.switching_enabled && (was_running || pk.spec.auto_run));
             if !may_start {
                 blocked = Some(if was_running || pk.spec.auto_run {
@@ -768,14 +799,24 @@ impl<'c, 'a> Pass<'c, 'a> {
     /// exactly there and is never planned back), if that is an earlier node
     /// of its list (`configured_node`) or its primary node, the first listed
     /// (`min_package_node`, as Serviceguard).
-    fn failback(&self, p: usize, current: usize, candidates: &[usize]) -> Option<usize> {
+    fn failback(
+        &self,
+        p: usize,
+        current: usize,
+        candidates: &[usize],
+        stay: &[usize],
+    ) -> Option<usize> {
         let pk = &self.ctx.pkgs[p];
         if pk.spec.failback_policy != FailbackPolicy::Automatic || !pk.state.switching_enabled {
             return None;
         }
         let position = |n: usize| pk.list.iter().position(|s| s.node == Some(n));
+        // Every node where it may run, its duplicates included: a plan made
+        // once a duplicate is halted sees that node as a start candidate, so
+        // failback must see it too or the two plans disagree.
         let mut all: Vec<usize> = candidates.to_vec();
         all.push(current);
+        all.extend(stay.iter().copied().filter(|&n| n != current));
         all.sort_by_key(|&n| position(n));
         let (start, _) = self.choose(p, &all)?;
         let better = match pk.spec.failover_policy {
@@ -794,14 +835,17 @@ impl<'c, 'a> Pass<'c, 'a> {
         if let Some(l) = pk.follow {
             let lk = &self.ctx.pkgs[l];
             // A leader placed later because it avoids this follower (the
-            // seed pattern) is looked for where it runs now and may stay: the
-            // follower takes that node and the leader yields. A leader placed
-            // later for any other reason (its follow edge would have closed a
-            // cycle) is not followed. Nor does a package with automatic
+            // seed pattern: the avoid rule itself ordered the two) is looked
+            // for where it runs now and may stay: the follower takes that
+            // node and the leader yields. A leader placed later for any other
+            // reason (its avoid or follow edge would have closed a cycle) is
+            // not followed: whether it runs must not change where the
+            // follower goes, or the plan would change as it is carried out. Nor does a package with automatic
             // failback take its leader's node: it would fail back from there
             // and the two would swap nodes.
-            let takes_over =
-                self.ctx.avoids(l, p) && pk.spec.failback_policy == FailbackPolicy::Manual;
+            let takes_over = self.ctx.avoid_order.contains(&(p, l))
+                && self.ctx.avoids(l, p)
+                && pk.spec.failback_policy == FailbackPolicy::Manual;
             let (at, handover) = match &self.placed[l] {
                 Some(at) => (at.as_slice(), false),
                 None if takes_over => (lk.sticky.as_slice(), true),
@@ -970,25 +1014,15 @@ impl<'c, 'a> Pass<'c, 'a> {
             }
         }
 
-        // Run order: predecessors before dependents, the avoided package
-        // before its avoider, leaders before followers, except that a
-        // follower taking over its leader's node runs first.
-        let mut edges: Vec<(usize, usize)> = ctx.avoid_order.iter().copied().collect();
-        for (p, pk) in ctx.pkgs.iter().enumerate() {
-            for &(dep, target) in &pk.deps {
-                if let (DependencyCondition::Up, Some(d)) = (dep.condition, target) {
-                    edges.push((d, p));
-                }
-            }
-            if let Some(l) = pk.follow {
-                if handovers.iter().any(|&(f, hl, _)| f == p && hl == l) {
-                    edges.push((p, l));
-                } else {
-                    edges.push((l, p));
-                }
-            }
-        }
-        let run_order = topo_order(&ctx.pkgs, &edges);
+        // Run order: the placement order (predecessors before dependents,
+        // the avoided package before its avoider, leaders before followers,
+        // a follower taking over its leader's node first). Each package's
+        // start then comes after those its placement looked at, so a plan
+        // made half way sees the same placement (a separate order, with the
+        // cycles broken elsewhere, could start a leader before the follower
+        // placed ahead of it, and the running leader then drew the follower
+        // into a handover).
+        let run_order = &ctx.placement_order;
         let name = |n: usize| ctx.nodes[n].name.clone();
         let action = |op, p: usize, n: usize, reason| Action {
             op,
@@ -1021,7 +1055,7 @@ impl<'c, 'a> Pass<'c, 'a> {
                 .map_or(ActionReason::Avoid, |&(_, r)| r);
             actions.push(action(Op::Halt, l, n, reason));
         };
-        for &p in &run_order {
+        for &p in run_order {
             let d = &decisions[p];
             for &n in &d.target {
                 if ctx.pkgs[p].current_live.contains(&n) {

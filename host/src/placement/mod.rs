@@ -30,5 +30,6 @@ pub use plan::{
     Action, ActionReason, Blocked, Choice, Explanation, NodeVerdict, Op, Plan, Rejection,
 };
 pub use synthetic::{
-    SYNTHETIC_RESOURCE, random_scenario, random_scenario_from_seed, synthetic_cluster,
+    SYNTHETIC_RESOURCE, random_scenario, random_scenario_choices, random_scenario_from_seed,
+    synthetic_cluster,
 };

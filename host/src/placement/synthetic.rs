@@ -295,3 +295,17 @@ pub fn random_scenario_from_seed(seed: u64) -> ClusterSnapshot {
     let mut rng = SplitMix64(seed);
     random_scenario(&mut |n| rng.below(n))
 }
+
+/// The choices [`random_scenario_from_seed`] makes for `seed`, in order:
+/// replayed through [`random_scenario`] they give the same scenario, and a
+/// shrinker may lower them (see `bench/src/bin/convergence.rs --shrink`).
+pub fn random_scenario_choices(seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64(seed);
+    let mut choices = Vec::new();
+    random_scenario(&mut |n| {
+        let c = rng.below(n);
+        choices.push(c);
+        c
+    });
+    choices
+}

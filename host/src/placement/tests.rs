@@ -683,15 +683,15 @@ fn down_dependency_runs_only_while_the_other_is_down() {
     let plan = check(
         &snap,
         expect![[r#"
-        placement:
-          batch: node1
-          prod: node2
-        actions:
-          halt prod on node1 (failover)
-          halt batch on node2 (dependency)
-          run batch on node1 (dependency)
-          run prod on node2 (failover)
-    "#]],
+            placement:
+              batch: node1
+              prod: node2
+            actions:
+              halt batch on node2 (dependency)
+              halt prod on node1 (failover)
+              run prod on node2 (failover)
+              run batch on node1 (dependency)
+        "#]],
     );
     check_why(
         &plan,
@@ -1703,4 +1703,444 @@ fn plans_converge_on_random_scenarios() {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+/// A failover package `name` on `nodes` with the defaults, for the
+/// convergence regression table.
+fn pkg(name: &str, nodes: &[&str], tune: impl FnOnce(&mut PackageSpec)) -> PackageSpec {
+    let mut spec = PackageSpec::failover(name, nodes);
+    tune(&mut spec);
+    spec
+}
+
+fn avoids(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// Plans, checks the plan's invariants and the convergence property, and
+/// compares the plan's rendering; returns the failure instead of panicking,
+/// so that one table run names every case that fails.
+fn check_converges(name: &str, snap: &ClusterSnapshot, expect: Expect) -> Option<String> {
+    let failure = check_convergence(snap)
+        .err()
+        .map(|e| format!("{name}: {e}\n{}", describe(snap)));
+    let plan = plan(snap);
+    check_invariants(snap, &plan);
+    if failure.is_none() {
+        expect.assert_eq(&plan.to_string());
+    }
+    failure
+}
+
+/// Scenarios the long convergence run (`bench/src/bin/convergence.rs`)
+/// found failing, shrunk, one row per cause, named after what broke.
+#[test]
+fn plans_converge_on_shrunk_regressions() {
+    let five = ["node1", "node2", "node3", "node4", "node5"];
+    let cases: Vec<(&str, ClusterSnapshot, Expect)> = vec![
+        (
+            // seed 95200
+            "move_of_an_auto_run_off_package_starts_it_after_its_halt",
+            {
+                let mut snap = cluster(&["node1", "node2", "node3"], &[]);
+                let b = pkg("b", &["node1", "node2", "node3"], |s| s.auto_run = false);
+                let c = pkg("c", &["node1", "node2", "node3"], |s| {
+                    s.avoid = avoids(&["b"])
+                });
+                snap.packages = vec![b, c];
+                run(&mut snap, "b", &["node2"]);
+                snap.state_mut("b").requested_node = Some("node1".to_owned());
+                run(&mut snap, "c", &["node1"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  b: node1
+                  c: node2
+                actions:
+                  halt c on node1 (avoid)
+                  halt b on node2 (admin)
+                  run b on node1 (admin)
+                  run c on node2 (avoid)
+            "#]],
+        ),
+        (
+            // seed 78798
+            "move_of_a_package_with_switching_disabled_starts_it_after_its_halt",
+            {
+                let mut snap = cluster(&["node1", "node2"], &[]);
+                let b = pkg("b", &["*"], |_| {});
+                let mut f = pkg("f", &["node1"], |s| s.avoid = avoids(&["b"]));
+                f.kind = PackageKind::MultiNode;
+                snap.packages = vec![b, f];
+                run(&mut snap, "b", &["node2"]);
+                snap.state_mut("b").requested_node = Some("node1".to_owned());
+                snap.state_mut("b").switching_enabled = false;
+                run(&mut snap, "f", &["node1"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  b: node1
+                  f: nowhere
+                actions:
+                  halt f on node1 (avoid)
+                  halt b on node2 (admin)
+                  run b on node1 (admin)
+            "#]],
+        ),
+        (
+            // seed 50953
+            "move_of_a_more_important_avoider_starts_it_after_its_halt",
+            {
+                let mut snap = cluster(&["node1", "node2", "node3"], &[]);
+                let b = pkg("b", &["node1"], |_| {});
+                let f = pkg("f", &["node1", "node2", "node3"], |s| {
+                    s.priority = Some(1);
+                    s.auto_run = false;
+                    s.avoid = avoids(&["b"]);
+                });
+                snap.packages = vec![b, f];
+                run(&mut snap, "b", &["node1"]);
+                run(&mut snap, "f", &["node2"]);
+                snap.state_mut("f").requested_node = Some("node1".to_owned());
+                snap
+            },
+            expect![[r#"
+                placement:
+                  b: nowhere
+                  f: node1
+                actions:
+                  halt b on node1 (displaced)
+                  halt f on node2 (admin)
+                  run f on node1 (admin)
+            "#]],
+        ),
+        (
+            // seed 48860
+            "follower_placed_before_the_leader_that_avoids_it_runs_first",
+            {
+                let mut snap = cluster(&["node1", "node2", "node3", "node4"], &[]);
+                let four = ["node1", "node2", "node3", "node4"];
+                let a = pkg("a", &four, |s| s.avoid = avoids(&["b"]));
+                let b = pkg("b", &four, |s| {
+                    s.follow = Some("a".to_owned());
+                    s.avoid = avoids(&["d"]);
+                });
+                let d = pkg("d", &four, |s| s.follow = Some("a".to_owned()));
+                snap.packages = vec![a, b, d];
+                run(&mut snap, "d", &["node3"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node2
+                  b: node1
+                  d: node3
+                actions:
+                  run b on node1 (startup)
+                  run a on node2 (startup)
+            "#]],
+        ),
+        (
+            // seed 21912
+            "leader_started_first_does_not_draw_its_follower_into_a_handover",
+            {
+                let mut snap = cluster(&five, &[]);
+                let mut a = pkg("a", &["node1", "node2", "node3", "node5"], |s| {
+                    s.failover_policy = FailoverPolicy::MinPackageNode;
+                    s.avoid = avoids(&["b"]);
+                });
+                needs(&mut a, "/r", Evaluate::BeforeStart);
+                let b = pkg("b", &["*"], |s| s.follow = Some("a".to_owned()));
+                let e = pkg("e", &["node1"], |_| {});
+                let mut f = pkg("f", &["*"], |_| {});
+                depends(
+                    &mut f,
+                    "a",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                snap.packages = vec![a, b, e, f];
+                for n in five {
+                    snap.set_resource("a", n, "/r", n != "node3");
+                }
+                run(&mut snap, "f", &["node5"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node2
+                  b: node1
+                  e: node1
+                  f: node2
+                actions:
+                  halt f on node5 (dependency)
+                  run b on node1 (startup)
+                  run a on node2 (startup)
+                  run f on node2 (dependency)
+                  run e on node1 (startup)
+            "#]],
+        ),
+        (
+            // seed 50708
+            "avoid_order_kept_when_a_frozen_package_is_halted_for_its_dependency",
+            {
+                let mut snap = cluster(&five, &[]);
+                let mut b = pkg("b", &["node3"], |s| {
+                    s.priority = Some(1);
+                    s.avoid = avoids(&["e"]);
+                });
+                let c = pkg("c", &five, |s| s.avoid = avoids(&["b"]));
+                let mut e = pkg("e", &["node1", "node2", "node3"], |_| {});
+                depends(
+                    &mut e,
+                    "c",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                b.resources.clear();
+                snap.packages = vec![b, c, e];
+                snap.state_mut("c").requested_node = Some("node3".to_owned());
+                run(&mut snap, "e", &["node1"]);
+                snap.state_mut("e").switching_enabled = false;
+                snap
+            },
+            expect![[r#"
+                placement:
+                  b: node3
+                  c: node1
+                  e: node1
+                actions:
+                  run b on node3 (startup)
+                  run c on node1 (startup)
+            "#]],
+        ),
+        (
+            // seed 52501
+            "failback_of_a_duplicate_sees_the_node_it_would_start_on",
+            {
+                let mut snap = cluster(&five, &[]);
+                let b = pkg("b", &["node4"], |_| {});
+                let e = pkg("e", &["*"], |s| {
+                    s.failback_policy = FailbackPolicy::Automatic;
+                    s.follow = Some("b".to_owned());
+                });
+                snap.packages = vec![b, e];
+                run(&mut snap, "e", &["node2", "node4"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  b: node4
+                  e: node2
+                actions:
+                  halt e on node4 (duplicate)
+                  run b on node4 (startup)
+            "#]],
+        ),
+        (
+            // seed 133173
+            "more_important_avoider_not_kept_out_by_a_frozen_package_that_leaves",
+            {
+                let mut snap = cluster(&five, &[]);
+                let a = pkg("a", &["node5"], |s| {
+                    s.priority = Some(1);
+                    s.avoid = avoids(&["e", "d"]);
+                });
+                let mut d = pkg("d", &["node1", "node2", "node3", "node5"], |_| {});
+                needs(&mut d, "/r", Evaluate::BeforeStart);
+                let mut e = pkg("e", &five, |_| {});
+                depends(
+                    &mut e,
+                    "d",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                snap.packages = vec![a, d, e];
+                for n in five {
+                    snap.set_resource("d", n, "/r", n != "node2" && n != "node3");
+                }
+                run(&mut snap, "d", &["node1"]);
+                snap.state_mut("d").failed_on.insert("node1".to_owned());
+                run(&mut snap, "e", &["node1"]);
+                snap.state_mut("e").switching_enabled = false;
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node5
+                  d: nowhere
+                  e: nowhere
+                actions:
+                  halt e on node1 (dependency)
+                  halt d on node1 (failover)
+                  run a on node5 (startup)
+            "#]],
+        ),
+        (
+            // seed 142746
+            "follower_starts_before_its_avoiding_leader_when_the_leader_is_not_running",
+            {
+                let mut snap = cluster(&["node1", "node3"], &["node2"]);
+                let c = pkg("c", &["node1"], |s| {
+                    s.priority = Some(2);
+                    s.avoid = avoids(&["d"]);
+                });
+                let d = pkg("d", &["node3", "node1"], |s| {
+                    s.priority = Some(2);
+                    s.follow = Some("c".to_owned());
+                });
+                let mut e = pkg("e", &["node1"], |_| {});
+                depends(
+                    &mut e,
+                    "d",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                snap.packages = vec![c, d, e];
+                run(&mut snap, "e", &["node1"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  c: node1
+                  d: node3
+                  e: nowhere
+                actions:
+                  halt e on node1 (dependency)
+                  run d on node3 (startup)
+                  run c on node1 (startup)
+            "#]],
+        ),
+        (
+            // seed 152213
+            "no_handover_when_a_cycle_put_the_follower_first",
+            {
+                let mut snap = cluster(&five, &[]);
+                let a = pkg("a", &["node1"], |s| {
+                    s.priority = Some(1);
+                    s.avoid = avoids(&["d", "b"]);
+                });
+                let b = pkg("b", &["node2", "node1", "node3", "node4", "node5"], |s| {
+                    s.follow = Some("a".to_owned());
+                });
+                let mut d = pkg("d", &["node1", "node2", "node3"], |s| s.priority = Some(1));
+                depends(
+                    &mut d,
+                    "b",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                snap.packages = vec![a, b, d];
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node1
+                  b: node2
+                  d: node2
+                actions:
+                  run b on node2 (startup)
+                  run d on node2 (startup)
+                  run a on node1 (startup)
+            "#]],
+        ),
+        (
+            // seed 171433
+            "no_handover_when_a_cycle_dropped_the_avoid_edge",
+            {
+                let mut snap = cluster(&["node1", "node2", "node3"], &[]);
+                let a = pkg("a", &["node1"], |s| s.avoid = avoids(&["c"]));
+                let mut b = pkg("b", &["node1", "node2", "node3"], |s| {
+                    s.priority = Some(1);
+                    s.avoid = avoids(&["c", "a"]);
+                });
+                depends(
+                    &mut b,
+                    "a",
+                    DependencyCondition::Up,
+                    DependencyLocation::DifferentNode,
+                );
+                let c = pkg("c", &["node1", "node2", "node3"], |s| {
+                    s.follow = Some("b".to_owned());
+                });
+                snap.packages = vec![a, b, c];
+                run(&mut snap, "b", &["node2"]);
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: nowhere
+                  b: nowhere
+                  c: node1
+                actions:
+                  halt b on node2 (dependency)
+                  run c on node1 (startup)
+            "#]],
+        ),
+        (
+            // seed 48860 (a second cause, found once the first was fixed)
+            "run_order_is_the_placement_order_when_a_stopped_follower_closes_a_cycle",
+            {
+                let mut snap = cluster(&["node1", "node2", "node3", "node4"], &[]);
+                let four = ["node1", "node2", "node3", "node4"];
+                let a = pkg("a", &four, |s| s.avoid = avoids(&["b"]));
+                let b = pkg("b", &four, |s| {
+                    s.follow = Some("a".to_owned());
+                    s.avoid = avoids(&["d"]);
+                });
+                let d = pkg("d", &four, |s| {
+                    s.follow = Some("a".to_owned());
+                    s.auto_run = false;
+                });
+                snap.packages = vec![a, b, d];
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node2
+                  b: node1
+                  d: nowhere
+                actions:
+                  run b on node1 (startup)
+                  run a on node2 (startup)
+            "#]],
+        ),
+        (
+            // seed 119818
+            "avoid_order_kept_when_a_package_with_switching_disabled_leaves",
+            {
+                let mut snap = cluster(&["node1"], &[]);
+                let a = pkg("a", &["node1"], |s| s.avoid = avoids(&["c"]));
+                let mut b = pkg("b", &["node1"], |s| s.avoid = avoids(&["a"]));
+                b.kind = PackageKind::MultiNode;
+                let mut c = pkg("c", &["node1"], |_| {});
+                depends(
+                    &mut c,
+                    "b",
+                    DependencyCondition::Up,
+                    DependencyLocation::SameNode,
+                );
+                snap.packages = vec![a, b, c];
+                run(&mut snap, "c", &["node1"]);
+                snap.state_mut("c").switching_enabled = false;
+                snap
+            },
+            expect![[r#"
+                placement:
+                  a: node1
+                  b: nowhere
+                  c: nowhere
+                actions:
+                  halt c on node1 (dependency)
+                  run a on node1 (startup)
+            "#]],
+        ),
+    ];
+    let failures: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, snap, expect)| check_converges(name, &snap, expect))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
