@@ -1169,7 +1169,12 @@ impl PackageManager {
                 }
                 let target = node.map(str::to_owned);
                 let before = self.record(package).await.map_err(store_err)?.value;
-                let running = before.state == PackageState::Up && !before.owners.is_empty();
+                // Up but asked to halt (its owner has not halted it yet: it
+                // may be frozen) is not running for good: the run request
+                // must cancel the halt.
+                let running = before.state == PackageState::Up
+                    && !before.owners.is_empty()
+                    && !before.admin.halted;
                 if running && node.is_none_or(|n| before.owners.iter().any(|o| o == n)) {
                     return Ok(format!(
                         "{package} already runs on {}: nothing to do",
