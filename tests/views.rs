@@ -690,9 +690,9 @@ fn cli_says_what_happened_once_with_the_exit_code_of_design_7() {
     // A resource starts pending and is down after `fall` bad samples.
     wait_for(Duration::from_secs(20), "/g/load down in why", || {
         let (_, text, _) = run(&cfg, &["why", "stuck"]);
-        if text.contains(
-            "resource /g/load is down: 0.5 does not meet > 5 (0 good in a row of rise 1,",
-        ) {
+        if text
+            .contains("resource /g/load is down: 0.5 does not meet > 5 (0 good in a row of rise 1,")
+        {
             Ok(())
         } else {
             Err(text)
