@@ -90,17 +90,9 @@ impl Setup {
         std::fs::read_to_string(self.cfg.path().join("run/guard.log")).unwrap_or_default()
     }
 
+    /// The package `web`, the only one here, as `status --json` shows it.
     fn package(&self) -> Result<serde_json::Value, String> {
-        let out = self.cfg.vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["packages"]
-            .as_array()
-            .and_then(|p| p.first().cloned())
-            .ok_or_else(|| v.to_string())
+        self.cfg.package_status("web")
     }
 
     /// Waits until `web` is up with a token `check` accepts.

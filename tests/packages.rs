@@ -60,17 +60,9 @@ impl Setup {
             .collect()
     }
 
+    /// The package `web`, the only one here, as `status --json` shows it.
     fn package(&self) -> Result<serde_json::Value, String> {
-        let out = self.cfg.vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["packages"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["name"] == "web").cloned())
-            .ok_or_else(|| v.to_string())
+        self.cfg.package_status("web")
     }
 
     fn wait_state(&self, state: &str) -> serde_json::Value {
