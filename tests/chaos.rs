@@ -2,7 +2,21 @@
 //! `VIGIL_CHAOS_SEED`, default 1) on a real etcd with three real hosts; see
 //! `vigil_tests::chaos`. The long run is `bench/src/bin/chaos.rs`.
 
-use vigil_tests::chaos::{Chaos, FaultKind, Options};
+use vigil_tests::chaos::{Chaos, FaultKind, Options, Summary};
+
+/// Runs the trials of `options`, printing each report; returns the summary
+/// and the failed trials' reports with their diagnostics.
+fn run_reporting_failures(options: Options) -> (Summary, Vec<String>) {
+    let mut chaos = Chaos::new(options);
+    let mut failures = Vec::new();
+    let summary = chaos.run(|report| {
+        eprintln!("{report}");
+        if report.failed() {
+            failures.push(format!("{report}\n{}", report.diagnostics));
+        }
+    });
+    (summary, failures)
+}
 
 #[test]
 fn chaos_every_fault_kind_once_no_overlap_no_lost_package_no_dead_host() {
@@ -15,15 +29,7 @@ fn chaos_every_fault_kind_once_no_overlap_no_lost_package_no_dead_host() {
         seed,
         env!("CARGO_BIN_EXE_chaos_beat").into(),
     );
-    let mut chaos = Chaos::new(options);
-    let mut failures = Vec::new();
-    let summary = chaos.run(|report| {
-        eprintln!("{report}");
-        if report.failed() {
-            failures.push(format!("{report}\n{}", report.diagnostics));
-        }
-    });
-    drop(chaos);
+    let (summary, failures) = run_reporting_failures(options);
     eprintln!("{}", summary.table());
     assert!(
         summary.clean(),
@@ -82,15 +88,7 @@ fn a_restarted_old_owner_never_records_down_a_package_another_node_now_runs() {
     options.stable_for = std::time::Duration::from_secs(1);
     options.stuck_after = std::time::Duration::from_secs(15);
     options.stop_at_first_failure = true;
-    let mut chaos = Chaos::new(options);
-    let mut failures = Vec::new();
-    let summary = chaos.run(|report| {
-        eprintln!("{report}");
-        if report.failed() {
-            failures.push(format!("{report}\n{}", report.diagnostics));
-        }
-    });
-    drop(chaos);
+    let (summary, failures) = run_reporting_failures(options);
     assert!(
         summary.clean(),
         "{}\n{}",
