@@ -20,10 +20,12 @@
 //! values until a restart; package changes are reported, not applied.
 //!
 //! At startup the host starts the [guard](crate::guard) and heartbeats it
-//! from the main loop itself (a timer only asks), so a loop that is stuck,
-//! not just a process that is frozen or dead, lets the guard halt the
-//! packages. A clean shutdown stops the guard; an error exit does not, and
-//! the guard halts what runs after its margin.
+//! from a task of its own while the node's lease is sure: no work of the
+//! main loop can delay a beat (a busy host must not be halted by its own
+//! guard), while a frozen or dead process, or a lease in doubt, stops
+//! them. A main loop that is stuck is caught by systemd's watchdog, fed
+//! from the loop. A clean shutdown stops the guard; an error exit does
+//! not, and the guard halts what runs after its margin.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,8 +60,6 @@ pub enum Event {
     Lifecycle(LifecycleEvent),
     /// Once a second: retry package work that a store error interrupted.
     Tick,
-    /// Time to heartbeat the guard.
-    GuardBeat,
     /// Something changed in the cluster store (another node, a package record).
     StoreChanged(crate::store::StoreEvent),
     /// The store's watch ended and was taken again: its snapshot replaces
@@ -231,7 +231,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     // before it gets here.
     // VIGIL_GUARD=off exists to show what the guard protects against (the
     // split-brain tests run once without it); never set it in production.
-    let mut guard = if std::env::var("VIGIL_GUARD").as_deref() == Ok("off") {
+    let guard = if std::env::var("VIGIL_GUARD").as_deref() == Ok("off") {
         warn!(
             "VIGIL_GUARD=off: no guard; a frozen host keeps its packages running after its lease expires"
         );
@@ -248,25 +248,6 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             .context("starting the guard")?,
         )
     };
-    // Beat requests have their own channel, which the main loop always
-    // reads first: a beat waits for the event being handled, never behind a
-    // queue of store work (a resource fault that halts a hundred packages
-    // queues a hundred reports). At most one request is ever pending.
-    let (beat_tx, mut beat_rx) = mpsc::channel::<()>(1);
-    {
-        let interval = guard::beat_interval(guard::margin(config.cluster.lease_ttl));
-        tokio::spawn(async move {
-            let mut beats = tokio::time::interval(interval);
-            loop {
-                beats.tick().await;
-                match beat_tx.try_send(()) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
-                    Err(mpsc::error::TrySendError::Closed(())) => break,
-                }
-            }
-        });
-    }
-
     let ctx = RuntimeContext {
         config_dir: config.cluster.dir.clone(),
         plugin_search: runtime::dylib::search_path(&config.cluster.plugin_path),
@@ -277,9 +258,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
     let manager = start_packages(&config, &node, &mut hub, &events).await?;
-    if let Some(guard) = &mut guard {
-        guard.beat();
-    }
+    // From its own task, so that no work of the main loop delays a beat; a
+    // lease in doubt stops them, and the guard halts the packages before
+    // the lease can expire.
+    let guard = guard.map(|guard| {
+        let probe = manager.lease_probe();
+        let interval = guard::beat_interval(guard::margin(config.cluster.lease_ttl));
+        guard.beat_while(interval, move || !probe.in_doubt())
+    });
     {
         let events = events.clone();
         tokio::spawn(async move {
@@ -312,13 +298,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     notifier.watchdog(std::time::Instant::now());
     let mut since_step = 0usize;
     loop {
-        let event = tokio::select! {
-            biased;
-            Some(()) = beat_rx.recv() => Event::GuardBeat,
-            event = inbox.recv() => match event {
-                Some(event) => event,
-                None => break,
-            },
+        let Some(event) = inbox.recv().await else {
+            break;
         };
         match event {
             Event::Monitor(e) => state.on_monitor_event(e).await,
@@ -340,13 +321,6 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 state.manager.check_guard().await;
                 // Retries what a store error interrupted.
                 state.manager.step(&state.hub).await;
-            }
-            // A host that cannot renew its lease stops vouching for its
-            // packages: the guard then halts them before the lease expires.
-            Event::GuardBeat => {
-                if let (Some(guard), false) = (&mut guard, state.manager.lease_in_doubt()) {
-                    guard.beat();
-                }
             }
             Event::StoreChanged(change) => state.manager.on_store_event(&change),
             Event::StoreResync(snapshot) => state.manager.resync(*snapshot),
@@ -371,7 +345,10 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         // here: the guard, left armed, halts them within its margin, before
         // the lease can expire.
         info!("leaving the guard armed: it halts this node's packages before the lease expires");
-    } else if let Some(guard) = &guard {
+        if let Some(guard) = guard {
+            guard.leave_armed();
+        }
+    } else if let Some(guard) = guard {
         guard.stop();
     }
     drop(state);
@@ -428,14 +405,9 @@ async fn join_etcd(
         crate::package::peers::beat_deadline(ttl),
     );
     let reaper = crate::package::peers::spawn_reaper(etcd.clone(), node.to_owned(), ttl);
-    Ok(EtcdMembership {
-        etcd,
-        lease,
-        keepalive,
-        margin,
-        beats,
-        reaper,
-    })
+    Ok(EtcdMembership::new(
+        etcd, lease, keepalive, margin, beats, reaper,
+    ))
 }
 
 /// Opens the store and starts the package manager on it.

@@ -901,6 +901,55 @@ impl GuardLink {
             tracing::warn!(error = %e, "cannot tell the guard to stop");
         }
     }
+
+    /// Beats the guard every `interval` from a task of its own, as long as
+    /// `vouch` says this node may keep running its packages (its lease is
+    /// sure). Nothing the host's main loop waits for can delay a beat; a
+    /// frozen or dead process stops them, and so does a lease in doubt.
+    pub fn beat_while(
+        mut self,
+        interval: Duration,
+        vouch: impl Fn() -> bool + Send + 'static,
+    ) -> Beating {
+        if vouch() {
+            self.beat();
+        }
+        let link = std::sync::Arc::new(std::sync::Mutex::new(self));
+        let task = {
+            let link = std::sync::Arc::clone(&link);
+            tokio::spawn(async move {
+                let mut beats = tokio::time::interval(interval);
+                beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    beats.tick().await;
+                    if vouch() {
+                        link.lock().unwrap_or_else(|p| p.into_inner()).beat();
+                    }
+                }
+            })
+        };
+        Beating { link, task }
+    }
+}
+
+/// The guard being beaten by [`GuardLink::beat_while`].
+pub struct Beating {
+    link: std::sync::Arc<std::sync::Mutex<GuardLink>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Beating {
+    /// Stops beating and tells the guard to stop: nothing is left to guard.
+    pub fn stop(self) {
+        self.task.abort();
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).stop();
+    }
+
+    /// Stops beating and leaves the guard armed: it halts this node's
+    /// packages once its margin has passed.
+    pub fn leave_armed(self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]
@@ -962,5 +1011,71 @@ mod tests {
                 .describe("node1")
                 .contains("was halted by the guard on node1")
         );
+    }
+
+    /// A link to a datagram socket the test reads, with a guard "just
+    /// started" so that no real guard process is spawned.
+    fn link_to_test_socket(dir: &Path) -> (GuardLink, UnixDatagram) {
+        let path = dir.join(SOCKET);
+        let listener = UnixDatagram::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let socket = UnixDatagram::unbound().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let link = GuardLink {
+            options: GuardOptions {
+                config_dir: dir.to_owned(),
+                paths: config::Paths::linux(),
+                log_format: config::LogFormat::default(),
+                node: "node1".into(),
+                margin: Duration::from_secs(3600),
+            },
+            socket,
+            path,
+            last_spawn: Some(Instant::now()),
+        };
+        (link, listener)
+    }
+
+    fn received(listener: &UnixDatagram) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = listener.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    /// A host whose main loop is busy (a hundred packages halting, a store
+    /// call waiting for its deadline) was halted by its own guard: its
+    /// beats queued behind that work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn beats_go_on_while_the_main_loop_is_blocked_and_stop_when_the_lease_is_in_doubt() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let (link, listener) = link_to_test_socket(dir.path());
+        let sure = Arc::new(AtomicBool::new(true));
+        let beating = {
+            let sure = Arc::clone(&sure);
+            link.beat_while(Duration::from_millis(20), move || {
+                sure.load(Ordering::SeqCst)
+            })
+        };
+        // The main loop (this thread) blocked for half a second.
+        std::thread::sleep(Duration::from_millis(500));
+        let beats = received(&listener);
+        assert!(
+            beats.len() >= 5 && beats.iter().all(|b| b.starts_with("beat ")),
+            "{beats:?}"
+        );
+        sure.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        received(&listener);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(received(&listener), Vec::<String>::new());
+        beating.stop();
+        let stopped = received(&listener);
+        assert_eq!(stopped.len(), 1, "{stopped:?}");
+        assert!(stopped[0].starts_with("stop "), "{stopped:?}");
     }
 }

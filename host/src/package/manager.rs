@@ -682,6 +682,11 @@ impl PackageManager {
         self.membership.lease_in_doubt()
     }
 
+    /// Answers [`Self::lease_in_doubt`] from another task (the guard's beats).
+    pub fn lease_probe(&self) -> super::membership::LeaseProbe {
+        self.membership.probe()
+    }
+
     /// The package's record read from the store itself (the view may be
     /// behind: a write just lost a compare-and-swap), taken into the view.
     async fn record(&mut self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {

@@ -11,12 +11,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use tracing::{info, warn};
 
 use super::peers;
-use crate::store::etcd::{ClaimOutcome, EtcdStore, KeepAlive, Lease};
+use crate::store::etcd::{ClaimOutcome, EtcdStore, KeepAlive, Lease, LeaseHealth};
 use crate::store::{NodeRecord, NodeState, Revision, StoreError};
 
 /// The answer to a run-permit claim.
@@ -49,6 +52,101 @@ pub struct EtcdMembership {
     pub beats: peers::BeatWriter,
     /// Watches the others' heartbeats and revokes a silent node's lease.
     pub reaper: tokio::task::JoinHandle<()>,
+    /// What [`Membership::lease_in_doubt`] reads, shared with the task that
+    /// beats the guard; switched to the new lease on a rejoin.
+    probe: LeaseProbe,
+}
+
+impl EtcdMembership {
+    pub fn new(
+        etcd: EtcdStore,
+        lease: Lease,
+        keepalive: KeepAlive,
+        margin: Duration,
+        beats: peers::BeatWriter,
+        reaper: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        let probe = LeaseProbe(Some(Arc::new(Mutex::new(LeaseSources::of(
+            &lease, &keepalive, &beats, margin,
+        )))));
+        Self {
+            etcd,
+            lease,
+            keepalive,
+            margin,
+            beats,
+            reaper,
+            probe,
+        }
+    }
+}
+
+/// Reads whether this node's lease is in doubt from the lease's own
+/// keepalive and heartbeat tasks, not from the main loop: the task that
+/// beats the guard asks it, so a main loop busy with store work never
+/// delays a beat, while a lease that is really in doubt stops them at once
+/// (a cached answer would go on vouching for a lease that runs out).
+/// Without a lease (one node on the embedded store) it is never in doubt.
+#[derive(Clone, Default)]
+pub struct LeaseProbe(Option<Arc<Mutex<LeaseSources>>>);
+
+struct LeaseSources {
+    health: watch::Receiver<LeaseHealth>,
+    last_beat: Arc<Mutex<Option<Instant>>>,
+    granted_at: Instant,
+    ttl: Duration,
+    margin: Duration,
+}
+
+impl LeaseSources {
+    fn of(
+        lease: &Lease,
+        keepalive: &KeepAlive,
+        beats: &peers::BeatWriter,
+        margin: Duration,
+    ) -> Self {
+        Self {
+            health: keepalive.subscribe(),
+            last_beat: beats.written(),
+            granted_at: lease.granted_at,
+            ttl: lease.ttl,
+            margin,
+        }
+    }
+}
+
+impl LeaseProbe {
+    /// From now on, judges by `lease` (and its keepalive and heartbeats).
+    fn follow(
+        &self,
+        lease: &Lease,
+        keepalive: &KeepAlive,
+        beats: &peers::BeatWriter,
+        margin: Duration,
+    ) {
+        let Some(shared) = &self.0 else { return };
+        *shared.lock().unwrap_or_else(|p| p.into_inner()) =
+            LeaseSources::of(lease, keepalive, beats, margin);
+    }
+
+    /// True when the lease might expire within the safety margin.
+    pub fn in_doubt(&self) -> bool {
+        let Some(shared) = &self.0 else { return false };
+        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let health = s.health.borrow().clone();
+        let now = Instant::now();
+        // Peers judge this node by its heartbeats, so a node whose
+        // heartbeats stopped getting written must stop vouching too.
+        let beat = s
+            .last_beat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(s.granted_at);
+        let stop_after = s.ttl.saturating_sub(s.margin);
+        health.expired
+            || health.valid_until <= now + s.margin
+            || now.duration_since(beat) > stop_after
+    }
 }
 
 impl Drop for EtcdMembership {
@@ -67,18 +165,15 @@ impl Membership {
     /// True when this node's lease might expire within the safety margin:
     /// it must not act as an owner (and stops vouching to its guard).
     pub fn lease_in_doubt(&self) -> bool {
-        let Membership::Etcd(m) = self else {
-            return false;
-        };
-        let health = m.keepalive.health();
-        let now = Instant::now();
-        // Peers judge this node by its heartbeats, so a node whose
-        // heartbeats stopped getting written must stop vouching too.
-        let beat = m.beats.last_written().unwrap_or(m.lease.granted_at);
-        let stop_after = m.lease.ttl.saturating_sub(m.margin);
-        health.expired
-            || health.valid_until <= now + m.margin
-            || now.duration_since(beat) > stop_after
+        self.probe().in_doubt()
+    }
+
+    /// A handle that answers [`Self::lease_in_doubt`] from any task.
+    pub fn probe(&self) -> LeaseProbe {
+        match self {
+            Membership::Single => LeaseProbe::default(),
+            Membership::Etcd(m) => m.probe.clone(),
+        }
     }
 
     /// Claims the run permit of `package`, whose record (at `revision`)
@@ -150,6 +245,7 @@ impl Membership {
                     keepalive.subscribe(),
                     peers::beat_deadline(ttl),
                 );
+                m.probe.follow(&lease, &keepalive, &m.beats, m.margin);
                 m.lease = lease;
                 m.keepalive = keepalive;
             }

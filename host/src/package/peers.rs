@@ -82,9 +82,9 @@ impl BeatWriter {
         Self { task, last_ok }
     }
 
-    /// When the last heartbeat was written, if ever.
-    pub fn last_written(&self) -> Option<Instant> {
-        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner())
+    /// When the last heartbeat was written, if ever, readable from any task.
+    pub fn written(&self) -> Arc<Mutex<Option<Instant>>> {
+        Arc::clone(&self.last_ok)
     }
 }
 
