@@ -501,6 +501,57 @@ impl Drop for AppCluster {
     }
 }
 
+/// A resource-down halt waited for its record write: with etcd hung (frozen,
+/// so requests time out instead of failing fast) the host never halted the
+/// package itself, and only its guard did, once the lease was in doubt. A
+/// halt of this node's own copy is safe without the store, so the host
+/// hands it to the agent at once and records it when the store answers.
+#[test]
+fn a_resource_down_halt_does_not_wait_for_a_hung_store() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // TTL 4 s: store calls give up after 1 s, the guard fires after 2 s.
+    let (c, first) = AppCluster::started(4, true, &[]);
+    let etcd = Pid::from_raw(c.etcd.pid().expect("etcd runs") as i32);
+    kill(etcd, Signal::SIGSTOP).unwrap();
+    std::fs::remove_file(c.dirs["node1"].path().join("flag")).unwrap();
+    let halted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(WAIT, "node1's copy halted", || {
+            let halted = c
+                .intervals()
+                .iter()
+                .any(|(node, _, _, stop)| node == "node1" && stop.is_some());
+            if halted {
+                Ok(())
+            } else {
+                Err(format!("{:?}\n{}", c.intervals(), c.logs()))
+            }
+        })
+    }));
+    kill(etcd, Signal::SIGCONT).unwrap();
+    halted.unwrap();
+    let host_log = std::fs::read_to_string(c.dirs["node1"].path().join("host.log")).unwrap();
+    assert!(
+        host_log
+            .lines()
+            .any(|l| l.contains("halting package") && l.contains("resource_down")),
+        "the host halted it:\n{}",
+        c.logs()
+    );
+    let guard_log = std::fs::read_to_string(c.dirs["node1"].path().join("run/guard.log")).unwrap();
+    assert!(
+        guard_log.contains("heartbeats from vigil host")
+            && !guard_log.contains("halting this node's packages"),
+        "the guard did not have to:\n{guard_log}"
+    );
+    let moved = c.wait_app_on("node2", "node2");
+    assert!(
+        moved["fence_token"].as_u64() > first["fence_token"].as_u64(),
+        "{first} then {moved}"
+    );
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}
+
 #[test]
 fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
     use nix::sys::signal::Signal;
@@ -824,7 +875,9 @@ fn run_permit_is_released_after_the_guard_halts_a_package_on_a_live_node() {
     // TTL 4 s: the guard fires after 2 s of silence, leases need 4.
     let (mut c, first) = AppCluster::started(4, true, &[]);
     c.etcd.stop();
-    // node1 cannot record a halt while etcd is away: its guard does it.
+    // node1 halts at once (a halt of its own copy waits for no store
+    // write), or its guard does while the host waits; either way its
+    // permit can only be given back once etcd is there again.
     std::fs::remove_file(c.dirs["node1"].path().join("flag")).unwrap();
     wait_for(WAIT, "node1's guard to halt app", || {
         let halted = c

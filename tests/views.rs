@@ -498,16 +498,30 @@ fn cluster_page_shows_every_node_and_package_and_follows_a_failover_live() {
     let url = format!("http://127.0.0.1:{port}/");
 
     // What a browser shows on first load: every node and package, states.
-    let dom = chromium(&["--dump-dom"], &url);
-    for node in ["node1", "node2", "node3"] {
-        let cell = format!("<th data-node=\"{node}\" data-state=\"up\" class=\"good\">");
-        assert!(dom.contains(&cell), "{cell} not in\n{dom}");
-    }
-    for (package, on) in [("web", "node2"), ("db", "node2")] {
-        let row =
-            format!("<tr data-package=\"{package}\" data-state=\"up\" data-running-on=\"{on}\">");
-        assert!(dom.contains(&row), "{row} not in\n{dom}");
-    }
+    // The page renders the host's status as polled every 500 ms, so it may
+    // trail `status --json` by one poll.
+    let dom = wait_for(
+        Duration::from_secs(10),
+        "the page to show the seed placement",
+        || {
+            let dom = chromium(&["--dump-dom"], &url);
+            for node in ["node1", "node2", "node3"] {
+                let cell = format!("<th data-node=\"{node}\" data-state=\"up\" class=\"good\">");
+                if !dom.contains(&cell) {
+                    return Err(format!("{cell} not in\n{dom}"));
+                }
+            }
+            for (package, on) in [("web", "node2"), ("db", "node2")] {
+                let row = format!(
+                    "<tr data-package=\"{package}\" data-state=\"up\" data-running-on=\"{on}\">"
+                );
+                if !dom.contains(&row) {
+                    return Err(format!("{row} not in\n{dom}"));
+                }
+            }
+            Ok(dom)
+        },
+    );
     let all = dom
         .split("<tr data-package=\"all\" data-state=\"up\"")
         .nth(1)

@@ -60,6 +60,8 @@ pub enum Event {
     Lifecycle(LifecycleEvent),
     /// Once a second: retry package work that a store error interrupted.
     Tick,
+    /// A round of the package manager's store work came back.
+    StoreDone(Box<crate::package::rounds::Done>),
     /// Something changed in the cluster store (another node, a package record).
     StoreChanged(crate::store::StoreEvent),
     /// The store's watch ended and was taken again: its snapshot replaces
@@ -292,7 +294,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         refusal_logs: BTreeMap::new(),
         monitor_problems: BTreeMap::new(),
     };
-    state.manager.step(&state.hub).await;
+    state.manager.step(&state.hub);
     let mut notifier = crate::notify::Notifier::from_env();
     notifier.ready(&format!("node {} running", state.node));
     notifier.watchdog(std::time::Instant::now());
@@ -307,8 +309,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 let response = state.on_request(call.request).await;
                 let _ = call.reply.send(response);
             }
-            Event::Agent(report) => state.manager.on_report(report, &mut state.hub).await,
-            Event::Lifecycle(e) => state.manager.on_lifecycle(e).await,
+            Event::Agent(report) => state.manager.on_report(report, &mut state.hub),
+            Event::Lifecycle(e) => state.manager.on_lifecycle(e),
             Event::Tick => {
                 // The watchdog is fed from the loop itself: a loop that is
                 // stuck trips systemd's WatchdogSec like a dead process.
@@ -318,10 +320,11 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                     state.manager.on_transition(&t);
                 }
                 state.manager.maintain_link().await;
-                state.manager.check_guard().await;
+                state.manager.check_guard();
                 // Retries what a store error interrupted.
-                state.manager.step(&state.hub).await;
+                state.manager.step(&state.hub);
             }
+            Event::StoreDone(done) => state.manager.on_round_done(*done, &state.hub),
             Event::StoreChanged(change) => state.manager.on_store_event(&change),
             Event::StoreResync(snapshot) => state.manager.resync(*snapshot),
             Event::Reload => state.start_reload(),
@@ -334,7 +337,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         since_step += 1;
         if state.manager.wants_step() && (inbox.is_empty() || since_step >= STEP_EVERY) {
             since_step = 0;
-            state.manager.step(&state.hub).await;
+            state.manager.step(&state.hub);
         }
     }
     info!("vigil host stopping");
@@ -476,6 +479,12 @@ async fn start_packages(
         hub,
         ManagerChannels {
             reports,
+            rounds: {
+                let events = events.clone();
+                Box::new(move |done| {
+                    let _ = events.send(Event::StoreDone(Box::new(done)));
+                })
+            },
             lifecycle: lifecycle_tx,
         },
     )

@@ -3,9 +3,11 @@
 //! store (read once, then kept current by the watch and by this node's own
 //! writes), what runs and what is under way here, service failures, the
 //! lease's health — asks the coordinator what to do, and carries the
-//! effects out: record writes all at once (one round of concurrent
-//! compare-and-swaps), run permits claimed together, runs and halts handed
-//! to the [`agent`](super::agent). It steps again when something changes:
+//! effects out without waiting for the store: record writes go out as one
+//! [round](super::rounds) of concurrent compare-and-swaps on a task, run
+//! permits are claimed together, runs and halts are handed to the
+//! [`agent`](super::agent) (a halt of a copy running here at once, before
+//! its record is written). It steps again when something changes:
 //! an agent report, a resource transition, a service failure, an operator
 //! command, a store change — once per burst, when the daemon's queue is
 //! drained.
@@ -28,6 +30,7 @@ use super::agent::{self, AgentCommand, AgentReport};
 use super::coordinator::{self, AfterWrite, Effect, Facts, Prepared};
 use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
 use super::membership::{Membership, Permit};
+use super::rounds::{self, OwnOutcome};
 use crate::config::package::PackageConfig;
 use crate::criteria::{ResourceState, Transition};
 use crate::guard::{Claim, ClaimPhase};
@@ -94,9 +97,21 @@ pub struct PackageManager {
     /// What this node learnt about its own copies (a run or halt done, a
     /// package re-adopted) and has still to record; written all at once
     /// at the next step, permits first.
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<OwnOutcome>,
     /// Run permits to give back: nothing of these packages runs here.
     releases: Vec<String>,
+    /// The store round under way, if any (one at a time).
+    round: Option<Round>,
+    /// Where rounds report back.
+    rounds: Arc<dyn Fn(rounds::Done) + Send + Sync>,
+    /// Decided writes waiting for the next round of decisions (a round was
+    /// out, or a run failed and its halt was dispatched at once).
+    queued: Vec<Prepared>,
+    /// Packages whose halt was handed to the agent before its record was
+    /// written (a copy running here): not to be halted again after.
+    halted_early: BTreeSet<String>,
+    /// The guard's claims already dealt with, by package: their fence.
+    guard_handled: BTreeMap<String, crate::store::FenceToken>,
     /// Something changed since the last step (an event, a report, a
     /// request): the daemon steps once its queue is drained, so a burst of
     /// a hundred reports costs one plan, not a hundred.
@@ -106,14 +121,17 @@ pub struct PackageManager {
 /// Events the manager needs delivered back into the main loop.
 pub struct ManagerChannels {
     pub reports: Box<dyn Fn(AgentReport) + Send + Sync>,
+    /// A store round's results.
+    pub rounds: Box<dyn Fn(rounds::Done) + Send + Sync>,
     pub lifecycle: mpsc::UnboundedSender<LifecycleEvent>,
 }
 
-/// A change to the record of a package this node runs (or ran), written
-/// only while the record still names this node an owner.
-struct Outcome {
-    package: String,
-    change: Box<dyn Fn(&mut PackageUpdate) + Send>,
+/// A store round under way.
+#[derive(Debug)]
+enum Round {
+    Bookkeeping,
+    /// The coordinator's writes for these packages.
+    Decisions(BTreeSet<String>),
 }
 
 /// The facts of a decision that the manager does not keep as fields.
@@ -246,6 +264,11 @@ impl PackageManager {
             view,
             outcomes: Vec::new(),
             releases: Vec::new(),
+            round: None,
+            rounds: Arc::from(channels.rounds),
+            queued: Vec::new(),
+            halted_early: BTreeSet::new(),
+            guard_handled: BTreeMap::new(),
             dirty: true,
         })
     }
@@ -273,62 +296,57 @@ impl PackageManager {
     /// `halt` failed) in the store, and the runner's copy of it is ended.
     /// Placement may then start it again, with a new fence token. A claim
     /// still being worked on by its guard is left alone until it is done.
-    pub async fn check_guard(&mut self) {
+    /// The record is written by the next bookkeeping round (if it still
+    /// names this node under the claim's fence token); a record that round
+    /// cannot write is corrected by the coordinator, since nothing of the
+    /// package runs here any more.
+    pub fn check_guard(&mut self) {
         let claims: Vec<Claim> = self
             .packages
             .keys()
             .filter_map(|p| Claim::load(&self.run_dir, p))
             .filter(|c| !c.in_progress())
+            .filter(|c| self.guard_handled.get(&c.record.package) != Some(&c.fence()))
             .collect();
-        if claims.is_empty() {
-            return;
-        }
-        let store = self.view.clone();
         let node = self.node.clone();
         for claim in claims {
             let package = claim.record.package.clone();
             let fence = claim.fence();
-            let ours = store
-                .packages
-                .get(&package)
-                .is_some_and(|r| r.value.owners.contains(&node) && r.value.fence_token == fence);
+            self.guard_handled.insert(package.clone(), fence);
+            let ours =
+                self.view.packages.get(&package).is_some_and(|r| {
+                    r.value.owners.contains(&node) && r.value.fence_token == fence
+                });
+            let halted = claim.phase == ClaimPhase::Halted;
             if ours {
                 let why = claim.describe(&node);
-                let halted = claim.phase == ClaimPhase::Halted;
                 warn!(%package, %fence, reason = %why, "the guard halted this package");
-                let result = self
-                    .write_if(
-                        &package,
-                        |r| r.owners.contains(&node) && r.fence_token == fence,
-                        |u| {
-                            if halted {
-                                u.state = PackageState::Down;
-                                u.owners.retain(|o| *o != node);
-                            } else {
-                                // As after a failed halt: something may still
-                                // hold its resources, so it stays ours until
-                                // an operator clears it.
-                                u.state = PackageState::Failed;
-                                u.failed_on.insert(node.clone());
-                            }
-                            u.reason = why.clone();
-                        },
-                    )
-                    .await;
-                if let Err(e) = result {
-                    warn!(%package, error = %e, "cannot record the guard's halt; retrying");
-                    continue;
-                }
+                let owner = node.clone();
+                let node = node.clone();
+                self.outcome_if(
+                    &package,
+                    move |r| r.owners.contains(&owner) && r.fence_token == fence,
+                    move |u| {
+                        if halted {
+                            u.state = PackageState::Down;
+                            u.owners.retain(|o| *o != node);
+                        } else {
+                            // As after a failed halt: something may still
+                            // hold its resources, so it stays ours until
+                            // an operator clears it.
+                            u.state = PackageState::Failed;
+                            u.failed_on.insert(node.clone());
+                        }
+                        u.reason = why.clone();
+                    },
+                );
             }
             // Nothing of it runs here any more: the permit goes too, or the
             // adoptive node would wait for it as long as this node keeps its
             // lease. (After a failed halt something may still run, and the
             // package stays failed here, permit and all.)
-            if claim.phase == ClaimPhase::Halted
-                && let Err(e) = self.membership.release(&package, &node).await
-            {
-                warn!(%package, error = %e, "cannot release the run permit after the guard's halt; retrying");
-                continue;
+            if halted {
+                self.releases.push(package.clone());
             }
             self.running_here.remove(&package);
             let _ = self
@@ -435,28 +453,37 @@ impl PackageManager {
         placement::plan(&coordinator::placement_input(&self.facts(&inputs)))
     }
 
-    /// Dispatches what can be dispatched now: the plan's next action when
-    /// nothing is under way, and at any time the halts that must not wait
-    /// (a resource down here, a failed service, lost ownership).
-    pub async fn step(&mut self, hub: &ResourceHub) {
+    /// Dispatches what can be dispatched now, without waiting for the
+    /// store: first a bookkeeping round (what this node learnt), then, once
+    /// it is back, the coordinator's decisions as a round of writes. While
+    /// a round is out, only the halts that must not wait are dispatched (a
+    /// resource down here, a failed service, lost ownership); their records
+    /// follow in the next round.
+    pub fn step(&mut self, hub: &ResourceHub) {
         self.dirty = false;
-        self.record_outcomes().await;
-        self.publish_resource_states().await;
-        if !self.adopting.is_empty() {
+        if self.round.is_some() {
+            self.decide_and_act(hub, true);
             return;
         }
-        for claim in self.claiming.values().cloned().collect::<Vec<_>>() {
-            let package = claim.package.clone();
-            if let Err(e) = self.try_claim(claim).await {
-                warn!(%package, error = %e, "claiming a package failed; replanning");
-                self.claiming.remove(&package);
-            }
+        if !self.start_bookkeeping() {
+            self.decide(hub);
         }
-        self.decide_and_act(hub).await;
     }
 
-    /// One decision of the coordinator, carried out.
-    async fn decide_and_act(&mut self, hub: &ResourceHub) {
+    /// The coordinator's decision on the view as it is, unless packages
+    /// are still being re-adopted.
+    fn decide(&mut self, hub: &ResourceHub) {
+        if self.adopting.is_empty() {
+            self.decide_and_act(hub, false);
+        }
+    }
+
+    /// One decision of the coordinator, carried out: halts of copies that
+    /// run here are handed to the agent at once, before their records are
+    /// written (halting this node's own copy is always safe, and a halt
+    /// must not wait for a store round trip); the writes go out as one
+    /// round. `urgent_only`: a round is out, so only those halts.
+    fn decide_and_act(&mut self, hub: &ResourceHub, urgent_only: bool) {
         let inputs = self.inputs(hub);
         let effects = coordinator::decide(&self.facts(&inputs));
         let mut writes = Vec::new();
@@ -474,100 +501,237 @@ impl PackageManager {
                     );
                     let _ = self.agent.send(AgentCommand::Halt { package, reason });
                 }
-                Effect::Write(prepared) => writes.push(prepared),
+                Effect::Write(prepared) => {
+                    let halts_a_copy_here = matches!(prepared.then, AfterWrite::Halt { .. })
+                        && self.running_here.contains(&prepared.package);
+                    let in_round = matches!(&self.round, Some(Round::Decisions(p)) if p.contains(&prepared.package));
+                    if urgent_only && (!halts_a_copy_here || in_round) {
+                        continue;
+                    }
+                    if halts_a_copy_here {
+                        self.halt_now(&prepared);
+                        self.halted_early.insert(prepared.package.clone());
+                    }
+                    writes.push(prepared);
+                }
             }
         }
-        self.carry_out(writes).await;
         // A failure whose halt is under way is handled; one whose record
         // write failed stays for the next step.
         let in_flight = &self.in_flight;
         self.failures.retain(|p, _| !in_flight.contains_key(p));
+        self.queued.extend(writes);
+        if !urgent_only {
+            self.start_decisions();
+        }
     }
 
-    /// Writes the records of `prepared` all at once (one round of store
-    /// writes, not one per action: a hundred starts must not hold the main
-    /// loop for a hundred round trips), then hands what was recorded to the
-    /// agent, claiming the run permits of failover packages together too.
-    async fn carry_out(&mut self, prepared: Vec<Prepared>) {
-        if prepared.is_empty() {
+    /// Hands the halt `prepared` leads to to the agent now.
+    fn halt_now(&mut self, prepared: &Prepared) {
+        let AfterWrite::Halt { reason, then_fail } = &prepared.then else {
+            return;
+        };
+        info!(package = %prepared.package, node = %self.node, %reason, "halting package");
+        self.in_flight.insert(
+            prepared.package.clone(),
+            InFlight {
+                reason: *reason,
+                then_fail: then_fail.clone(),
+                record: true,
+            },
+        );
+        let _ = self.agent.send(AgentCommand::Halt {
+            package: prepared.package.clone(),
+            reason: *reason,
+        });
+    }
+
+    /// True while the package runs here, or is being started or halted
+    /// here: its run permit is in use.
+    fn runs_or_starts_here(&self, package: &str) -> bool {
+        self.running_here.contains(package)
+            || self.in_flight.contains_key(package)
+            || self.claiming.contains_key(package)
+    }
+
+    /// Sends what this node learnt (permits to give back, outcomes,
+    /// resource states, permits still waited for) as one round; false when
+    /// there is nothing to send.
+    fn start_bookkeeping(&mut self) -> bool {
+        if self.releases.is_empty()
+            && self.outcomes.is_empty()
+            && self.unpublished.is_empty()
+            && self.claiming.is_empty()
+        {
+            return false;
+        }
+        let node = self.node.clone();
+        let mut releases = std::mem::take(&mut self.releases);
+        releases.retain(|p| !self.runs_or_starts_here(p));
+        let releases = releases
+            .into_iter()
+            .map(|p| {
+                let release = self.membership.release(&p, &node);
+                (p, release)
+            })
+            .collect();
+        let outcomes = std::mem::take(&mut self.outcomes)
+            .into_iter()
+            .map(|o| {
+                let base = self.view.packages.get(&o.package).cloned();
+                (o, base)
+            })
+            .collect();
+        let states = (!self.unpublished.is_empty()).then(|| {
+            let states = self
+                .unpublished
+                .iter()
+                .map(|(r, s)| (r.clone(), *s))
+                .collect();
+            (node.clone(), states)
+        });
+        let claims = self
+            .claiming
+            .values()
+            .map(|c| {
+                let claim = self.membership.claim(&c.package, c.revision, &node);
+                (c.package.clone(), claim)
+            })
+            .collect();
+        self.round = Some(Round::Bookkeeping);
+        rounds::spawn_bookkeeping(
+            Arc::clone(&self.store),
+            rounds::Bookkeeping {
+                releases,
+                outcomes,
+                states,
+                claims,
+            },
+            Arc::clone(&self.rounds),
+        );
+        true
+    }
+
+    /// Sends the queued decisions as one round of writes.
+    fn start_decisions(&mut self) {
+        if self.queued.is_empty() {
             return;
         }
-        let mut writes = tokio::task::JoinSet::new();
-        for (i, p) in prepared.iter().enumerate() {
-            let store = Arc::clone(&self.store);
-            let (package, revision, update) = (p.package.clone(), p.revision, p.update.clone());
-            writes.spawn(async move { (i, store.update_package(package, revision, update).await) });
-        }
-        let mut results: Vec<Option<Result<Versioned<PackageRecord>, StoreError>>> =
-            (0..prepared.len()).map(|_| None).collect();
-        while let Some(joined) = writes.join_next().await {
-            match joined {
-                Ok((i, result)) => results[i] = Some(result),
-                Err(e) => warn!(error = %e, "a store write task failed"),
-            }
-        }
-        let mut claims = Vec::new();
-        for (p, result) in prepared.into_iter().zip(results) {
-            let updated = match result {
-                Some(Ok(updated)) => {
-                    self.view.seen(updated.clone());
-                    updated
-                }
-                Some(Err(e)) => {
-                    warn!(package = %p.package, error = %e, "cannot record the action; replanning");
-                    continue;
-                }
-                None => continue,
-            };
-            match p.then {
-                AfterWrite::Nothing => {
-                    info!(package = %p.package, state = p.update.state.as_str(), reason = %p.update.reason, "recorded");
-                }
-                AfterWrite::Halt { reason, then_fail } => {
-                    info!(package = %p.package, node = %self.node, %reason, "halting package");
-                    self.in_flight.insert(
-                        p.package.clone(),
-                        InFlight {
-                            reason,
-                            then_fail,
-                            record: true,
-                        },
-                    );
-                    let _ = self.agent.send(AgentCommand::Halt {
-                        package: p.package,
-                        reason,
-                    });
-                }
-                AfterWrite::Run { reason, failover } => {
-                    let claim = Claiming {
-                        package: p.package.clone(),
-                        reason,
-                        fence: updated.value.fence_token,
-                        revision: updated.mod_revision,
-                    };
-                    if failover && self.membership.shared() {
-                        self.claiming.insert(claim.package.clone(), claim.clone());
-                        claims.push(claim);
-                    } else {
-                        self.launch(claim);
+        let writes = std::mem::take(&mut self.queued);
+        self.round = Some(Round::Decisions(
+            writes.iter().map(|p| p.package.clone()).collect(),
+        ));
+        rounds::spawn_decisions(
+            Arc::clone(&self.store),
+            rounds::Decisions {
+                writes,
+                permits: self.membership.permits(&self.node),
+            },
+            Arc::clone(&self.rounds),
+        );
+    }
+
+    /// A round came back: its records go into the view, and what follows
+    /// them is handed on. After bookkeeping the coordinator decides at
+    /// once, on a view that includes it.
+    pub fn on_round_done(&mut self, done: rounds::Done, hub: &ResourceHub) {
+        self.round = None;
+        self.dirty = true;
+        match done {
+            rounds::Done::Bookkeeping {
+                unreleased,
+                seen,
+                unrecorded,
+                published,
+                claims,
+            } => {
+                // Given back at the next round — unless the package runs
+                // here again by then: its new permit must stay.
+                for package in unreleased {
+                    if !self.runs_or_starts_here(&package) && !self.releases.contains(&package) {
+                        self.releases.push(package);
                     }
                 }
+                for record in seen {
+                    self.view.seen(record);
+                }
+                for (package, e) in unrecorded {
+                    warn!(%package, error = %e, "cannot record an action's outcome in the store");
+                }
+                match published {
+                    Some(Ok(sent)) => {
+                        for (resource, state) in sent {
+                            if self.unpublished.get(&resource) == Some(&state) {
+                                self.unpublished.remove(&resource);
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, pending = self.unpublished.len(), "cannot publish resource states; retrying every second")
+                    }
+                    None => {}
+                }
+                for claim in claims {
+                    self.on_claim_outcome(claim);
+                }
+                self.dirty = false;
+                self.decide(hub);
+            }
+            rounds::Done::Decisions { writes } => {
+                for (p, result, claim) in writes {
+                    self.on_written(p, result, claim);
+                }
             }
         }
-        let mut asks = tokio::task::JoinSet::new();
-        for claim in claims {
-            let ask = self
-                .membership
-                .claim(&claim.package, claim.revision, &self.node);
-            asks.spawn(async move { (claim, ask.await) });
-        }
-        while let Some(joined) = asks.join_next().await {
-            let Ok((claim, outcome)) = joined else {
-                continue;
-            };
-            let package = claim.package.clone();
-            if let Err(e) = self.on_claim_outcome(claim, outcome).await {
-                warn!(%package, error = %e, "claiming a package failed; replanning");
+    }
+
+    /// One decision's write came back.
+    fn on_written(
+        &mut self,
+        p: Prepared,
+        result: Result<Versioned<PackageRecord>, StoreError>,
+        claim: Option<rounds::ClaimDone>,
+    ) {
+        let halted_early = self.halted_early.remove(&p.package);
+        let updated = match result {
+            Ok(updated) => {
+                self.view.seen(updated.clone());
+                updated
+            }
+            Err(e) => {
+                // A halt already under way goes on: the copy here is halted
+                // and its outcome recorded when it is done.
+                warn!(package = %p.package, error = %e, "cannot record the action; replanning");
+                return;
+            }
+        };
+        match p.then {
+            AfterWrite::Nothing => {
+                info!(package = %p.package, state = p.update.state.as_str(), reason = %p.update.reason, "recorded");
+            }
+            AfterWrite::Halt { reason, then_fail } => {
+                if !halted_early {
+                    let prepared = Prepared {
+                        then: AfterWrite::Halt { reason, then_fail },
+                        ..p
+                    };
+                    self.halt_now(&prepared);
+                }
+            }
+            AfterWrite::Run { reason, failover } => {
+                let start = Claiming {
+                    package: p.package.clone(),
+                    reason,
+                    fence: updated.value.fence_token,
+                    revision: updated.mod_revision,
+                };
+                match claim {
+                    Some(claim) if failover => {
+                        self.claiming.insert(start.package.clone(), start);
+                        self.on_claim_outcome(claim);
+                    }
+                    _ => self.launch(start),
+                }
             }
         }
     }
@@ -590,24 +754,13 @@ impl PackageManager {
         });
     }
 
-    /// Asks for the package's run permit; launches when granted, keeps
-    /// waiting while another node holds it.
-    async fn try_claim(&mut self, claim: Claiming) -> Result<(), StoreError> {
-        let outcome = self
-            .membership
-            .claim(&claim.package, claim.revision, &self.node)
-            .await;
-        self.on_claim_outcome(claim, outcome).await
-    }
-
     /// Acts on the answer to a permit claim: launch when granted, keep
     /// waiting while another node holds it, give up when the record moved.
-    async fn on_claim_outcome(
-        &mut self,
-        claim: Claiming,
-        outcome: Result<Permit, StoreError>,
-    ) -> Result<(), StoreError> {
-        match outcome {
+    fn on_claim_outcome(&mut self, done: rounds::ClaimDone) {
+        let Some(claim) = self.claiming.get(&done.package).cloned() else {
+            return;
+        };
+        match done.outcome {
             Ok(Permit::Granted) => {
                 self.claiming.remove(&claim.package);
                 self.launch(claim);
@@ -624,52 +777,36 @@ impl PackageManager {
                 // Still ours alone: claim again under its new revision.
                 // Otherwise give up and replan; a record left saying it
                 // starts here with nothing running would never be corrected.
-                let record = self.record(&claim.package).await?;
-                if record.value.owners == [self.node.clone()]
-                    && record.value.state == PackageState::Starting
-                {
-                    if let Some(c) = self.claiming.get_mut(&claim.package) {
-                        c.revision = record.mod_revision;
-                        c.fence = record.value.fence_token;
+                match done.fresh {
+                    Some(record)
+                        if record.value.owners == [self.node.clone()]
+                            && record.value.state == PackageState::Starting =>
+                    {
+                        if let Some(c) = self.claiming.get_mut(&claim.package) {
+                            c.revision = record.mod_revision;
+                            c.fence = record.value.fence_token;
+                        }
+                        self.view.seen(record);
                     }
-                } else {
-                    self.claiming.remove(&claim.package);
+                    Some(record) => {
+                        self.view.seen(record);
+                        self.claiming.remove(&claim.package);
+                    }
+                    None => {
+                        self.claiming.remove(&claim.package);
+                    }
                 }
             }
             Err(e) => {
+                warn!(package = %claim.package, error = %e, "claiming a package failed; replanning");
                 self.claiming.remove(&claim.package);
-                return Err(e);
             }
         }
-        Ok(())
     }
 
     /// On a cluster: rejoins with a new lease once the old one expired.
     pub async fn maintain_link(&mut self) {
         self.membership.maintain(&self.node).await;
-    }
-
-    /// Sends the resource states other nodes have not seen yet; kept for
-    /// the next try when the store cannot take them.
-    pub async fn publish_resource_states(&mut self) {
-        if self.unpublished.is_empty() {
-            return;
-        }
-        let states: Vec<_> = self
-            .unpublished
-            .iter()
-            .map(|(r, s)| (r.clone(), *s))
-            .collect();
-        match self
-            .store
-            .set_resource_states(self.node.clone(), states)
-            .await
-        {
-            Ok(_) => self.unpublished.clear(),
-            Err(e) => {
-                warn!(error = %e, pending = self.unpublished.len(), "cannot publish resource states; retrying every second")
-            }
-        }
     }
 
     /// True on a multi-node (etcd) cluster.
@@ -703,78 +840,30 @@ impl PackageManager {
         Ok(record)
     }
 
-    /// Keeps `change` for the next step, which records it.
-    fn outcome(&mut self, package: &str, change: impl Fn(&mut PackageUpdate) + Send + 'static) {
-        self.outcomes.push(Outcome {
+    /// Keeps `change` for the next bookkeeping round, which records it
+    /// while the record still names this node an owner.
+    fn outcome(
+        &mut self,
+        package: &str,
+        change: impl Fn(&mut PackageUpdate) + Send + Sync + 'static,
+    ) {
+        let node = self.node.clone();
+        self.outcome_if(package, move |r| r.owners.contains(&node), change);
+    }
+
+    /// [`outcome`](Self::outcome), written only while `holds`.
+    fn outcome_if(
+        &mut self,
+        package: &str,
+        holds: impl Fn(&PackageRecord) -> bool + Send + Sync + 'static,
+        change: impl Fn(&mut PackageUpdate) + Send + Sync + 'static,
+    ) {
+        self.outcomes.push(OwnOutcome {
             package: package.to_owned(),
+            holds: Box::new(holds),
             change: Box::new(change),
         });
         self.dirty = true;
-    }
-
-    /// Gives back the permits and writes the outcomes gathered since the
-    /// last step, each round concurrently: a hundred packages halted or
-    /// started together cost one round trip, not a hundred on the main
-    /// loop. A package's later outcomes, and those that lost their
-    /// compare-and-swap, are written after, one by one and in order, from
-    /// fresh reads.
-    async fn record_outcomes(&mut self) {
-        let mut releases = tokio::task::JoinSet::new();
-        for package in std::mem::take(&mut self.releases) {
-            let release = self.membership.release(&package, &self.node);
-            releases.spawn(async move { (package, release.await) });
-        }
-        while let Some(joined) = releases.join_next().await {
-            if let Ok((package, Err(e))) = joined {
-                warn!(%package, error = %e, "cannot release the run permit; it goes with the lease");
-            }
-        }
-        let outcomes = std::mem::take(&mut self.outcomes);
-        if outcomes.is_empty() {
-            return;
-        }
-        let mut first: BTreeSet<&str> = BTreeSet::new();
-        let mut serial: Vec<usize> = Vec::new();
-        let mut writes = tokio::task::JoinSet::new();
-        for (i, o) in outcomes.iter().enumerate() {
-            if !first.insert(o.package.as_str()) {
-                serial.push(i);
-                continue;
-            }
-            let Some(record) = self.view.packages.get(&o.package) else {
-                serial.push(i);
-                continue;
-            };
-            if !record.value.owners.contains(&self.node) {
-                info!(package = %o.package, owners = ?record.value.owners, "record moved on; not writing over it");
-                continue;
-            }
-            let mut update = PackageUpdate::from(&record.value);
-            (o.change)(&mut update);
-            let (store, name, revision) = (
-                Arc::clone(&self.store),
-                o.package.clone(),
-                record.mod_revision,
-            );
-            writes.spawn(async move { (i, store.update_package(name, revision, update).await) });
-        }
-        while let Some(joined) = writes.join_next().await {
-            match joined {
-                Ok((_, Ok(written))) => self.view.seen(written),
-                Ok((i, Err(StoreError::Conflict { .. }))) => serial.push(i),
-                Ok((i, Err(e))) => {
-                    warn!(package = %outcomes[i].package, error = %e, "cannot record an action's outcome in the store")
-                }
-                Err(e) => warn!(error = %e, "a store write task failed"),
-            }
-        }
-        serial.sort_unstable();
-        for i in serial {
-            let o = &outcomes[i];
-            if let Err(e) = self.write_owned(&o.package, &*o.change).await {
-                warn!(package = %o.package, error = %e, "cannot record an action's outcome in the store");
-            }
-        }
     }
 
     /// Writes `change` to the package's record: from the view first, from a
@@ -785,21 +874,6 @@ impl PackageManager {
         change: impl Fn(&mut PackageUpdate),
     ) -> Result<(), StoreError> {
         self.write_if(package, |_| true, change).await
-    }
-
-    /// [`write`](Self::write) of what this node records about its own copy
-    /// (its outcome, its halt): only while the record still names this node
-    /// as an owner. A decision taken on a view that was behind (a host
-    /// frozen for seconds) must not land on the record of the node that
-    /// took the package over.
-    async fn write_owned(
-        &mut self,
-        package: &str,
-        change: impl Fn(&mut PackageUpdate),
-    ) -> Result<(), StoreError> {
-        let node = self.node.clone();
-        self.write_if(package, |r| r.owners.contains(&node), change)
-            .await
     }
 
     /// Writes `change` when `holds` is true of the record it would replace
@@ -841,7 +915,7 @@ impl PackageManager {
     }
 
     /// The agent finished a command.
-    pub async fn on_report(&mut self, report: AgentReport, hub: &mut ResourceHub) {
+    pub fn on_report(&mut self, report: AgentReport, hub: &mut ResourceHub) {
         let node = self.node.clone();
         match report {
             AgentReport::Adopted { package, result } => {
@@ -860,14 +934,16 @@ impl PackageManager {
                         // says how that went, and check_guard records it.
                         let claimed = match (
                             Claim::load(&self.run_dir, &package),
-                            self.record(&package).await,
+                            self.view.packages.get(&package),
                         ) {
-                            (Some(claim), Ok(record)) => claim.fence() == record.value.fence_token,
+                            (Some(claim), Some(record)) => {
+                                claim.fence() == record.value.fence_token
+                            }
                             _ => false,
                         };
                         if claimed {
                             info!(%package, "not re-adopted: the guard halted it while no host ran");
-                            self.check_guard().await;
+                            self.check_guard();
                         } else {
                             warn!(%package, error = %e, "cannot re-adopt; it is not running here");
                             self.outcome(&package, move |u| {
@@ -913,7 +989,11 @@ impl PackageManager {
                             Reason::RunFailed,
                             Some(format!("run failed on {node}: {e}")),
                         );
-                        self.carry_out(halt.into_iter().collect()).await;
+                        if let Some(p) = halt {
+                            self.halt_now(&p);
+                            self.halted_early.insert(p.package.clone());
+                            self.queued.push(p);
+                        }
                     }
                 }
             }
@@ -979,7 +1059,7 @@ impl PackageManager {
     }
 
     /// A service exited, restarted, or used up its restarts.
-    pub async fn on_lifecycle(&mut self, event: LifecycleEvent) {
+    pub fn on_lifecycle(&mut self, event: LifecycleEvent) {
         match event {
             LifecycleEvent::ServiceRestarted {
                 package,
@@ -1013,7 +1093,7 @@ impl PackageManager {
                 package, service, ..
             } => {
                 warn!(%package, %service, "service stopped by the guard");
-                self.check_guard().await;
+                self.check_guard();
                 self.dirty = true;
             }
         }

@@ -33,6 +33,38 @@ pub enum Permit {
     NotOwner { owners: Vec<String> },
 }
 
+/// Claims run permits for one node under its current lease.
+#[derive(Clone)]
+pub struct Permits {
+    etcd: EtcdStore,
+    node: String,
+    lease: crate::store::etcd::LeaseId,
+}
+
+impl Permits {
+    /// Claims the run permit of `package`, whose record (at `revision`)
+    /// names this node its owner.
+    pub fn claim(&self, package: &str, revision: Revision) -> Pending<Permit> {
+        let (etcd, package, node, lease) = (
+            self.etcd.clone(),
+            package.to_owned(),
+            self.node.clone(),
+            self.lease,
+        );
+        Box::pin(async move {
+            Ok(
+                match etcd.claim_package(&package, revision, &node, lease).await? {
+                    ClaimOutcome::Granted(_) => Permit::Granted,
+                    ClaimOutcome::HeldBy(holder) => Permit::HeldBy {
+                        node: holder.value.node,
+                    },
+                    ClaimOutcome::NotOwner { owners } => Permit::NotOwner { owners },
+                },
+            )
+        })
+    }
+}
+
 /// A claim or release under way, off the main loop.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
@@ -179,25 +211,22 @@ impl Membership {
     /// Claims the run permit of `package`, whose record (at `revision`)
     /// names `node` its owner.
     pub fn claim(&self, package: &str, revision: Revision, node: &str) -> Pending<Permit> {
+        match self.permits(node) {
+            Some(permits) => permits.claim(package, revision),
+            None => Box::pin(async { Ok(Permit::Granted) }),
+        }
+    }
+
+    /// A handle that claims permits for `node` from a task; `None` on one
+    /// node, where every permit is granted.
+    pub fn permits(&self, node: &str) -> Option<Permits> {
         let Membership::Etcd(m) = self else {
-            return Box::pin(async { Ok(Permit::Granted) });
+            return None;
         };
-        let (etcd, package, node, lease) = (
-            m.etcd.clone(),
-            package.to_owned(),
-            node.to_owned(),
-            m.lease.id,
-        );
-        Box::pin(async move {
-            Ok(
-                match etcd.claim_package(&package, revision, &node, lease).await? {
-                    ClaimOutcome::Granted(_) => Permit::Granted,
-                    ClaimOutcome::HeldBy(holder) => Permit::HeldBy {
-                        node: holder.value.node,
-                    },
-                    ClaimOutcome::NotOwner { owners } => Permit::NotOwner { owners },
-                },
-            )
+        Some(Permits {
+            etcd: m.etcd.clone(),
+            node: node.to_owned(),
+            lease: m.lease.id,
         })
     }
 

@@ -16,3 +16,4 @@ pub mod membership;
 pub mod order;
 pub mod parts;
 pub mod peers;
+pub mod rounds;
