@@ -827,15 +827,7 @@ impl PackageManager {
     /// The package's record read from the store itself (the view may be
     /// behind: a write just lost a compare-and-swap), taken into the view.
     async fn record(&mut self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
-        let store = self.store.snapshot().await?;
-        let record = store
-            .packages
-            .get(package)
-            .cloned()
-            .ok_or_else(|| StoreError::Backend {
-                path: "store".into(),
-                message: format!("package {package} has no record"),
-            })?;
+        let record = rounds::fresh(&*self.store, package).await?;
         self.view.seen(record.clone());
         Ok(record)
     }

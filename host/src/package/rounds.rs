@@ -278,10 +278,8 @@ pub async fn fresh(
     package: &str,
 ) -> Result<Versioned<PackageRecord>, StoreError> {
     store
-        .snapshot()
+        .package(package.to_owned())
         .await?
-        .packages
-        .remove(package)
         .ok_or_else(|| StoreError::Backend {
             path: "store".into(),
             message: format!("package {package} has no record"),

@@ -208,6 +208,19 @@ impl Inner {
         Ok((out, revision))
     }
 
+    fn package(&self, name: &str) -> Result<Option<Versioned<PackageRecord>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
+        let packages = txn.open_table(PACKAGES).map_err(|e| self.backend(e))?;
+        let Some(bytes) = packages.get(name).map_err(|e| self.backend(e))? else {
+            return Ok(None);
+        };
+        let stored: Stored<PackageRecord> = self.decode(name, bytes.value())?;
+        Ok(Some(Versioned {
+            value: stored.value,
+            mod_revision: stored.mod_revision,
+        }))
+    }
+
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.backend(e))?;
         let mut snap = Snapshot {
@@ -270,6 +283,10 @@ fn parse_state(s: &str) -> Option<ResourceState> {
 impl ClusterStore for EmbeddedStore {
     fn snapshot(&self) -> StoreFuture<'_, Snapshot> {
         self.blocking(|inner| inner.snapshot())
+    }
+
+    fn package(&self, name: String) -> StoreFuture<'_, Option<Versioned<PackageRecord>>> {
+        self.blocking(move |inner| inner.package(&name))
     }
 
     fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, Revision> {

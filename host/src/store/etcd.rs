@@ -1020,6 +1020,22 @@ impl ClusterStore for EtcdStore {
         })
     }
 
+    fn package(&self, name: String) -> StoreFuture<'_, Option<Versioned<PackageRecord>>> {
+        Box::pin(async move {
+            let key = self.key(PACKAGES, &name);
+            let read = self.get_many(&[&key]).await?;
+            read[0]
+                .as_ref()
+                .map(|kv| {
+                    Ok(Versioned {
+                        value: self.decode::<PackageRecord>(kv)?,
+                        mod_revision: to_revision(kv.mod_revision()),
+                    })
+                })
+                .transpose()
+        })
+    }
+
     fn update_package(
         &self,
         name: String,

@@ -211,6 +211,13 @@ async fn next_event(watch: &mut Watch) -> StoreEvent {
 // ---- the shared suite ------------------------------------------------------
 
 #[tokio::test]
+async fn etcd_one_package_read_is_what_the_snapshot_holds() {
+    let etcd = etcd_or_skip!();
+    let store = etcd.store("one").await;
+    suite::one_package_read_is_what_the_snapshot_holds(&store).await;
+}
+
+#[tokio::test]
 async fn etcd_ownership_change_bumps_the_fence_token_strictly_and_stale_cas_fails() {
     let etcd = etcd_or_skip!();
     let store = etcd.store("suite").await;

@@ -347,6 +347,9 @@ pub trait ClusterStore: Send + Sync {
     /// Everything at the latest revision.
     fn snapshot(&self) -> StoreFuture<'_, Snapshot>;
 
+    /// One package's record at the latest revision (`None`: no record).
+    fn package(&self, name: String) -> StoreFuture<'_, Option<Versioned<PackageRecord>>>;
+
     /// Creates or replaces a node's membership record.
     fn put_node(&self, node: NodeRecord) -> StoreFuture<'_, Revision>;
 

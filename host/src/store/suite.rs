@@ -23,6 +23,34 @@ pub(super) fn owned_by(node: &str, state: PackageState) -> PackageUpdate {
     }
 }
 
+/// One package's record read alone is the snapshot's, at its revision;
+/// an absent one is `None`.
+pub(super) async fn one_package_read_is_what_the_snapshot_holds(store: &dyn ClusterStore) {
+    assert_eq!(store.package("web".into()).await.unwrap(), None);
+    let created = store
+        .update_package("web".into(), 0, PackageUpdate::down("configured"))
+        .await
+        .unwrap();
+    let owned = store
+        .update_package(
+            "web".into(),
+            created.mod_revision,
+            owned_by("node1", PackageState::Up),
+        )
+        .await
+        .unwrap();
+    store
+        .update_package("db".into(), 0, PackageUpdate::down("configured"))
+        .await
+        .unwrap();
+    let read = store.package("web".into()).await.unwrap();
+    assert_eq!(read.as_ref(), Some(&owned));
+    assert_eq!(
+        read.as_ref(),
+        store.snapshot().await.unwrap().packages.get("web")
+    );
+}
+
 /// Compare-and-swap and fence tokens: a stale writer loses, tokens bump
 /// exactly when the owner set changes and survive deletion.
 pub(super) async fn ownership_change_bumps_the_fence_token_strictly_and_stale_cas_fails(

@@ -14,6 +14,13 @@ async fn ownership_change_bumps_the_fence_token_strictly_and_stale_cas_fails() {
 }
 
 #[tokio::test]
+async fn one_package_read_is_what_the_snapshot_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    suite::one_package_read_is_what_the_snapshot_holds(&store).await;
+}
+
+#[tokio::test]
 async fn reopening_gives_back_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
