@@ -206,12 +206,20 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     let socket = config.cluster.api.socket.clone();
     let listener = api::bind(&socket)?;
     let (calls_tx, mut calls_rx) = mpsc::unbounded_channel::<ApiCall>();
-    if let Some(addr) = &config.cluster.api.http_listen {
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding http_listen {addr}"))?;
-        info!(addr = %addr, "http api listening");
-        tokio::spawn(crate::http::serve(http, calls_tx.clone()));
+    // Hooks only queue events; their programs run on their own tasks.
+    let hooks = crate::hooks::Hooks::start(&config.cluster.hooks, &config.cluster.dir);
+    let http = match &config.cluster.api.http_listen {
+        Some(addr) => {
+            let http = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding http_listen {addr}"))?;
+            info!(addr = %addr, "http api listening");
+            Some(http)
+        }
+        None => None,
+    };
+    if http.is_some() || !hooks.is_empty() {
+        tokio::spawn(crate::http::serve(http, calls_tx.clone(), hooks.clone()));
     }
     tokio::spawn(api::serve(listener, calls_tx));
     {
@@ -305,6 +313,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         config_dir: options.config_dir.clone(),
         refusal_logs: BTreeMap::new(),
         monitor_problems: BTreeMap::new(),
+        hooks,
     };
     state.manager.step(&state.hub).await;
     let mut notifier = crate::notify::Notifier::from_env();
@@ -571,6 +580,8 @@ struct DaemonState {
     refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
     /// Refused samples and last errors by monitor, for `monitor list`.
     monitor_problems: BTreeMap<String, crate::views::MonitorProblems>,
+    /// The `[[hook]]`s, bound at startup; their counters go in `status`.
+    hooks: crate::hooks::Hooks,
 }
 
 /// Whether a reload task runs; a SIGHUP during one queues one more.
@@ -694,6 +705,7 @@ pub fn plan_reload(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
     );
+    keep(old.hooks != cluster.hooks, "[[hook]]");
     cluster.name = old.name.clone();
     cluster.nodes = old.nodes.clone();
     cluster.store = old.store.clone();
@@ -701,6 +713,7 @@ pub fn plan_reload(
     cluster.api = old.api.clone();
     cluster.paths = old.paths.clone();
     cluster.log_format = old.log_format;
+    cluster.hooks = old.hooks.clone();
 
     // A monitor whose file has an error keeps the version that runs.
     let broken = validated.broken_files();
@@ -827,6 +840,7 @@ impl DaemonState {
             Request::Status => match self.manager.status(&self.hub).await {
                 Ok(mut status) => {
                     status.config_errors.clone_from(&self.config_errors);
+                    status.hooks = self.hooks.rows();
                     Response::ok(status)
                 }
                 Err(e) => Response::error(e.to_string()),

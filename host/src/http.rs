@@ -5,6 +5,9 @@
 //! `vigil monitor list --json`, `/healthz`, and Prometheus metrics at
 //! `/metrics`.
 //!
+//! The same task follows the cluster for the alert hooks
+//! ([`crate::hooks`]): one source of events for the page and the hooks.
+//!
 //! Read-only by design: every operation that changes state goes through the
 //! Unix socket, whose 0600 mode is the access control. Like the socket
 //! server, it answers nothing itself: requests go to the main loop as
@@ -23,6 +26,7 @@ use axum::routing::get;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiCall, MonitorRow, Request, ReslsOutput};
+use crate::hooks::Hooks;
 use crate::views::{ClusterView, HealthOutput, StatusOutput, WhyOutput};
 use crate::watch::Watch;
 
@@ -136,8 +140,9 @@ impl App {
 }
 
 /// Polls the main loop's status for ever, feeding [`Watch`] (events and
-/// failover counts); ends when the daemon stops.
-async fn watch(app: App) {
+/// failover counts) and giving each event to the hooks (which only queue
+/// it); ends when the daemon stops.
+async fn watch(app: App, hooks: Hooks) {
     let mut ticks = tokio::time::interval(WATCH_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,11 +154,11 @@ async fn watch(app: App) {
         let Ok(status) = app.calls.status().await else {
             continue;
         };
-        let at = crate::api::rfc3339(vigil_sdk::now_ms());
         let (events, watched) = {
             let mut shared = app.lock();
-            for e in shared.watch.observe(&status, &at) {
-                tracing::info!(kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+            for e in shared.watch.observe(&status, vigil_sdk::now_ms()) {
+                tracing::info!(seq = e.seq, kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+                hooks.send(&e);
             }
             (shared.watch.events(), shared.updates.receiver_count() > 0)
         };
@@ -267,13 +272,24 @@ async fn events(State(app): State<App>) -> HttpResponse {
         .into_response()
 }
 
-/// Serves the HTTP API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::UnboundedSender<ApiCall>) {
+/// Follows the cluster (events for the page, `/metrics` and `hooks`) and
+/// serves the HTTP API on `listener`, if there is one, until the task is
+/// dropped. The daemon runs it when `http_listen` is set or a hook is
+/// configured.
+pub async fn serve(
+    listener: Option<tokio::net::TcpListener>,
+    calls: mpsc::UnboundedSender<ApiCall>,
+    hooks: Hooks,
+) {
     let app = App {
         calls: Calls(calls),
         shared: Arc::default(),
     };
-    let watcher = tokio::spawn(watch(app.clone()));
+    let mut watcher = tokio::spawn(watch(app.clone(), hooks));
+    let Some(listener) = listener else {
+        let _ = (&mut watcher).await;
+        return;
+    };
     let router = Router::new()
         .route("/", get(page))
         .route("/api/status", get(status))

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod generate;
 pub mod guard;
 pub mod http;
+pub mod hooks;
 pub mod hub;
 pub mod logging;
 pub mod metrics;
