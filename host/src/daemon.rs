@@ -218,8 +218,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let watch_nudge = std::sync::Arc::new(tokio::sync::Notify::new());
     if http.is_some() || !hooks.is_empty() {
-        tokio::spawn(crate::http::serve(http, calls_tx.clone(), hooks.clone()));
+        tokio::spawn(crate::http::serve(
+            http,
+            calls_tx.clone(),
+            hooks.clone(),
+            std::sync::Arc::clone(&watch_nudge),
+        ));
     }
     tokio::spawn(api::serve(listener, calls_tx));
     {
@@ -357,8 +363,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                     guard.beat();
                 }
             }
-            Event::StoreChanged(change) => state.manager.on_store_event(&change),
-            Event::StoreResync(snapshot) => state.manager.resync(*snapshot),
+            Event::StoreChanged(change) => {
+                state.manager.on_store_event(&change);
+                watch_nudge.notify_one();
+            }
+            Event::StoreResync(snapshot) => {
+                state.manager.resync(*snapshot);
+                watch_nudge.notify_one();
+            }
             Event::Reload => state.start_reload(),
             Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,

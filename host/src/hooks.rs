@@ -3,7 +3,7 @@
 //! [`ClusterEvent`]) and as `VIGIL_EVENT_*` variables.
 //!
 //! Off the main loop by construction: [`Hooks::send`] only puts the event in
-//! each matching hook's bounded queue (`try_send`) and returns; a full queue
+//! each matching hook's bounded queue (`queue_length`, `try_send`) and returns; a full queue
 //! drops the event for that hook, counts it and logs once per burst. Each
 //! hook has one worker task that takes its events in order (so a hook sees
 //! the events in the order they happened), runs the program under the
@@ -26,8 +26,6 @@ use crate::config::HookConfig;
 use crate::runtime::subprocess::{self, Exit};
 use crate::views::{ClusterEvent, HookRow};
 
-/// Events one hook may have waiting; more are dropped (and counted).
-pub const QUEUE_PER_HOOK: usize = 256;
 /// Hook programs running at once on one host, all hooks together.
 pub const MAX_RUNNING: usize = 4;
 /// The pause before a failed run is tried again.
@@ -54,16 +52,11 @@ impl Hooks {
     /// Starts one worker per hook (on the current tokio runtime); commands
     /// run with `dir` (the config dir) as their working directory.
     pub fn start(configs: &[HookConfig], dir: &std::path::Path) -> Self {
-        Self::start_with(configs, dir, QUEUE_PER_HOOK)
-    }
-
-    /// [`Hooks::start`] with another queue length (tests).
-    pub fn start_with(configs: &[HookConfig], dir: &std::path::Path, queue_len: usize) -> Self {
         let running = Arc::new(Semaphore::new(MAX_RUNNING));
         let hooks = configs
             .iter()
             .map(|config| {
-                let (tx, rx) = mpsc::channel(queue_len.max(1));
+                let (tx, rx) = mpsc::channel(config.queue_length.max(1));
                 let stats = Arc::new(Mutex::new(HookRow {
                     name: config.name.clone(),
                     events: config.events.clone(),
@@ -262,6 +255,7 @@ mod tests {
             events: events.to_vec(),
             timeout: Duration::from_secs(5),
             retries: 1,
+            queue_length: 256,
             source: dir.join("cluster.toml"),
             line: 1,
         }
@@ -317,7 +311,12 @@ mod tests {
     async fn a_failing_hook_is_retried_then_given_up_and_a_hanging_one_killed() {
         let dir = tempfile::tempdir().unwrap();
         let fails = hook(dir.path(), "fails", "#!/bin/sh\nexit 3\n", &EventKind::ALL);
-        let mut hangs = hook(dir.path(), "hangs", "#!/bin/sh\nsleep 30\n", &EventKind::ALL);
+        let mut hangs = hook(
+            dir.path(),
+            "hangs",
+            "#!/bin/sh\nsleep 30\n",
+            &EventKind::ALL,
+        );
         hangs.timeout = Duration::from_millis(200);
         hangs.retries = 0;
         let hooks = Hooks::start(&[fails, hangs], dir.path());
@@ -339,7 +338,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut slow = hook(dir.path(), "slow", "#!/bin/sh\nsleep 1\n", &EventKind::ALL);
         slow.retries = 0;
-        let hooks = Hooks::start_with(&[slow], dir.path(), 2);
+        slow.queue_length = 2;
+        let hooks = Hooks::start(&[slow], dir.path());
         for seq in 1..=10 {
             hooks.send(&event(seq, EventKind::Package));
         }

@@ -312,7 +312,8 @@ fn hooks(t: &mut Text, hooks: &[crate::views::HookRow]) {
             h.dropped as f64,
         );
     }
-    let counters: [(&str, &str, fn(&crate::views::HookRow) -> u64); 4] = [
+    type Counter = fn(&crate::views::HookRow) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
         (
             "vigil_hook_delivered_total",
             "Events a hook took (status 0), after retries.",

@@ -83,7 +83,11 @@ impl Watch {
             reason_label: String::new(),
             fence_token: None,
         };
-        let package_event = |kind: EventKind, text: String, was: Option<&PackageStatus>, p: &PackageStatus, old_nodes: Vec<String>| {
+        let package_event = |kind: EventKind,
+                             text: String,
+                             was: Option<&PackageStatus>,
+                             p: &PackageStatus,
+                             old_nodes: Vec<String>| {
             ClusterEvent {
                 node: p.running_on.first().or(old_nodes.first()).cloned(),
                 package: Some(p.name.clone()),
@@ -314,8 +318,14 @@ mod tests {
         let up = [("node1", "up"), ("node2", "up")];
         let down = [("node1", "down"), ("node2", "up")];
         let mut watch = Watch::default();
-        watch.observe(&status(&up, &[("a", "up", &["node1"], "up on node1 (startup)")]), 1_000);
-        let mut next = status(&down, &[("a", "starting", &["node2"], "starting on node2 (failover)")]);
+        watch.observe(
+            &status(&up, &[("a", "up", &["node1"], "up on node1 (startup)")]),
+            1_000,
+        );
+        let mut next = status(
+            &down,
+            &[("a", "starting", &["node2"], "starting on node2 (failover)")],
+        );
         next.packages[0].fence_token = 2;
         let events = watch.observe(&next, 1_767_225_600_500);
         let json: Vec<String> = events
@@ -358,7 +368,11 @@ mod tests {
         assert_eq!(e.kind, EventKind::Resource);
         assert_eq!(e.text, "a: resource /fs/d/used_percent on node1: up → down");
         assert_eq!(
-            (e.resource.as_deref(), e.package.as_deref(), e.node.as_deref()),
+            (
+                e.resource.as_deref(),
+                e.package.as_deref(),
+                e.node.as_deref()
+            ),
             (Some("/fs/d/used_percent"), Some("a"), Some("node1"))
         );
         assert_eq!((e.reason.as_str(), e.fence_token), ("< 90", Some(1)));

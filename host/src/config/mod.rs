@@ -64,6 +64,8 @@ struct RawHook {
     timeout_seconds: Option<Spanned<Seconds>>,
     #[serde(default)]
     retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    queue_length: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -264,6 +266,9 @@ pub struct HookConfig {
     pub timeout: Duration,
     /// How many times a failed run is tried again (default 0).
     pub retries: u32,
+    /// Events that may wait for it (default [`DEFAULT_HOOK_QUEUE`]); more
+    /// are dropped and counted.
+    pub queue_length: usize,
     /// `cluster.toml` and the line of the hook's `name`, for messages.
     pub source: PathBuf,
     pub line: usize,
@@ -273,6 +278,10 @@ pub struct HookConfig {
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most `retries` a hook may ask for: more only piles up its queue.
 pub const MAX_HOOK_RETRIES: u32 = 10;
+/// `[[hook]] queue_length` by default.
+pub const DEFAULT_HOOK_QUEUE: usize = 256;
+/// Most `queue_length` a hook may ask for (each event is a few hundred bytes).
+pub const MAX_HOOK_QUEUE: usize = 100_000;
 
 /// `[logging] format` (DESIGN §7a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -732,6 +741,22 @@ fn load_hooks(
                 }
             },
         };
+        let queue_length = match &h.queue_length {
+            None => DEFAULT_HOOK_QUEUE,
+            Some(q) => match usize::try_from(*q.get_ref()) {
+                Ok(n @ 1..=MAX_HOOK_QUEUE) => n,
+                _ => {
+                    bad.push(file.error_at(
+                        q.span(),
+                        format!(
+                            "{what}: queue_length must be from 1 to {MAX_HOOK_QUEUE}, got {}",
+                            q.get_ref()
+                        ),
+                    ));
+                    DEFAULT_HOOK_QUEUE
+                }
+            },
+        };
         if bad.is_empty() {
             hooks.push(HookConfig {
                 name,
@@ -739,6 +764,7 @@ fn load_hooks(
                 events,
                 timeout,
                 retries,
+                queue_length,
                 source: file.path.clone(),
                 line,
             });
