@@ -717,7 +717,20 @@ pub fn plan_reload(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
     );
-    keep(old.hooks != cluster.hooks, "[[hook]]");
+    // A hook's line moves when lines above it change; that is no change.
+    let without_lines = |hooks: &[config::HookConfig]| {
+        hooks
+            .iter()
+            .map(|h| config::HookConfig {
+                line: 0,
+                ..h.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    keep(
+        without_lines(&old.hooks) != without_lines(&cluster.hooks),
+        "[[hook]]",
+    );
     cluster.name = old.name.clone();
     cluster.nodes = old.nodes.clone();
     cluster.store = old.store.clone();
@@ -1192,6 +1205,26 @@ mod tests {
             expect![[r#"
                 refused: cluster.toml is invalid; nothing applied
                 error: DIR/cluster.toml:1: missing field `nodes`
+            "#]],
+        );
+    }
+
+    #[test]
+    fn hooks_are_bound_at_startup_but_a_hook_that_only_moved_down_is_no_change() {
+        let hook = "[[hook]]\nname = \"h\"\ncommand = [\"/bin/true\"]\n";
+        let moved = format!("{CLUSTER}\n\n{hook}");
+        let changed = format!("{CLUSTER}{hook}retries = 1\n");
+        let before = format!("{CLUSTER}{hook}");
+        check(
+            &[("cluster.toml", &before)],
+            &[("cluster.toml", &moved)],
+            expect![[""]],
+        );
+        check(
+            &[("cluster.toml", &before)],
+            &[("cluster.toml", &changed)],
+            expect![[r#"
+                needs restart: [[hook]] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
             "#]],
         );
     }
