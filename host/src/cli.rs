@@ -533,6 +533,29 @@ pub fn status_text(
             let _ = writeln!(t, "    part {:<39} up on {}", part.part, out.node);
         }
     }
+    if !out.hooks.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nHOOK             QUEUED  DELIVERED  FAILED RUNS  TIMED OUT  DROPPED  LAST ERROR"
+        );
+        for h in &out.hooks {
+            let _ = writeln!(
+                t,
+                "{:<16} {:>6}  {:>9}  {:>11}  {:>9}  {:>7}  {}",
+                h.name,
+                h.queued,
+                h.delivered,
+                h.failed_runs,
+                h.timed_out_runs,
+                h.dropped,
+                match (&h.last_error, &h.last_error_at) {
+                    (Some(e), Some(at)) => format!("{at}: {e}"),
+                    (Some(e), None) => e.clone(),
+                    _ => "-".to_owned(),
+                }
+            );
+        }
+    }
     t
 }
 

@@ -208,12 +208,26 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     let socket = config.cluster.api.socket.clone();
     let listener = api::bind(&socket)?;
     let (calls_tx, mut calls_rx) = mpsc::unbounded_channel::<ApiCall>();
-    if let Some(addr) = &config.cluster.api.http_listen {
-        let http = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding http_listen {addr}"))?;
-        info!(addr = %addr, "http api listening");
-        tokio::spawn(crate::http::serve(http, calls_tx.clone()));
+    // Hooks only queue events; their programs run on their own tasks.
+    let hooks = crate::hooks::Hooks::start(&config.cluster.hooks, &config.cluster.dir);
+    let http = match &config.cluster.api.http_listen {
+        Some(addr) => {
+            let http = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding http_listen {addr}"))?;
+            info!(addr = %addr, "http api listening");
+            Some(http)
+        }
+        None => None,
+    };
+    let watch_nudge = std::sync::Arc::new(tokio::sync::Notify::new());
+    if http.is_some() || !hooks.is_empty() {
+        tokio::spawn(crate::http::serve(
+            http,
+            calls_tx.clone(),
+            hooks.clone(),
+            std::sync::Arc::clone(&watch_nudge),
+        ));
     }
     tokio::spawn(api::serve(listener, calls_tx));
     {
@@ -293,6 +307,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         config_dir: options.config_dir.clone(),
         refusal_logs: BTreeMap::new(),
         monitor_problems: BTreeMap::new(),
+        hooks,
     };
     state.manager.step(&state.hub);
     let mut notifier = crate::notify::Notifier::from_env();
@@ -325,8 +340,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 state.manager.step(&state.hub);
             }
             Event::StoreDone(done) => state.manager.on_round_done(*done, &state.hub),
-            Event::StoreChanged(change) => state.manager.on_store_event(&change),
-            Event::StoreResync(snapshot) => state.manager.resync(*snapshot),
+            Event::StoreChanged(change) => {
+                state.manager.on_store_event(&change);
+                watch_nudge.notify_one();
+            }
+            Event::StoreResync(snapshot) => {
+                state.manager.resync(*snapshot);
+                watch_nudge.notify_one();
+            }
             Event::Reload => state.start_reload(),
             Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,
@@ -552,6 +573,8 @@ struct DaemonState {
     refusal_logs: BTreeMap<String, runtime::output::MonitorLog>,
     /// Refused samples and last errors by monitor, for `monitor list`.
     monitor_problems: BTreeMap<String, crate::views::MonitorProblems>,
+    /// The `[[hook]]`s, bound at startup; their counters go in `status`.
+    hooks: crate::hooks::Hooks,
 }
 
 /// Whether a reload task runs; a SIGHUP during one queues one more.
@@ -675,6 +698,20 @@ pub fn plan_reload(
         old.api.http_listen != cluster.api.http_listen,
         "api.http_listen",
     );
+    // A hook's line moves when lines above it change; that is no change.
+    let without_lines = |hooks: &[config::HookConfig]| {
+        hooks
+            .iter()
+            .map(|h| config::HookConfig {
+                line: 0,
+                ..h.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    keep(
+        without_lines(&old.hooks) != without_lines(&cluster.hooks),
+        "[[hook]]",
+    );
     cluster.name = old.name.clone();
     cluster.nodes = old.nodes.clone();
     cluster.store = old.store.clone();
@@ -682,6 +719,7 @@ pub fn plan_reload(
     cluster.api = old.api.clone();
     cluster.paths = old.paths.clone();
     cluster.log_format = old.log_format;
+    cluster.hooks = old.hooks.clone();
 
     // A monitor whose file has an error keeps the version that runs.
     let broken = validated.broken_files();
@@ -808,6 +846,7 @@ impl DaemonState {
             Request::Status => match self.manager.status(&self.hub).await {
                 Ok(mut status) => {
                     status.config_errors.clone_from(&self.config_errors);
+                    status.hooks = self.hooks.rows();
                     Response::ok(status)
                 }
                 Err(e) => Response::error(e.to_string()),
@@ -1147,6 +1186,26 @@ mod tests {
             expect![[r#"
                 refused: cluster.toml is invalid; nothing applied
                 error: DIR/cluster.toml:1: missing field `nodes`
+            "#]],
+        );
+    }
+
+    #[test]
+    fn hooks_are_bound_at_startup_but_a_hook_that_only_moved_down_is_no_change() {
+        let hook = "[[hook]]\nname = \"h\"\ncommand = [\"/bin/true\"]\n";
+        let moved = format!("{CLUSTER}\n\n{hook}");
+        let changed = format!("{CLUSTER}{hook}retries = 1\n");
+        let before = format!("{CLUSTER}{hook}");
+        check(
+            &[("cluster.toml", &before)],
+            &[("cluster.toml", &moved)],
+            expect![[""]],
+        );
+        check(
+            &[("cluster.toml", &before)],
+            &[("cluster.toml", &changed)],
+            expect![[r#"
+                needs restart: [[hook]] changed in DIR/cluster.toml: this needs a restart of vigil host; keeping the old value
             "#]],
         );
     }

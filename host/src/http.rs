@@ -5,6 +5,9 @@
 //! `vigil monitor list --json`, `/healthz`, and Prometheus metrics at
 //! `/metrics`.
 //!
+//! The same task follows the cluster for the alert hooks
+//! ([`crate::hooks`]): one source of events for the page and the hooks.
+//!
 //! Read-only by design: every operation that changes state goes through the
 //! Unix socket, whose 0600 mode is the access control. Like the socket
 //! server, it answers nothing itself: requests go to the main loop as
@@ -20,15 +23,18 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response as HttpResponse};
 use axum::routing::get;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::api::{ApiCall, MonitorRow, Request, ReslsOutput};
+use crate::hooks::Hooks;
 use crate::views::{ClusterView, HealthOutput, StatusOutput, WhyOutput};
 use crate::watch::Watch;
 
 /// How often the HTTP side asks the main loop for the cluster's status,
-/// to see events and push page updates.
+/// to see events and push page updates, when no store change nudges it.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// The shortest time between two of those polls.
+const NUDGE_GAP: Duration = Duration::from_millis(50);
 
 #[derive(Clone)]
 struct Calls(mpsc::UnboundedSender<ApiCall>);
@@ -136,12 +142,17 @@ impl App {
 }
 
 /// Polls the main loop's status for ever, feeding [`Watch`] (events and
-/// failover counts); ends when the daemon stops.
-async fn watch(app: App) {
-    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// failover counts) and giving each event to the hooks (which only queue
+/// it); ends when the daemon stops.
+async fn watch(app: App, hooks: Hooks, nudge: Arc<Notify>) {
     loop {
-        ticks.tick().await;
+        // A store change nudges at once (so a short-lived state such as
+        // `halting` is seen), but polls stay NUDGE_GAP apart so a burst of
+        // changes costs the main loop a few status requests, not one per
+        // change; the interval catches the rest.
+        let polled = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(WATCH_INTERVAL, nudge.notified()).await;
+        tokio::time::sleep_until(polled + NUDGE_GAP).await;
         if app.calls.0.is_closed() {
             break;
         }
@@ -149,11 +160,11 @@ async fn watch(app: App) {
         let Ok(status) = app.calls.status().await else {
             continue;
         };
-        let at = crate::api::rfc3339(vigil_sdk::now_ms());
         let (events, watched) = {
             let mut shared = app.lock();
-            for e in shared.watch.observe(&status, &at) {
-                tracing::info!(kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+            for e in shared.watch.observe(&status, vigil_sdk::now_ms()) {
+                tracing::info!(seq = e.seq, kind = %e.kind, subject = %e.subject, text = %e.text, "cluster event");
+                hooks.send(&e);
             }
             (shared.watch.events(), shared.updates.receiver_count() > 0)
         };
@@ -267,13 +278,25 @@ async fn events(State(app): State<App>) -> HttpResponse {
         .into_response()
 }
 
-/// Serves the HTTP API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, calls: mpsc::UnboundedSender<ApiCall>) {
+/// Follows the cluster (events for the page, `/metrics` and `hooks`) and
+/// serves the HTTP API on `listener`, if there is one, until the task is
+/// dropped. The daemon runs it when `http_listen` is set or a hook is
+/// configured, and notifies `nudge` on every store change.
+pub async fn serve(
+    listener: Option<tokio::net::TcpListener>,
+    calls: mpsc::UnboundedSender<ApiCall>,
+    hooks: Hooks,
+    nudge: Arc<Notify>,
+) {
     let app = App {
         calls: Calls(calls),
         shared: Arc::default(),
     };
-    let watcher = tokio::spawn(watch(app.clone()));
+    let mut watcher = tokio::spawn(watch(app.clone(), hooks, nudge));
+    let Some(listener) = listener else {
+        let _ = (&mut watcher).await;
+        return;
+    };
     let router = Router::new()
         .route("/", get(page))
         .route("/api/status", get(status))

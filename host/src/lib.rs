@@ -7,6 +7,7 @@ pub mod criteria;
 pub mod daemon;
 pub mod generate;
 pub mod guard;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod logging;

@@ -292,9 +292,63 @@ pub fn render(view: &ClusterView, failovers: &BTreeMap<(String, String), u64>) -
             m.samples_received as f64,
         );
     }
+    hooks(&mut t, &status.hooks);
     polls(&mut t);
     process(&mut t);
     t.0
+}
+
+/// `[[hook]]` deliveries, one sample per hook (`sum()` for the host).
+fn hooks(t: &mut Text, hooks: &[crate::views::HookRow]) {
+    t.family(
+        "vigil_hook_dropped_total",
+        "counter",
+        "Events not given to a hook because its queue was full, since this host started.",
+    );
+    for h in hooks {
+        t.sample(
+            "vigil_hook_dropped_total",
+            &[("hook", &h.name)],
+            h.dropped as f64,
+        );
+    }
+    type Counter = fn(&crate::views::HookRow) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
+        (
+            "vigil_hook_delivered_total",
+            "Events a hook took (status 0), after retries.",
+            |h| h.delivered,
+        ),
+        (
+            "vigil_hook_failed_runs_total",
+            "Hook runs that failed or timed out; each attempt counts.",
+            |h| h.failed_runs,
+        ),
+        (
+            "vigil_hook_timed_out_runs_total",
+            "Hook runs killed at their timeout_seconds.",
+            |h| h.timed_out_runs,
+        ),
+        (
+            "vigil_hook_given_up_total",
+            "Events given up on after every attempt of the hook failed.",
+            |h| h.given_up,
+        ),
+    ];
+    for (name, help, value) in counters {
+        t.family(name, "counter", help);
+        for h in hooks {
+            t.sample(name, &[("hook", &h.name)], value(h) as f64);
+        }
+    }
+    t.family(
+        "vigil_hook_queued",
+        "gauge",
+        "Events waiting for the hook now.",
+    );
+    for h in hooks {
+        t.sample("vigil_hook_queued", &[("hook", &h.name)], h.queued as f64);
+    }
 }
 
 fn polls(t: &mut Text) {
@@ -498,6 +552,7 @@ mod tests {
                     parts_here: vec![],
                 }],
                 config_errors: vec![],
+                hooks: vec![],
             },
             resources: ReslsOutput {
                 node: "node1".into(),
@@ -545,7 +600,7 @@ mod tests {
         let failovers = BTreeMap::from([(("db".to_owned(), "failover".to_owned()), 2)]);
         let text = render(&view, &failovers);
         let before_polls = &text[..text.find("# HELP vigil_monitor_poll").unwrap_or(0)];
-        expect![[r#"
+        expect![[r##"
             # HELP vigil_build_info The running vigil's version; always 1.
             # TYPE vigil_build_info gauge
             vigil_build_info{version="0.1.0"} 1
@@ -591,7 +646,19 @@ mod tests {
             # HELP vigil_monitor_samples_total Samples recorded from the monitor.
             # TYPE vigil_monitor_samples_total counter
             vigil_monitor_samples_total{monitor="fs"} 7
-        "#]]
+            # HELP vigil_hook_dropped_total Events not given to a hook because its queue was full, since this host started.
+            # TYPE vigil_hook_dropped_total counter
+            # HELP vigil_hook_delivered_total Events a hook took (status 0), after retries.
+            # TYPE vigil_hook_delivered_total counter
+            # HELP vigil_hook_failed_runs_total Hook runs that failed or timed out; each attempt counts.
+            # TYPE vigil_hook_failed_runs_total counter
+            # HELP vigil_hook_timed_out_runs_total Hook runs killed at their timeout_seconds.
+            # TYPE vigil_hook_timed_out_runs_total counter
+            # HELP vigil_hook_given_up_total Events given up on after every attempt of the hook failed.
+            # TYPE vigil_hook_given_up_total counter
+            # HELP vigil_hook_queued Events waiting for the hook now.
+            # TYPE vigil_hook_queued gauge
+        "##]]
         .assert_eq(before_polls);
         assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"));
     }

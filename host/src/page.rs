@@ -174,7 +174,7 @@ pub fn cluster(view: &ClusterView) -> Markup {
                 p.idle { "none since this host started" }
             } @else {
                 ol { @for e in &view.events {
-                    li class=(e.kind) { time { (e.at) } " " (e.text) }
+                    li class=(e.kind.name()) { time { (e.at) } " " (e.text) }
                 } }
             }
         }

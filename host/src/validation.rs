@@ -5,7 +5,7 @@
 //! (a blocking task with a deadline: a file on a hung file system must not
 //! stop the host's main loop), probes every monitor once for its declared
 //! patterns (each probe has its monitor's own deadline), checks that every
-//! package program is executable, and cross-checks the packages against the
+//! package and hook program is executable, and cross-checks the packages against the
 //! nodes and the declared resources. Every error carries `file:line`.
 //!
 //! It decides nothing about a running host: what to keep, start or leave out
@@ -79,8 +79,9 @@ pub async fn validate(
 ) -> Result<Validated, Vec<ConfigError>> {
     let owned = dir.to_owned();
     let read = tokio::task::spawn_blocking(move || {
-        let config = config::load(&owned)?;
-        let programs = program_errors(&config);
+        let mut config = config::load(&owned)?;
+        let mut programs = hook_program_errors(&mut config.cluster);
+        programs.extend(program_errors(&config));
         Ok::<_, Vec<ConfigError>>((config, programs))
     });
     let (mut config, program_errors) = match tokio::time::timeout(READ_DEADLINE, read).await {
@@ -179,6 +180,27 @@ pub async fn validate(
         errors,
         consequences,
     })
+}
+
+/// Every `[[hook]]` whose program is not an executable file, left out of
+/// `cluster` (the host runs without it; `vigil check` fails on it).
+fn hook_program_errors(cluster: &mut config::ClusterConfig) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    cluster.hooks.retain(|h| {
+        let program = h.command.first().map(String::as_str).unwrap_or_default();
+        match runtime::check_executable(program) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(ConfigError::at(
+                    &h.source,
+                    h.line,
+                    format!("hook {}: command: {e}", h.name),
+                ));
+                false
+            }
+        }
+    });
+    errors
 }
 
 /// Every package program that is not an executable file.

@@ -27,6 +27,10 @@ pub struct StatusOutput {
     /// the daemon fills this in, the package manager leaves it empty.
     #[serde(default)]
     pub config_errors: Vec<ConfigErrorRow>,
+    /// This host's `[[hook]]`s and how their deliveries went; the daemon
+    /// fills this in.
+    #[serde(default)]
+    pub hooks: Vec<HookRow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -419,14 +423,138 @@ pub struct ClusterView {
     pub events: Vec<ClusterEvent>,
 }
 
-/// Something that changed in the cluster, as the HTTP side saw it happen.
+/// What a [`ClusterEvent`] is about. `[[hook]] events` names these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A node's state changed (`up`, `down`, `halted`).
+    Node,
+    /// A package's state or place changed.
+    Package,
+    /// A resource a package requires changed state, as this node judges it.
+    Resource,
+    /// A package now runs on none of the nodes it ran on before.
+    Failover,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Node,
+        EventKind::Package,
+        EventKind::Resource,
+        EventKind::Failover,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Node => "node",
+            EventKind::Package => "package",
+            EventKind::Resource => "resource",
+            EventKind::Failover => "failover",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Something that changed in the cluster, as one host saw it happen: what
+/// the cluster page lists and what each `[[hook]]` gets on stdin (and, flat,
+/// as `VIGIL_EVENT_*` variables; see [`ClusterEvent::env`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterEvent {
+    /// Numbers the events one host saw, from 1, in the order it saw them
+    /// (a host restart starts again at 1).
+    pub seq: u64,
     /// RFC 3339.
     pub at: String,
-    /// `failover`, `package` or `node`.
-    pub kind: String,
+    /// The same, in milliseconds since the epoch.
+    pub at_ms: u64,
+    pub kind: EventKind,
     /// The package or node.
     pub subject: String,
+    /// The event in words, as the page shows it.
     pub text: String,
+    /// The node whose host saw the event (and runs the hooks).
+    pub observed_by: String,
+    /// The node the event is about: the node of a node event, where the
+    /// package runs now (else where it ran) for package and failover events,
+    /// the node judging a resource for resource events.
+    pub node: Option<String>,
+    pub package: Option<String>,
+    /// The resource of a resource event.
+    pub resource: Option<String>,
+    /// The state before (`up`, `down`, `starting`, ...).
+    pub old_state: String,
+    pub new_state: String,
+    /// Where the package ran before and runs now (package and failover events).
+    pub old_nodes: Vec<String>,
+    pub new_nodes: Vec<String>,
+    /// The package's reason as `vigil status` shows it; for a resource
+    /// event, the package's criterion for it (`< 80`).
+    pub reason: String,
+    /// The lifecycle word of `reason` (`failover`, `manual`, ...), else `other`.
+    pub reason_label: String,
+    /// The package's fence token after the change.
+    pub fence_token: Option<u64>,
+}
+
+impl ClusterEvent {
+    /// The event as `VIGIL_EVENT_*` variables: lists joined with `,`,
+    /// what is absent as the empty string.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        vec![
+            ("VIGIL_EVENT_SEQ", self.seq.to_string()),
+            ("VIGIL_EVENT_AT", self.at.clone()),
+            ("VIGIL_EVENT_AT_MS", self.at_ms.to_string()),
+            ("VIGIL_EVENT_KIND", self.kind.name().to_owned()),
+            ("VIGIL_EVENT_SUBJECT", self.subject.clone()),
+            ("VIGIL_EVENT_TEXT", self.text.clone()),
+            ("VIGIL_EVENT_OBSERVED_BY", self.observed_by.clone()),
+            ("VIGIL_EVENT_NODE", opt(&self.node)),
+            ("VIGIL_EVENT_PACKAGE", opt(&self.package)),
+            ("VIGIL_EVENT_RESOURCE", opt(&self.resource)),
+            ("VIGIL_EVENT_OLD_STATE", self.old_state.clone()),
+            ("VIGIL_EVENT_NEW_STATE", self.new_state.clone()),
+            ("VIGIL_EVENT_OLD_NODES", self.old_nodes.join(",")),
+            ("VIGIL_EVENT_NEW_NODES", self.new_nodes.join(",")),
+            ("VIGIL_EVENT_REASON", self.reason.clone()),
+            ("VIGIL_EVENT_REASON_LABEL", self.reason_label.clone()),
+            (
+                "VIGIL_EVENT_FENCE_TOKEN",
+                self.fence_token.map(|t| t.to_string()).unwrap_or_default(),
+            ),
+        ]
+    }
+}
+
+/// One `[[hook]]` in `vigil status`, and its counters in `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HookRow {
+    pub name: String,
+    pub events: Vec<EventKind>,
+    /// Events waiting for it now.
+    pub queued: usize,
+    /// Events it was given that ended with status 0 (after retries).
+    pub delivered: u64,
+    /// Runs that failed (each attempt counts), timeouts included.
+    pub failed_runs: u64,
+    /// Runs killed at `timeout_seconds`.
+    pub timed_out_runs: u64,
+    /// Events given up on after every attempt failed.
+    pub given_up: u64,
+    /// Events dropped because its queue was full.
+    pub dropped: u64,
+    /// How its last failed run ended.
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub last_error_at: Option<String>,
 }

@@ -1,6 +1,9 @@
-//! Follows the cluster for the HTTP side: from one `status` document to
-//! the next, what changed (node states, package states and places) and
-//! which changes were failovers, counted by package and reason.
+//! Follows the cluster for the HTTP side and the hooks: from one `status`
+//! document to the next, what changed (node states, package states and
+//! places, the states of the resources packages require as this node
+//! judges them) and which changes were failovers, counted by package and
+//! reason. The events it returns are what the cluster page lists and what
+//! each `[[hook]]` gets ([`crate::hooks`]).
 //!
 //! Pure: the caller polls the main loop and feeds each [`StatusOutput`] to
 //! [`Watch::observe`]. It sees what one host sees between two polls, so two
@@ -10,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::views::{ClusterEvent, StatusOutput};
+use crate::views::{ClusterEvent, EventKind, PackageStatus, StatusOutput};
 
 /// Events kept for the page.
 pub const EVENTS_KEPT: usize = 50;
@@ -24,6 +27,8 @@ pub struct Watch {
     events: VecDeque<ClusterEvent>,
     /// Failovers by (package, reason).
     failovers: BTreeMap<(String, String), u64>,
+    /// The last event's number.
+    seq: u64,
 }
 
 /// The reason of a package record, as a label: the lifecycle reason the
@@ -54,24 +59,62 @@ fn place(state: &str, on: &[String]) -> String {
 }
 
 impl Watch {
-    /// Takes the next status document; returns the events it brought,
-    /// oldest first.
-    pub fn observe(&mut self, next: &StatusOutput, at: &str) -> Vec<ClusterEvent> {
+    /// Takes the next status document, seen at `at_ms`; returns the events
+    /// it brought, oldest first.
+    pub fn observe(&mut self, next: &StatusOutput, at_ms: u64) -> Vec<ClusterEvent> {
         let mut out = Vec::new();
-        let event = |kind: &str, subject: &str, text: String| ClusterEvent {
-            at: at.to_owned(),
-            kind: kind.to_owned(),
+        let at = crate::views::rfc3339(at_ms);
+        let blank = |kind: EventKind, subject: &str, text: String| ClusterEvent {
+            seq: 0,
+            at: at.clone(),
+            at_ms,
+            kind,
             subject: subject.to_owned(),
             text,
+            observed_by: next.node.clone(),
+            node: None,
+            package: None,
+            resource: None,
+            old_state: String::new(),
+            new_state: String::new(),
+            old_nodes: Vec::new(),
+            new_nodes: Vec::new(),
+            reason: String::new(),
+            reason_label: String::new(),
+            fence_token: None,
         };
-        if let Some(prev) = &self.last {
+        let package_event = |kind: EventKind,
+                             text: String,
+                             was: Option<&PackageStatus>,
+                             p: &PackageStatus,
+                             old_nodes: Vec<String>| {
+            ClusterEvent {
+                node: p.running_on.first().or(old_nodes.first()).cloned(),
+                package: Some(p.name.clone()),
+                old_state: was.map(|w| w.state.clone()).unwrap_or_default(),
+                new_state: p.state.clone(),
+                old_nodes,
+                new_nodes: p.running_on.clone(),
+                reason: p.reason.clone(),
+                reason_label: reason_label(&p.reason),
+                fence_token: Some(p.fence_token),
+                ..blank(kind, &p.name, text)
+            }
+        };
+        let prev = self.last.as_ref();
+        if let Some(prev) = prev {
             for node in &next.nodes {
                 match prev.nodes.iter().find(|n| n.name == node.name) {
-                    Some(was) if was.state != node.state => out.push(event(
-                        "node",
-                        &node.name,
-                        format!("node {}: {} → {}", node.name, was.state, node.state),
-                    )),
+                    Some(was) if was.state != node.state => out.push(ClusterEvent {
+                        node: Some(node.name.clone()),
+                        old_state: was.state.clone(),
+                        new_state: node.state.clone(),
+                        ..blank(
+                            EventKind::Node,
+                            &node.name,
+                            format!("node {}: {} → {}", node.name, was.state, node.state),
+                        )
+                    }),
                     _ => {}
                 }
             }
@@ -80,17 +123,45 @@ impl Watch {
                     continue;
                 };
                 if was.state != p.state || was.running_on != p.running_on {
-                    out.push(event(
-                        "package",
-                        &p.name,
-                        format!(
-                            "{}: {} → {} ({})",
-                            p.name,
-                            place(&was.state, &was.running_on),
-                            place(&p.state, &p.running_on),
-                            p.reason
-                        ),
+                    let text = format!(
+                        "{}: {} → {} ({})",
+                        p.name,
+                        place(&was.state, &was.running_on),
+                        place(&p.state, &p.running_on),
+                        p.reason
+                    );
+                    out.push(package_event(
+                        EventKind::Package,
+                        text,
+                        Some(was),
+                        p,
+                        was.running_on.clone(),
                     ));
+                }
+                for r in &p.resources {
+                    let Some(before) = was.resources.iter().find(|b| b.name == r.name) else {
+                        continue;
+                    };
+                    if before.state != r.state {
+                        out.push(ClusterEvent {
+                            node: Some(next.node.clone()),
+                            package: Some(p.name.clone()),
+                            resource: Some(r.name.clone()),
+                            old_state: before.state.clone(),
+                            new_state: r.state.clone(),
+                            reason: r.criterion.clone(),
+                            reason_label: "other".to_owned(),
+                            fence_token: Some(p.fence_token),
+                            ..blank(
+                                EventKind::Resource,
+                                &p.name,
+                                format!(
+                                    "{}: resource {} on {}: {} → {}",
+                                    p.name, r.name, next.node, before.state, r.state
+                                ),
+                            )
+                        });
+                    }
                 }
             }
         }
@@ -107,21 +178,27 @@ impl Watch {
                     .failovers
                     .entry((p.name.clone(), reason.clone()))
                     .or_default() += 1;
-                out.push(event(
-                    "failover",
-                    &p.name,
-                    format!(
-                        "{} moved {} → {} ({reason}: {})",
-                        p.name,
-                        before.iter().cloned().collect::<Vec<_>>().join(","),
-                        p.running_on.join(","),
-                        p.reason
-                    ),
+                let text = format!(
+                    "{} moved {} → {} ({reason}: {})",
+                    p.name,
+                    before.iter().cloned().collect::<Vec<_>>().join(","),
+                    p.running_on.join(","),
+                    p.reason
+                );
+                let was = prev.and_then(|prev| prev.packages.iter().find(|w| w.name == p.name));
+                out.push(package_event(
+                    EventKind::Failover,
+                    text,
+                    was,
+                    p,
+                    before.iter().cloned().collect(),
                 ));
             }
             self.located.insert(p.name.clone(), now);
         }
-        for e in &out {
+        for e in &mut out {
+            self.seq += 1;
+            e.seq = self.seq;
             self.events.push_front(e.clone());
         }
         self.events.truncate(EVENTS_KEPT);
@@ -173,6 +250,7 @@ mod tests {
                 })
                 .collect(),
             config_errors: vec![],
+            hooks: vec![],
         }
     }
 
@@ -180,8 +258,11 @@ mod tests {
         let mut watch = Watch::default();
         let mut out = String::new();
         for (i, s) in steps.iter().enumerate() {
-            for e in watch.observe(s, &format!("t{i}")) {
-                out.push_str(&format!("{} {} [{}] {}\n", e.at, e.kind, e.subject, e.text));
+            for e in watch.observe(s, i as u64) {
+                out.push_str(&format!(
+                    "t{} #{} {} [{}] {}\n",
+                    e.at_ms, e.seq, e.kind, e.subject, e.text
+                ));
             }
         }
         out.push_str(&format!("{:?}\n", watch.failovers()));
@@ -205,14 +286,14 @@ mod tests {
                 status(&up, &[("a", "up", &["node1"], "up on node1 (manual)")]),
             ],
             expect![[r#"
-                t1 node [node1] node node1: up → down
-                t1 package [a] a: up on node1 → down (its node node1 is gone)
-                t2 package [a] a: down → starting on node2 (starting on node2 (failover))
-                t2 failover [a] a moved node1 → node2 (failover: starting on node2 (failover))
-                t3 package [a] a: starting on node2 → up on node2 (up on node2 (failover))
-                t4 node [node1] node node1: down → up
-                t4 package [a] a: up on node2 → up on node1 (up on node1 (manual))
-                t4 failover [a] a moved node2 → node1 (manual: up on node1 (manual))
+                t1 #1 node [node1] node node1: up → down
+                t1 #2 package [a] a: up on node1 → down (its node node1 is gone)
+                t2 #3 package [a] a: down → starting on node2 (starting on node2 (failover))
+                t2 #4 failover [a] a moved node1 → node2 (failover: starting on node2 (failover))
+                t3 #5 package [a] a: starting on node2 → up on node2 (up on node2 (failover))
+                t4 #6 node [node1] node node1: down → up
+                t4 #7 package [a] a: up on node2 → up on node1 (up on node1 (manual))
+                t4 #8 failover [a] a moved node2 → node1 (manual: up on node1 (manual))
                 {("a", "failover"): 1, ("a", "manual"): 1}
             "#]],
         );
@@ -223,11 +304,78 @@ mod tests {
                 status(&down, &[("m", "up", &["node2"], "")]),
             ],
             expect![[r#"
-                t1 node [node1] node node1: up → down
-                t1 package [m] m: up on node1,node2 → up on node2 ()
+                t1 #1 node [node1] node node1: up → down
+                t1 #2 package [m] m: up on node1,node2 → up on node2 ()
                 {}
             "#]],
         );
+    }
+
+    /// What a hook gets on stdin, field by field: the JSON shape documented
+    /// in docs/reference/hooks.md.
+    #[test]
+    fn event_json_carries_node_package_states_reason_token_and_time() {
+        let up = [("node1", "up"), ("node2", "up")];
+        let down = [("node1", "down"), ("node2", "up")];
+        let mut watch = Watch::default();
+        watch.observe(
+            &status(&up, &[("a", "up", &["node1"], "up on node1 (startup)")]),
+            1_000,
+        );
+        let mut next = status(
+            &down,
+            &[("a", "starting", &["node2"], "starting on node2 (failover)")],
+        );
+        next.packages[0].fence_token = 2;
+        let events = watch.observe(&next, 1_767_225_600_500);
+        let json: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect();
+        expect![[r#"
+            {"seq":1,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"node","subject":"node1","text":"node node1: up → down","observed_by":"node1","node":"node1","package":null,"resource":null,"old_state":"up","new_state":"down","old_nodes":[],"new_nodes":[],"reason":"","reason_label":"","fence_token":null}
+            {"seq":2,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"package","subject":"a","text":"a: up on node1 → starting on node2 (starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}
+            {"seq":3,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"failover","subject":"a","text":"a moved node1 → node2 (failover: starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}"#]]
+        .assert_eq(&json.join("\n"));
+        let env = events[2].env();
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("VIGIL_EVENT_KIND"), Some("failover"));
+        assert_eq!(get("VIGIL_EVENT_OLD_NODES"), Some("node1"));
+        assert_eq!(get("VIGIL_EVENT_FENCE_TOKEN"), Some("2"));
+        assert_eq!(get("VIGIL_EVENT_RESOURCE"), Some(""));
+        assert_eq!(get("VIGIL_EVENT_SEQ"), Some("3"));
+    }
+
+    #[test]
+    fn resource_state_changes_are_events_of_the_package_that_requires_them() {
+        let up = [("node1", "up")];
+        let with = |state: &str| {
+            let mut s = status(&up, &[("a", "up", &["node1"], "")]);
+            s.packages[0].resources = vec![crate::views::ResourceStatus {
+                name: "/fs/d/used_percent".into(),
+                state: state.into(),
+                evaluate: "always".into(),
+                criterion: "< 90".into(),
+            }];
+            s
+        };
+        let mut watch = Watch::default();
+        watch.observe(&with("up"), 0);
+        assert!(watch.observe(&with("up"), 1).is_empty());
+        let events = watch.observe(&with("down"), 2);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e.kind, EventKind::Resource);
+        assert_eq!(e.text, "a: resource /fs/d/used_percent on node1: up → down");
+        assert_eq!(
+            (
+                e.resource.as_deref(),
+                e.package.as_deref(),
+                e.node.as_deref()
+            ),
+            (Some("/fs/d/used_percent"), Some("a"), Some("node1"))
+        );
+        assert_eq!((e.reason.as_str(), e.fence_token), ("< 90", Some(1)));
     }
 
     #[test]

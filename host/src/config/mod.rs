@@ -49,6 +49,23 @@ struct RawClusterFile {
     paths: Option<RawPaths>,
     #[serde(default)]
     logging: Option<RawLogging>,
+    #[serde(default)]
+    hook: Vec<RawHook>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    events: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    timeout_seconds: Option<Spanned<Seconds>>,
+    #[serde(default)]
+    retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    queue_length: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,7 +245,43 @@ pub struct ClusterConfig {
     pub paths: Paths,
     /// `[logging] format`: how `vigil host` writes its log to stderr.
     pub log_format: LogFormat,
+    /// `[[hook]]`s that validated; those with an error are in `hook_errors`.
+    pub hooks: Vec<HookConfig>,
+    /// Errors of `[[hook]]`s: a broken hook is left out, it does not make
+    /// `cluster.toml` unusable ([`load`] moves these to [`Config::errors`]).
+    pub hook_errors: Vec<ConfigError>,
 }
+
+/// One `[[hook]]` (DESIGN §7a): a program given each cluster event it asks
+/// for (see [`crate::hooks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookConfig {
+    pub name: String,
+    /// argv; a relative program path (with a `/`) is resolved against the
+    /// config dir.
+    pub command: Vec<String>,
+    /// The kinds of event it gets (all when `events` is not set).
+    pub events: Vec<crate::views::EventKind>,
+    /// Default [`DEFAULT_HOOK_TIMEOUT`]; the process group is killed then.
+    pub timeout: Duration,
+    /// How many times a failed run is tried again (default 0).
+    pub retries: u32,
+    /// Events that may wait for it (default [`DEFAULT_HOOK_QUEUE`]); more
+    /// are dropped and counted.
+    pub queue_length: usize,
+    /// `cluster.toml` and the line of the hook's `name`, for messages.
+    pub source: PathBuf,
+    pub line: usize,
+}
+
+/// `[[hook]] timeout_seconds` by default.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most `retries` a hook may ask for: more only piles up its queue.
+pub const MAX_HOOK_RETRIES: u32 = 10;
+/// `[[hook]] queue_length` by default.
+pub const DEFAULT_HOOK_QUEUE: usize = 256;
+/// Most `queue_length` a hook may ask for (each event is a few hundred bytes).
+pub const MAX_HOOK_QUEUE: usize = 100_000;
 
 /// `[logging] format` (DESIGN §7a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -377,8 +430,11 @@ const DEFAULT_MAX_PARALLEL_ACTIONS: usize = 32;
 /// `packages.d/*.toml` below `dir`.
 /// `Err` when `cluster.toml` itself is unusable.
 pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
-    let cluster = load_cluster(dir)?;
-    let (mut monitors, mut errors) = load_monitors(&dir.join("monitors.d"));
+    let mut cluster = load_cluster(dir)?;
+    // cluster.toml's own (hook) errors first, as `vigil check` prints them.
+    let mut errors = std::mem::take(&mut cluster.hook_errors);
+    let (mut monitors, mut monitor_errors) = load_monitors(&dir.join("monitors.d"));
+    errors.append(&mut monitor_errors);
     let (packages, mut package_errors) = package::load_packages(&dir.join("packages.d"), &cluster);
     errors.append(&mut package_errors);
     // The monitors of packages' OCF agents (package parts).
@@ -567,6 +623,8 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
             .map(|h| http_listen_addr(h.get_ref()).map_or(h.into_inner(), |a| a.to_string())),
     };
 
+    let (hooks, hook_errors) = load_hooks(dir, file, &raw.hook);
+
     // Keys are checked table by table; report them in file order.
     errors.sort_by_key(|e| e.line);
     if errors.is_empty() {
@@ -581,10 +639,140 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
             api,
             paths,
             log_format,
+            hooks,
+            hook_errors,
         })
     } else {
         Err(errors)
     }
+}
+
+/// Validates the `[[hook]]`s: each with an error is left out, with every
+/// error it has. Whether the program is executable is checked by
+/// [`crate::validation`], beside the package programs.
+fn load_hooks(
+    dir: &Path,
+    file: &SourceFile,
+    raw: &[RawHook],
+) -> (Vec<HookConfig>, Vec<ConfigError>) {
+    let mut hooks: Vec<HookConfig> = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for h in raw {
+        let mut bad = Vec::new();
+        let name = h.name.get_ref().trim().to_owned();
+        let line = file.line_of(h.name.span().start);
+        if name.is_empty() {
+            bad.push(file.error_at(h.name.span(), "hook.name must not be empty"));
+        } else if let Some(first) = seen.get(&name) {
+            bad.push(file.error_at(
+                h.name.span(),
+                format!("hook name {name:?} is already used on line {first}"),
+            ));
+        } else {
+            seen.insert(name.clone(), line);
+        }
+        let what = format!("hook {name}");
+        let mut command = h.command.get_ref().clone();
+        match command.first_mut() {
+            None => bad.push(file.error_at(
+                h.command.span(),
+                format!("{what}: command must name a program"),
+            )),
+            Some(program) if program.trim().is_empty() => bad.push(file.error_at(
+                h.command.span(),
+                format!("{what}: command must name a program, not \"\""),
+            )),
+            Some(program) => {
+                if program.contains('/') && !Path::new(program).is_absolute() {
+                    *program = dir.join(&*program).display().to_string();
+                }
+            }
+        }
+        let events = match &h.events {
+            None => crate::views::EventKind::ALL.to_vec(),
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    bad.push(file.error_at(
+                        list.span(),
+                        format!("{what}: events is empty, so it would never run; leave it out for every event"),
+                    ));
+                }
+                let mut kinds = Vec::new();
+                for e in list.get_ref() {
+                    match crate::views::EventKind::from_name(e.get_ref()) {
+                        Some(k) if !kinds.contains(&k) => kinds.push(k),
+                        Some(_) => {}
+                        None => bad.push(file.error_at(
+                            e.span(),
+                            format!(
+                                "{what}: event kind {:?} is not one of {}",
+                                e.get_ref(),
+                                crate::views::EventKind::ALL
+                                    .map(|k| format!("\"{k}\""))
+                                    .join(", ")
+                            ),
+                        )),
+                    }
+                }
+                kinds
+            }
+        };
+        let timeout = match &h.timeout_seconds {
+            None => DEFAULT_HOOK_TIMEOUT,
+            Some(t) => t.get_ref().to_duration(SECONDS_BOUNDS).unwrap_or_else(|e| {
+                bad.push(file.error_at(t.span(), format!("{what}: timeout_seconds {e}")));
+                DEFAULT_HOOK_TIMEOUT
+            }),
+        };
+        let retries = match &h.retries {
+            None => 0,
+            Some(r) => match u32::try_from(*r.get_ref()) {
+                Ok(n) if n <= MAX_HOOK_RETRIES => n,
+                _ => {
+                    bad.push(file.error_at(
+                        r.span(),
+                        format!(
+                            "{what}: retries must be from 0 to {MAX_HOOK_RETRIES}, got {}",
+                            r.get_ref()
+                        ),
+                    ));
+                    0
+                }
+            },
+        };
+        let queue_length = match &h.queue_length {
+            None => DEFAULT_HOOK_QUEUE,
+            Some(q) => match usize::try_from(*q.get_ref()) {
+                Ok(n @ 1..=MAX_HOOK_QUEUE) => n,
+                _ => {
+                    bad.push(file.error_at(
+                        q.span(),
+                        format!(
+                            "{what}: queue_length must be from 1 to {MAX_HOOK_QUEUE}, got {}",
+                            q.get_ref()
+                        ),
+                    ));
+                    DEFAULT_HOOK_QUEUE
+                }
+            },
+        };
+        if bad.is_empty() {
+            hooks.push(HookConfig {
+                name,
+                command,
+                events,
+                timeout,
+                retries,
+                queue_length,
+                source: file.path.clone(),
+                line,
+            });
+        } else {
+            errors.append(&mut bad);
+        }
+    }
+    (hooks, errors)
 }
 
 /// `[paths]` resolved against `dir`, the Linux layout for what is not set.

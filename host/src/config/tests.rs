@@ -332,3 +332,72 @@ fn http_listen_is_loopback_unless_an_address_is_named() {
     check("localhost:7878", expect!["None"]);
     check("70000", expect!["None"]);
 }
+
+/// Loads a cluster.toml of `hooks` and renders the hooks that load and the
+/// errors of those left out (file:line), with the temp dir as `DIR`.
+fn check_hooks(hooks: &str, expect: Expect) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.toml"), format!("{CLUSTER}{hooks}")).unwrap();
+    let rendered = match load(dir.path()) {
+        Err(errors) => errors.iter().map(|e| format!("{e}\n")).collect::<String>(),
+        Ok(config) => {
+            let mut out = String::new();
+            for h in &config.cluster.hooks {
+                out += &format!(
+                    "hook {} {:?} events {:?} timeout {:?} retries {} queue {} line {}\n",
+                    h.name, h.command, h.events, h.timeout, h.retries, h.queue_length, h.line
+                );
+            }
+            for e in &config.errors {
+                out += &format!("{e}\n");
+            }
+            out
+        }
+    };
+    expect.assert_eq(&rendered.replace(&dir.path().display().to_string(), "DIR"));
+}
+
+#[test]
+fn hooks_load_with_defaults_and_relative_programs_in_the_config_dir() {
+    check_hooks(
+        "[[hook]]\nname = \"mail\"\ncommand = [\"/usr/bin/logger\", \"-t\", \"vigil\"]\nevents = [\"node\", \"failover\"]\ntimeout_seconds = 2.5\nretries = 2\nqueue_length = 8\n\n[[hook]]\nname = \"web\"\ncommand = [\"hooks/webhook.sh\"]\n",
+        expect![[r#"
+            hook mail ["/usr/bin/logger", "-t", "vigil"] events [Node, Failover] timeout 2.5s retries 2 queue 8 line 5
+            hook web ["DIR/hooks/webhook.sh"] events [Node, Package, Resource, Failover] timeout 10s retries 0 queue 256 line 13
+        "#]],
+    );
+}
+
+#[test]
+fn bad_hooks_are_left_out_with_file_line_errors_and_the_rest_load() {
+    check_hooks(
+        concat!(
+            "[[hook]]\nname = \"kinds\"\ncommand = [\"/bin/true\"]\nevents = [\"node\", \"nodes\"]\n",
+            "[[hook]]\nname = \"empty\"\ncommand = []\n",
+            "[[hook]]\nname = \"blank\"\ncommand = [\"\"]\n",
+            "[[hook]]\nname = \"zero\"\ncommand = [\"/bin/true\"]\ntimeout_seconds = 0\n",
+            "[[hook]]\nname = \"none\"\ncommand = [\"/bin/true\"]\nevents = []\n",
+            "[[hook]]\nname = \"again\"\ncommand = [\"/bin/true\"]\nretries = 11\nqueue_length = 0\n",
+            "[[hook]]\nname = \"good\"\ncommand = [\"/bin/true\"]\n",
+            "[[hook]]\nname = \"good\"\ncommand = [\"/bin/true\"]\n",
+        ),
+        expect![[r#"
+            hook good ["/bin/true"] events [Node, Package, Resource, Failover] timeout 10s retries 0 queue 256 line 28
+            DIR/cluster.toml:7: hook kinds: event kind "nodes" is not one of "node", "package", "resource", "failover"
+            DIR/cluster.toml:10: hook empty: command must name a program
+            DIR/cluster.toml:13: hook blank: command must name a program, not ""
+            DIR/cluster.toml:17: hook zero: timeout_seconds must be a number of seconds from 0.01 to 86400, got 0
+            DIR/cluster.toml:21: hook none: events is empty, so it would never run; leave it out for every event
+            DIR/cluster.toml:25: hook again: retries must be from 0 to 10, got 11
+            DIR/cluster.toml:26: hook again: queue_length must be from 1 to 100000, got 0
+            DIR/cluster.toml:31: hook name "good" is already used on line 28
+        "#]],
+    );
+    // Unknown keys make cluster.toml unusable, as everywhere in it.
+    check_hooks(
+        "[[hook]]\nname = \"x\"\ncommand = [\"/bin/true\"]\ntimeout = 3\n",
+        expect![[r#"
+            DIR/cluster.toml:7: unknown field `timeout`, expected one of `name`, `command`, `events`, `timeout_seconds`, `retries`, `queue_length`
+        "#]],
+    );
+}

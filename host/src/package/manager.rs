@@ -1109,6 +1109,7 @@ impl PackageManager {
         let store = &self.view;
         Ok(StatusOutput {
             config_errors: Vec::new(),
+            hooks: Vec::new(),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             nodes: self

@@ -28,6 +28,8 @@ fn cluster(dir: &Path) -> ClusterConfig {
             log_dir: dir.join("run"),
         },
         log_format: crate::config::LogFormat::Text,
+        hooks: Vec::new(),
+        hook_errors: Vec::new(),
     }
 }
 
