@@ -921,6 +921,7 @@ impl DaemonState {
                     good_run: judged.good_run,
                     bad_run: judged.not_good_run,
                     detail,
+                    implied_by: self.manager.implied_by(package, name.as_str()),
                 })
             })
             .collect()

@@ -101,7 +101,12 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 /// The subnet of `address/prefix` as the lan monitor names it
 /// (`192.0.2.0_24`).
 pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
-    let network = match address {
+    format!("{}_{prefix}", network(address, prefix)).replace(':', "-")
+}
+
+/// `address` with the bits past `prefix` cleared.
+pub fn network(address: IpAddr, prefix: u8) -> IpAddr {
+    match address {
         IpAddr::V4(a) => {
             let mask = u32::MAX
                 .checked_shl(32 - u32::from(prefix.min(32)))
@@ -114,8 +119,7 @@ pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
                 .unwrap_or(0);
             IpAddr::V6((u128::from(a) & mask).into())
         }
-    };
-    format!("{network}_{prefix}").replace(':', "-")
+    }
 }
 
 /// The interface for `address/prefix`: the first up interface with another
