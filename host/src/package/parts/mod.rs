@@ -19,6 +19,7 @@
 //! This module does not decide anything about the package: whether a
 //! failed part fails it over is the caller's business.
 
+pub mod arp;
 pub mod fs;
 pub mod ip;
 pub mod ocf;
