@@ -370,6 +370,22 @@ fn neighbour(ns: Option<&Netns>, vip: &str) -> String {
     }
 }
 
+/// The RFC 3339 UTC timestamp that starts the first line of `log`
+/// containing every one of `what`, as (date, nanoseconds of the day).
+fn stamp_of(log: &str, what: &[&str]) -> Option<(String, u64)> {
+    let line = log.lines().find(|l| what.iter().all(|w| l.contains(w)))?;
+    let stamp = line.split_whitespace().next()?;
+    let (date, time) = stamp.trim_end_matches('Z').split_once('T')?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let nanos: u64 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some((
+        date.to_owned(),
+        ((h * 60 + m) * 60 + s) * 1_000_000_000 + nanos,
+    ))
+}
+
 /// How the owner of the address is lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Loss {
@@ -385,7 +401,7 @@ fn address_moves_to_node2(tag: &str, test: u32, loss: Loss) {
     let c = address_cluster(tag, test);
     let mut host1 = c.nodes[0].start();
     wait_for(WAIT, "web up on node1", || web_on(&c.nodes[0].cfg, "node1"));
-    let _host2 = c.nodes[1].start();
+    let host2 = c.nodes[1].start();
     wait_for(WAIT, "node2 to see web on node1", || {
         web_on(&c.nodes[1].cfg, "node1")
     });
@@ -471,6 +487,25 @@ fn address_moves_to_node2(tag: &str, test: u32, loss: Loss) {
             c.nodes[1].mac
         );
     }
+    // Ordered timestamps: node1's guard released the address before node2
+    // added it.
+    let guard_log =
+        std::fs::read_to_string(c.nodes[0].cfg.path().join("run/guard.log")).unwrap_or_default();
+    let released = stamp_of(
+        &guard_log,
+        &[&format!("package web: releasing ip {}/24", c.vip)],
+    )
+    .unwrap_or_else(|| panic!("node1's guard did not release the address:\n{guard_log}"));
+    let host2_log = host2.log_text();
+    let added = stamp_of(
+        &host2_log,
+        &["part started", &format!("ip {}/24 on", c.vip)],
+    )
+    .unwrap_or_else(|| panic!("node2 did not log the address started"));
+    assert!(
+        released < added,
+        "node1 released the address at {released:?}, node2 added it at {added:?}"
+    );
     let fdb = run("bridge", &["fdb", "show", "br", &c.lan.bridge.0]);
     assert!(fdb.contains(&c.nodes[1].mac), "{fdb}");
 
@@ -478,10 +513,11 @@ fn address_moves_to_node2(tag: &str, test: u32, loss: Loss) {
     let from_loss = answers[first_node2].at.saturating_duration_since(lost_at);
     let failed = answers[last_node1 + 1..first_node2].len();
     println!(
-        "address failover ({loss:?}, lease TTL {TTL_SECONDS} s): client outage {:.2} s (last node1 answer to first node2 answer, {failed} polls unanswered of every {} ms), {:.2} s from the loss to node2's first answer",
+        "address failover ({loss:?}, lease TTL {TTL_SECONDS} s): client outage {:.2} s (last node1 answer to first node2 answer, {failed} polls unanswered of every {} ms), {:.2} s from the loss to node2's first answer; node1's guard released the address {} ms before node2 added it",
         outage.as_secs_f64(),
         POLL.as_millis(),
-        from_loss.as_secs_f64()
+        from_loss.as_secs_f64(),
+        (added.1 - released.1) / 1_000_000
     );
     // The outage is a figure, printed above (DESIGN: no timed assertions);
     // only an outage that never ends fails, through the waits.
