@@ -517,7 +517,7 @@ fn address_moves_to_node2(tag: &str, test: u32, loss: Loss) {
         outage.as_secs_f64(),
         POLL.as_millis(),
         from_loss.as_secs_f64(),
-        (added.1 - released.1) / 1_000_000
+        added.1.saturating_sub(released.1) / 1_000_000
     );
     // The outage is a figure, printed above (DESIGN: no timed assertions);
     // only an outage that never ends fails, through the waits.
