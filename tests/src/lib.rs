@@ -6,6 +6,7 @@
 //! this test executable was built into; `cargo build --workspace` builds
 //! them (the README's test command does).
 
+pub mod address_failover;
 pub mod chaos;
 mod guards;
 
