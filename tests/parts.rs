@@ -80,6 +80,11 @@ fn setup(parts: &str, lease_ttl_seconds: u32) -> ConfigDir {
     );
     let log = cfg.path().join("script.log");
     let script = |what: &str| format!("#!/bin/sh\necho {what} >> {}\n", log.display());
+    // The lan monitor publishes the subnets that [[ip]] parts need up.
+    cfg.monitor(
+        "lan",
+        "name = \"lan\"\ntype = \"dylib\"\nplugin = \"vigil_lan\"\ninterval_seconds = 1\ntimeout_seconds = 1\n",
+    );
     cfg.script("pkg/run.sh", &script("run"));
     cfg.script("pkg/halt.sh", &script("halt"));
     cfg.write(
@@ -293,7 +298,7 @@ fn net(test: u32) -> String {
 }
 
 fn require_net_tools() {
-    require_tools(&[("ip", "iproute2"), ("arping", "iputils-arping")]);
+    require_tools(&[("ip", "iproute2")]);
 }
 
 #[test]
@@ -338,6 +343,22 @@ fn ip_part_is_added_on_the_subnets_interface_announced_and_removed_on_halt() {
         }
     });
 
+    // why shows the part as started and the subnet it needs, implied.
+    let why = why_json(&cfg);
+    assert_eq!(why["parts"][0]["state"], "up", "{why}");
+    assert_eq!(
+        why["parts"][0]["started"],
+        format!("ip {vip}/24 on {}", lan.veth.a.name),
+        "{why}"
+    );
+    let subnet = format!("/net/subnets/{}.0_24/status", lan.net);
+    let implied = why["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == subnet.as_str()))
+        .unwrap_or_else(|| panic!("{subnet} not in why: {why}"));
+    assert_eq!(implied["state"], "up", "{why}");
+    assert_eq!(implied["implied_by"], format!("ip {vip}/24"), "{why}");
+
     let out = cfg.vigil(&["pkg", "halt", "web"]);
     assert!(out.status.success(), "{out:?}");
     wait_state(&cfg, &host, "down");
@@ -347,6 +368,75 @@ fn ip_part_is_added_on_the_subnets_interface_announced_and_removed_on_halt() {
         lan.node_addresses()
     );
     assert_eq!(script_log(&cfg), ["run", "halt"]);
+    assert_eq!(why_json(&cfg)["parts"][0]["state"], "down");
+}
+
+/// `vigil why web --json`, parsed.
+fn why_json(cfg: &ConfigDir) -> serde_json::Value {
+    let out = cfg.vigil(&["why", "web", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("why --json is JSON")
+}
+
+#[test]
+fn an_address_whose_subnet_is_not_up_here_waits_for_it_and_why_names_the_implied_requirement() {
+    if !privileged("address parts in network namespaces") {
+        return;
+    }
+    require_net_tools();
+    let lan = Lan::new("is", &net(6));
+    // A subnet no interface of the node has yet.
+    let other = net(7);
+    let vip = format!("{other}.50");
+    let cfg = setup(
+        &format!(
+            "[[ip]]\naddress = \"{vip}/24\"\ninterface = \"{}\"\n",
+            lan.veth.a.name
+        ),
+        10,
+    );
+    let prefix = lan.host_prefix();
+    let host = cfg.start_host_with(&prefix.iter().map(String::as_str).collect::<Vec<_>>());
+    let subnet = format!("/net/subnets/{other}.0_24/status");
+    let why = wait_for(WAIT, "why to show the subnet down", || {
+        let why = why_json(&cfg);
+        let text = why["text"].as_str().unwrap_or_default();
+        if text.contains(&format!(
+            "resource {subnet} (implied by ip {vip}/24 on {}) is down",
+            lan.veth.a.name
+        )) {
+            Ok(why)
+        } else {
+            Err(why.to_string())
+        }
+    });
+    assert!(
+        why["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("no interface has an address in {other}.0/24")),
+        "{why}"
+    );
+    assert_eq!(why["parts"][0]["state"], "down", "{why}");
+    let status = cfg.package_status("web").unwrap();
+    assert_eq!(status["state"], "down", "not started: {status}");
+    assert!(script_log(&cfg).is_empty(), "{:?}", script_log(&cfg));
+    assert!(!lan.node_addresses().contains(&vip));
+
+    // The subnet comes up on the node: the package starts there.
+    lan.node.ip(&[
+        "addr",
+        "add",
+        &format!("{other}.1/24"),
+        "dev",
+        &lan.veth.a.name,
+    ]);
+    wait_state(&cfg, &host, "up");
+    assert!(
+        lan.node_addresses().contains(&format!("inet {vip}/24")),
+        "{}",
+        lan.node_addresses()
+    );
 }
 
 #[test]
@@ -382,6 +472,21 @@ fn an_address_already_answering_on_the_lan_fails_the_start_with_the_reason() {
         !script_log(&cfg).contains(&"run".to_owned()),
         "{:?}",
         script_log(&cfg)
+    );
+    // why names the part that blocked the start, and why.
+    let why = why_json(&cfg);
+    let failure = why["part_failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains(&format!("ip {taken}/24"))
+            && failure.contains(&format!("{taken} is already in use on the LAN")),
+        "{why}"
+    );
+    assert!(
+        why["text"]
+            .as_str()
+            .unwrap()
+            .contains("the last start here failed on a part: ip"),
+        "{why}"
     );
 }
 
@@ -474,7 +579,7 @@ fn vg_tags(vg: &str) -> String {
 }
 
 #[test]
-fn volume_group_part_is_tagged_while_active_and_refused_while_another_node_holds_it() {
+fn volume_group_part_is_tagged_while_active_and_refused_while_a_foreign_node_holds_it() {
     if !privileged("volume group parts on loop devices") {
         return;
     }
@@ -496,14 +601,16 @@ fn volume_group_part_is_tagged_while_active_and_refused_while_another_node_holds
     wait_state(&cfg, &host, "down");
     assert_eq!(vg_tags(&vg.name), "", "the tag goes on halt");
 
-    // Another node activated it and has not released it.
+    // A node of another cluster sharing the disks activated it: never
+    // taken over (tests/parts_cluster.rs has the live and the dead node of
+    // this cluster).
     run("vgchange", &["--addtag", "vigil-node2", &vg.name]);
     let out = cfg.vigil(&["pkg", "run", "web"]);
     assert!(out.status.success(), "{out:?}");
     let failed = wait_state(&cfg, &host, "failed");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("it carries the tag vigil-node2: node node2 activated it"),
+        reason.contains("it carries the tag vigil-node2: node2 is not a node of this cluster"),
         "{failed}"
     );
     assert_eq!(vg_tags(&vg.name), "vigil-node2", "left as it was");

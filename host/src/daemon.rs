@@ -927,10 +927,18 @@ impl DaemonState {
                 } else if let Some(failed) = failed {
                     failed
                 } else {
-                    judged
+                    let detail = judged
                         .detail
                         .clone()
-                        .unwrap_or_else(|| "no sample yet".to_owned())
+                        .unwrap_or_else(|| "no sample yet".to_owned());
+                    // The monitor's own words on the value (the lan
+                    // monitor: which interface has the subnet, or why none).
+                    match entry.and_then(|e| e.sample.reason.as_deref()) {
+                        Some(reason) if !detail.contains(reason) => {
+                            format!("{detail} ({reason})")
+                        }
+                        _ => detail,
+                    }
                 };
                 Some(crate::views::WhyResource {
                     name: name.to_string(),
@@ -941,6 +949,7 @@ impl DaemonState {
                     good_run: judged.good_run,
                     bad_run: judged.not_good_run,
                     detail,
+                    implied_by: self.manager.implied_by(package, name.as_str()),
                 })
             })
             .collect()

@@ -693,6 +693,7 @@ impl Guard {
                 package: record.package.clone(),
                 stop_grace: self.options.margin / 4,
                 ocf_root: crate::package::parts::ocf_root(),
+                live_nodes: None,
             },
         };
         for part in record.parts.iter().rev() {

@@ -87,8 +87,37 @@ pub struct WhyOutput {
     /// How this node judges each resource the package requires.
     #[serde(default)]
     pub resources: Vec<WhyResource>,
+    /// Each configured part and whether it is up on the node that answered.
+    #[serde(default)]
+    pub parts: Vec<WhyPart>,
+    /// Why the last start of the package on the node that answered failed
+    /// on a part (the part and the tool's or agent's words), if it did.
+    #[serde(default)]
+    pub part_failure: Option<String>,
     /// The same, as `vigil why` prints it.
     pub text: String,
+}
+
+/// One part of a package in `vigil why`, as the node that answered has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyPart {
+    /// `volume_group`, `filesystem`, `ip` or `agent`.
+    pub kind: String,
+    /// The part as configured (`ip 192.0.2.50/24`).
+    pub part: String,
+    /// `up` (started here, as started: `ip 192.0.2.50/24 on eth0`) or `down`.
+    pub state: String,
+    /// The part as started here, when up.
+    pub started: Option<String>,
+}
+
+impl std::fmt::Display for WhyPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.started {
+            Some(started) => write!(f, "part {started} is up here"),
+            None => write!(f, "part {} is {} here", self.part, self.state),
+        }
+    }
 }
 
 /// One resource of a package in `vigil why`, as this node judges it.
@@ -107,14 +136,28 @@ pub struct WhyResource {
     /// What explains the state: `90 does not meet < 80`, `no monitor
     /// declares it`, `monitor temp failed: ...`.
     pub detail: String,
+    /// Set when the package did not write the requirement: the part that
+    /// implies it (`ip 192.0.2.50/24` needs its subnet up).
+    #[serde(default)]
+    pub implied_by: Option<String>,
 }
 
 impl std::fmt::Display for WhyResource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "resource {} is {}: {} ({} good in a row of rise {}, {} not good of fall {})",
-            self.name, self.state, self.detail, self.good_run, self.rise, self.bad_run, self.fall
+            "resource {}{} is {}: {} ({} good in a row of rise {}, {} not good of fall {})",
+            self.name,
+            match &self.implied_by {
+                Some(part) => format!(" (implied by {part})"),
+                None => String::new(),
+            },
+            self.state,
+            self.detail,
+            self.good_run,
+            self.rise,
+            self.bad_run,
+            self.fall
         )
     }
 }

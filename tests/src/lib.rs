@@ -6,6 +6,7 @@
 //! this test executable was built into; `cargo build --workspace` builds
 //! them (the README's test command does).
 
+pub mod address_failover;
 pub mod chaos;
 mod guards;
 
@@ -262,6 +263,12 @@ impl ConfigDir {
         self.spawn_host(&[], &["--node", node], &[])
     }
 
+    /// `vigil host --node NODE` behind a wrapper that execs it (such as
+    /// `nsenter --net=...`, for a node in a network namespace of its own).
+    pub fn start_host_as_with(&self, node: &str, wrapper: &[&str]) -> Host {
+        self.spawn_host(wrapper, &["--node", node], &[])
+    }
+
     /// Like [`ConfigDir::start_host_as`], with extra environment variables.
     pub fn start_host_as_with_env(&self, node: &str, env: &[(&str, &str)]) -> Host {
         self.spawn_host(&[], &["--node", node], env)
@@ -464,6 +471,8 @@ pub struct Etcd {
     pub endpoint: String,
     client: u16,
     peer: u16,
+    /// The address it serves clients on.
+    host: String,
     dir: tempfile::TempDir,
 }
 
@@ -476,6 +485,12 @@ fn free_port() -> u16 {
 
 impl Etcd {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Serves clients on `host` (an address of the root namespace, such
+    /// as a test bridge's, that hosts in network namespaces can reach).
+    pub fn start_on(host: &str) -> Self {
         require_tool("etcd", "etcd-server");
         // Free ports are only free until someone takes them: if etcd could
         // not bind (another test's etcd won the race), try other ports
@@ -488,9 +503,10 @@ impl Etcd {
             let (client, peer) = (free_port(), free_port());
             let mut etcd = Etcd {
                 child: None,
-                endpoint: format!("http://127.0.0.1:{client}"),
+                endpoint: format!("http://{host}:{client}"),
                 client,
                 peer,
+                host: host.to_owned(),
                 dir,
             };
             if etcd.try_resume() {
@@ -581,7 +597,7 @@ impl Etcd {
                 return false;
             }
             use std::io::{Read, Write};
-            let healthy = std::net::TcpStream::connect(("127.0.0.1", client))
+            let healthy = std::net::TcpStream::connect((self.host.as_str(), client))
                 .and_then(|mut stream| {
                     stream.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
                     let mut answer = String::new();

@@ -413,6 +413,21 @@ pub struct Config {
     pub errors: Vec<ConfigError>,
 }
 
+impl MonitorConfig {
+    /// Whether it runs the bundled `lan` plugin (`vigil_lan`, or a path to
+    /// `libvigil_lan.so`).
+    pub fn is_lan(&self) -> bool {
+        match &self.kind {
+            MonitorKind::Dylib { plugin, .. } => {
+                let file = plugin.rsplit('/').next().unwrap_or(plugin);
+                let stem = file.strip_suffix(".so").unwrap_or(file);
+                stem.strip_prefix("lib").unwrap_or(stem) == "vigil_lan"
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Config {
     pub fn monitor(&self, name: &str) -> Option<&MonitorConfig> {
         self.monitors.iter().find(|m| m.name == name)
@@ -439,12 +454,42 @@ pub fn load(dir: &Path) -> Result<Config, Vec<ConfigError>> {
     errors.append(&mut package_errors);
     // The monitors of packages' OCF agents (package parts).
     monitors.extend(package::agent_monitors(&packages, &cluster.paths.records()));
+    add_package_subnets(&mut monitors, &packages);
     Ok(Config {
         cluster,
         monitors,
         packages,
         errors,
     })
+}
+
+/// Adds the subnets of packages' `[[ip]]` addresses to `params.subnets` of
+/// every `lan` monitor, which then publishes `/net/subnets/<subnet>/status`
+/// for them (the requirement each address implies).
+pub fn add_package_subnets(monitors: &mut [MonitorConfig], packages: &[package::PackageConfig]) {
+    let subnets = package::package_subnets(packages);
+    if subnets.is_empty() {
+        return;
+    }
+    for m in monitors.iter_mut().filter(|m| m.is_lan()) {
+        if m.params.is_null() {
+            m.params = serde_json::json!({});
+        }
+        let Some(params) = m.params.as_object_mut() else {
+            // The monitor refuses params that are not a table itself.
+            continue;
+        };
+        let list = params
+            .entry("subnets")
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = list.as_array_mut() {
+            for s in &subnets {
+                if !list.iter().any(|v| v.as_str() == Some(s)) {
+                    list.push(serde_json::Value::String(s.clone()));
+                }
+            }
+        }
+    }
 }
 
 pub fn load_cluster(dir: &Path) -> Result<ClusterConfig, Vec<ConfigError>> {

@@ -207,8 +207,11 @@ pub struct ResourceRequirement {
     /// How long the resource may stay unknown before a package running on
     /// it is halted (0: at once). A pending resource never halts it.
     pub unknown_timeout: Duration,
-    /// Line of `name`.
+    /// Line of `name` (of the part, for an implied requirement).
     pub line: usize,
+    /// Set when the package did not write it: the part that implies it
+    /// (`ip 192.0.2.50/24` needs its subnet up, an agent its monitor).
+    pub implied_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -756,6 +759,7 @@ pub fn load_package_text(
             fall,
             unknown_timeout,
             line: line(r.name.span()),
+            implied_by: None,
         });
     }
 
@@ -843,6 +847,7 @@ pub fn load_package_text(
                         fall: 1,
                         unknown_timeout: DEFAULT_UNKNOWN_TIMEOUT,
                         line: part.line,
+                        implied_by: Some(part.part.to_string()),
                     });
                 }
                 (Ok(_), Ok(_)) => {}
@@ -858,6 +863,44 @@ pub fn load_package_text(
                 )),
             }
         }
+    }
+
+    // An address needs its subnet up on a node to be eligible there
+    // (Serviceguard's SUBNET): implied, judged like a written requirement
+    // that gates the start; the lan monitor publishes it (the host lists
+    // the packages' subnets in its params).
+    for part in &parts {
+        let Part::Ip {
+            address, prefix, ..
+        } = &part.part
+        else {
+            continue;
+        };
+        let resource = subnet_resource(*address, *prefix);
+        let Ok(rname) = ResourceName::new(resource.clone()) else {
+            errors.push(ConfigError::at(
+                &file.path,
+                part.line,
+                format!(
+                    "{}: subnet resource {resource} is not a valid name",
+                    part.part
+                ),
+            ));
+            continue;
+        };
+        if resources.iter().any(|r| r.name == rname) {
+            continue;
+        }
+        resources.push(ResourceRequirement {
+            name: rname,
+            up: Criteria::parse("== up").expect("a valid criterion"),
+            evaluate: Evaluate::BeforeStart,
+            rise: 1,
+            fall: 2,
+            unknown_timeout: DEFAULT_UNKNOWN_TIMEOUT,
+            line: part.line,
+            implied_by: Some(part.part.to_string()),
+        });
     }
 
     if !errors.is_empty() {
@@ -1174,6 +1217,36 @@ pub fn agent_monitors(packages: &[PackageConfig], records_dir: &Path) -> Vec<sup
         .collect()
 }
 
+/// `/net/subnets/<subnet>/status`, the lan monitor's resource for the
+/// subnet of `address/prefix` (DESIGN §3).
+pub fn subnet_resource(address: std::net::IpAddr, prefix: u8) -> String {
+    format!(
+        "/net/subnets/{}/status",
+        crate::package::parts::ip::subnet_name(address, prefix)
+    )
+}
+
+/// The subnets (`192.0.2.0/24`) of every package's `[[ip]]`, for the lan
+/// monitor's `params.subnets`.
+pub fn package_subnets(packages: &[PackageConfig]) -> Vec<String> {
+    let mut subnets: Vec<String> = Vec::new();
+    for p in packages {
+        for part in &p.parts {
+            if let Part::Ip {
+                address, prefix, ..
+            } = &part.part
+            {
+                let network = crate::package::parts::ip::network(*address, *prefix);
+                let text = format!("{network}/{prefix}");
+                if !subnets.contains(&text) {
+                    subnets.push(text);
+                }
+            }
+        }
+    }
+    subnets
+}
+
 /// `192.0.2.50/24` or `2001:db8::50/64`.
 pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
     let (address, prefix) = text.split_once('/')?;
@@ -1280,11 +1353,18 @@ pub fn check_packages(
         }
         for r in &p.resources {
             if !declared(&r.name) {
-                errors.push(at(
-                    p,
-                    r.line,
-                    format!("resource {} is not declared by any monitor", r.name),
-                ));
+                let msg = match &r.implied_by {
+                    Some(part) if r.name.as_str().starts_with("/net/subnets/") => format!(
+                        "{part} needs resource {} (its subnet up), which no monitor declares: configure the lan monitor (monitors.d, plugin = \"vigil_lan\"), which publishes the subnets of packages' addresses",
+                        r.name
+                    ),
+                    Some(part) => format!(
+                        "resource {} (implied by {part}) is not declared by any monitor",
+                        r.name
+                    ),
+                    None => format!("resource {} is not declared by any monitor", r.name),
+                };
+                errors.push(at(p, r.line, msg));
             }
         }
         if let (Some(follow), Some(line)) = (&p.follow, p.lines.follow)

@@ -401,3 +401,43 @@ fn bad_hooks_are_left_out_with_file_line_errors_and_the_rest_load() {
         "#]],
     );
 }
+
+#[test]
+fn lan_monitors_get_the_subnets_of_packages_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.toml"), CLUSTER).unwrap();
+    std::fs::create_dir(dir.path().join("monitors.d")).unwrap();
+    std::fs::create_dir(dir.path().join("packages.d")).unwrap();
+    std::fs::write(
+        dir.path().join("monitors.d/lan.toml"),
+        "name = \"lan\"\ntype = \"dylib\"\nplugin = \"vigil_lan\"\n[params]\nsubnets = [\"198.51.100.0/24\", \"192.0.2.0/24\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("monitors.d/load.toml"),
+        "name = \"load\"\ntype = \"dylib\"\nplugin = \"vigil_load\"\n",
+    )
+    .unwrap();
+    let package = |name: &str, ips: &[&str]| {
+        let mut text = format!(
+            "name = \"{name}\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n"
+        );
+        for ip in ips {
+            text += &format!("[[ip]]\naddress = \"{ip}\"\n");
+        }
+        std::fs::write(dir.path().join(format!("packages.d/{name}.toml")), text).unwrap();
+    };
+    package("a", &["192.0.2.50/24", "2001:db8::50/64"]);
+    package("b", &["192.0.2.51/24", "10.1.2.3/16"]);
+    let config = load(dir.path()).unwrap();
+    assert_eq!(
+        config.monitor("lan").unwrap().params["subnets"],
+        serde_json::json!([
+            "198.51.100.0/24",
+            "192.0.2.0/24",
+            "2001:db8::/64",
+            "10.1.0.0/16"
+        ])
+    );
+    assert_eq!(config.monitor("load").unwrap().params.get("subnets"), None);
+}

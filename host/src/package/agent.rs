@@ -69,6 +69,40 @@ pub fn record_path(run_dir: &Path, package: &str) -> PathBuf {
     run_dir.join(format!("{package}.json"))
 }
 
+/// Where the last start's part failure here is kept for `vigil why`
+/// (absent when the last start did not fail on a part).
+pub fn part_failure_path(run_dir: &Path, package: &str) -> PathBuf {
+    run_dir.join(format!("{package}.part-failure.txt"))
+}
+
+/// Keeps the reason a part blocked the start, or forgets an older one.
+fn note_part_failure<T>(
+    run_dir: &Path,
+    package: &str,
+    result: &Result<T, super::lifecycle::StartError>,
+) {
+    let path = part_failure_path(run_dir, package);
+    let kept = match result {
+        Err(super::lifecycle::StartError::Parts { detail, .. }) => {
+            std::fs::write(&path, format!("{} {detail}\n", vigil_sdk::now_ms()))
+        }
+        _ => std::fs::remove_file(&path).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        }),
+    };
+    if let Err(e) = kept {
+        warn!(%package, path = %path.display(), error = %e, "cannot keep the part failure for why");
+    }
+}
+
+/// The reason a part blocked the last start here and when (ms), if it did.
+pub fn part_failure(run_dir: &Path, package: &str) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(part_failure_path(run_dir, package)).ok()?;
+    let (ms, detail) = text.trim_end().split_once(' ')?;
+    Some((ms.parse().ok()?, detail.to_owned()))
+}
+
 /// Starts the agent for `packages`; lifecycle events go to `lifecycle`,
 /// command results to `reports`. Each package has a worker task of its own,
 /// so a long `run` of one package never delays the halt of another; the
@@ -127,10 +161,9 @@ async fn work(
         let runner = &mut runner;
         match command {
             AgentCommand::Run { reason, fence, .. } => {
-                let result = runner
-                    .start(&reason, fence)
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = runner.start(&reason, fence).await;
+                note_part_failure(&run_dir, &package, &result);
+                let result = result.map_err(|e| e.to_string());
                 save(runner, &path);
                 reports(AgentReport::Ran {
                     package: package.clone(),

@@ -139,6 +139,9 @@ pub struct RunnerContext {
     /// Where the guard leaves its claims (the run record directory);
     /// `None` when no guard runs (unit tests).
     pub claims_dir: Option<PathBuf>,
+    /// The nodes alive in the cluster, kept by the manager (volume group
+    /// tags of dead nodes are taken over).
+    pub live_nodes: parts::LiveNodes,
 }
 
 impl RunnerContext {
@@ -150,6 +153,7 @@ impl RunnerContext {
             restart_backoff: Duration::from_secs(1),
             stop_grace: Duration::from_secs(10),
             claims_dir: None,
+            live_nodes: parts::LiveNodes::default(),
         }
     }
 }
@@ -476,6 +480,12 @@ impl PackageRunner {
             package: self.spec.name.clone(),
             stop_grace: self.ctx.stop_grace,
             ocf_root: parts::ocf_root(),
+            live_nodes: self
+                .ctx
+                .live_nodes
+                .read()
+                .map(|l| l.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -116,6 +116,8 @@ pub struct PackageManager {
     /// request): the daemon steps once its queue is drained, so a burst of
     /// a hundred reports costs one plan, not a hundred.
     dirty: bool,
+    /// The nodes alive as the view says, shared with the runners.
+    live_nodes: crate::package::parts::LiveNodes,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -203,6 +205,7 @@ impl PackageManager {
                 );
             }
         }
+        let live_nodes = ctx.live_nodes.clone();
         let agent = agent::spawn(
             &packages,
             ctx,
@@ -270,12 +273,39 @@ impl PackageManager {
             halted_early: BTreeSet::new(),
             guard_handled: BTreeMap::new(),
             dirty: true,
-        })
+            live_nodes,
+        }
+        .with_live_nodes())
+    }
+
+    /// Shares the nodes whose records the view holds (with etcd, those
+    /// whose liveness lease is held) with the package runners.
+    fn with_live_nodes(self) -> Self {
+        self.share_live_nodes();
+        self
+    }
+
+    fn share_live_nodes(&self) {
+        let live = crate::package::parts::ClusterLiveness {
+            members: self.cluster_nodes.iter().cloned().collect(),
+            alive: self.view.nodes.keys().cloned().collect(),
+        };
+        if let Ok(mut shared) = self.live_nodes.write()
+            && shared.as_ref() != Some(&live)
+        {
+            *shared = Some(live);
+        }
     }
 
     /// A change the store's watch reported.
     pub fn on_store_event(&mut self, event: &crate::store::StoreEvent) {
         self.view.apply(event);
+        if matches!(
+            event.change,
+            crate::store::Change::Node(_) | crate::store::Change::NodeDeleted { .. }
+        ) {
+            self.share_live_nodes();
+        }
         self.dirty = true;
     }
 
@@ -283,6 +313,7 @@ impl PackageManager {
     pub fn resync(&mut self, snapshot: Snapshot) {
         info!(revision = snapshot.revision, "store view resynchronised");
         self.view = snapshot;
+        self.share_live_nodes();
         self.dirty = true;
     }
 
@@ -1182,6 +1213,45 @@ impl PackageManager {
             .collect()
     }
 
+    /// Each configured part of `package`, up here or not (from the run
+    /// record, which holds the parts as started).
+    fn why_parts(&self, package: &str) -> Vec<crate::views::WhyPart> {
+        let Some(config) = self.packages.get(package) else {
+            return Vec::new();
+        };
+        let up = super::lifecycle::RunRecord::load(&agent::record_path(&self.run_dir, package))
+            .map(|r| r.parts)
+            .unwrap_or_default();
+        super::parts::start_order(
+            &config
+                .parts
+                .iter()
+                .map(|p| p.part.clone())
+                .collect::<Vec<_>>(),
+        )
+        .iter()
+        .map(|part| {
+            let started = up.iter().find(|u| u.same_part(part));
+            crate::views::WhyPart {
+                kind: part.kind().to_owned(),
+                part: part.to_string(),
+                state: if started.is_some() { "up" } else { "down" }.to_owned(),
+                started: started.map(ToString::to_string),
+            }
+        })
+        .collect()
+    }
+
+    /// The part that implies `package`'s requirement on `resource`, if the
+    /// package did not write it.
+    pub fn implied_by(&self, package: &str, resource: &str) -> Option<String> {
+        self.packages
+            .get(package)?
+            .requirement(resource)?
+            .implied_by
+            .clone()
+    }
+
     pub async fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
@@ -1203,12 +1273,31 @@ impl PackageManager {
             ));
         }
         text.push_str(&explanation.to_string());
+        let parts = self.why_parts(package);
+        let part_failure = agent::part_failure(&self.run_dir, package)
+            .map(|(ms, detail)| format!("{detail} (at {})", crate::views::rfc3339(ms)));
+        for part in &parts {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("{part}\n"));
+        }
+        if let Some(failure) = &part_failure {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "the last start here failed on a part: {failure}\n"
+            ));
+        }
         Ok(WhyOutput {
             package: package.to_owned(),
             state: record.map_or("down", |r| r.state.as_str()).to_owned(),
             running_on: record.map(|r| r.owners.clone()).unwrap_or_default(),
             explanation,
             resources: Vec::new(),
+            parts,
+            part_failure,
             text,
         })
     }
@@ -1415,6 +1504,7 @@ mod tests {
             fall: 2,
             unknown_timeout: Duration::from_secs(30),
             line: 1,
+            implied_by: None,
         };
         let judged_at = judged.map(|(s, secs)| (s, Duration::from_secs(secs)));
         assert_eq!(

@@ -1,7 +1,9 @@
 //! vigil-lan: the bundled `lan` monitor.
 //!
 //! Publishes `/net/interfaces/<if>/status` (`up`/`down`) and, for each
-//! configured target, `/net/reach/<target>/status` and `/net/reach/<target>/rtt_ms`.
+//! configured target, `/net/reach/<target>/status` and `/net/reach/<target>/rtt_ms`,
+//! and for each subnet of `params.subnets` (the host adds those of packages'
+//! `[[ip]]` addresses) `/net/subnets/<subnet>/status`, read on polls.
 //! Link state is pushed from rtnetlink events the moment the kernel reports
 //! a change, and also read on every poll; reachability is probed on polls
 //! only (ICMP echo, or TCP connect for targets with a port).
@@ -14,6 +16,7 @@ pub mod links;
 pub mod netlink;
 pub mod params;
 pub mod reach;
+pub mod subnets;
 
 use std::time::{Duration, Instant};
 
@@ -130,6 +133,7 @@ impl Monitor for LanMonitor {
 
     fn declare(&self) -> Vec<ResourcePattern> {
         let mut patterns = self.selection.declare();
+        patterns.extend(self.params.subnets.iter().map(subnets::Subnet::pattern));
         for target in &self.params.targets {
             for leaf in ["status", "rtt_ms"] {
                 // A valid resource name is a valid pattern.
@@ -141,8 +145,9 @@ impl Monitor for LanMonitor {
     }
 
     fn poll(&mut self, deadline: Instant) -> Result<Vec<Sample>, MonitorError> {
-        let mut samples = match netlink::dump_links(deadline) {
-            Ok(links) => self.selection.samples(&links),
+        let links = netlink::dump_links(deadline);
+        let mut samples = match &links {
+            Ok(links) => self.selection.samples(links),
             Err(e) => match &self.selection {
                 Selection::Named(names) => names
                     .iter()
@@ -153,6 +158,18 @@ impl Monitor for LanMonitor {
                 Selection::All => return Err(MonitorError::new(format!("cannot read links: {e}"))),
             },
         };
+        if !self.params.subnets.is_empty() {
+            let addresses = netlink::dump_addresses(deadline);
+            for subnet in &self.params.subnets {
+                samples.push(match (&links, &addresses) {
+                    (Ok(l), Ok(a)) => subnet.sample(l, a),
+                    (Err(e), _) | (_, Err(e)) => Sample::unknown(
+                        subnet.status_name(),
+                        format!("cannot read links and addresses: {e}"),
+                    ),
+                });
+            }
+        }
         samples.extend(self.reach_samples(deadline));
         Ok(samples)
     }

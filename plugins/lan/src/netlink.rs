@@ -320,6 +320,131 @@ pub fn dump_links(deadline: Instant) -> Result<Vec<Link>, NetlinkError> {
     }
 }
 
+/// One address of a link, from an `RTM_NEWADDR` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The link's index ([`Link::index`]).
+    pub index: i32,
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFADDRMSG_LEN: usize = 8;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+/// IPv6 duplicate address detection failed: the address is not usable.
+const IFA_F_DADFAILED: u8 = 0x08;
+
+/// Parses the `RTM_NEWADDR` messages in `buf`: (addresses, done, error).
+pub fn parse_addresses(buf: &[u8]) -> (Vec<Address>, bool, Option<i32>) {
+    let mut out = Vec::new();
+    let (mut done, mut error) = (false, None);
+    let mut at = 0;
+    while at + NLMSG_HDRLEN <= buf.len() {
+        let (Some(len), Some(kind)) = (u32_at(buf, at), u16_at(buf, at + 4)) else {
+            break;
+        };
+        let len = len as usize;
+        if len < NLMSG_HDRLEN || at + len > buf.len() {
+            break;
+        }
+        let body = &buf[at + NLMSG_HDRLEN..at + len];
+        match kind {
+            NLMSG_DONE => done = true,
+            NLMSG_ERROR => {
+                let errno = u32_at(body, 0).map(|e| e as i32).unwrap_or(-libc::EIO);
+                if errno != 0 {
+                    error = Some(-errno);
+                }
+            }
+            RTM_NEWADDR => out.extend(parse_address(body)),
+            _ => {}
+        }
+        at += align4(len);
+    }
+    (out, done, error)
+}
+
+fn parse_address(body: &[u8]) -> Option<Address> {
+    let family = *body.first()?;
+    let prefix = *body.get(1)?;
+    let flags = *body.get(2)?;
+    let index = u32_at(body, 4)? as i32;
+    if flags & IFA_F_DADFAILED != 0 {
+        return None;
+    }
+    let (mut local, mut address) = (None, None);
+    let mut at = IFADDRMSG_LEN;
+    while at + 4 <= body.len() {
+        let len = u16_at(body, at)? as usize;
+        let kind = u16_at(body, at + 2)? & 0x3fff;
+        if len < 4 || at + len > body.len() {
+            break;
+        }
+        let payload = &body[at + 4..at + len];
+        let ip: Option<std::net::IpAddr> = match (family as i32, payload.len()) {
+            (libc::AF_INET, 4) => Some(<[u8; 4]>::try_from(payload).ok()?.into()),
+            (libc::AF_INET6, 16) => Some(<[u8; 16]>::try_from(payload).ok()?.into()),
+            _ => None,
+        };
+        match kind {
+            IFA_LOCAL => local = ip,
+            IFA_ADDRESS => address = ip,
+            _ => {}
+        }
+        at += align4(len);
+    }
+    // IFA_LOCAL is this end's address (IFA_ADDRESS is the peer's on
+    // point-to-point links); IPv6 gives only IFA_ADDRESS.
+    Some(Address {
+        index,
+        address: local.or(address)?,
+        prefix,
+    })
+}
+
+/// Lists every address (IPv4 and IPv6) in the calling thread's namespace.
+pub fn dump_addresses(deadline: Instant) -> Result<Vec<Address>, NetlinkError> {
+    let fd = open(0)?;
+    let mut req = [0u8; NLMSG_HDRLEN + IFADDRMSG_LEN];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[NLMSG_HDRLEN] = libc::AF_UNSPEC as u8;
+    // SAFETY: `req` is readable for its whole length.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
+    if sent < 0 {
+        return Err(last_error("send"));
+    }
+    let mut addresses = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match recv(&fd, &mut buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                if !wait_readable(&fd, deadline) {
+                    return Err(NetlinkError::Timeout);
+                }
+                continue;
+            }
+            Err(source) => return Err(NetlinkError::Io { op: "recv", source }),
+        };
+        let (found, done, error) = parse_addresses(&buf[..n]);
+        if let Some(errno) = error {
+            return Err(NetlinkError::Kernel { errno });
+        }
+        addresses.extend(found);
+        if done {
+            return Ok(addresses);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +554,16 @@ mod tests {
             .find(|l| l.name == "lo")
             .expect("every namespace has lo");
         assert!(lo.is_loopback());
+    }
+
+    #[test]
+    fn address_dump_lists_loopback_addresses() {
+        let addrs = dump_addresses(Instant::now() + std::time::Duration::from_secs(2)).unwrap();
+        assert!(
+            addrs
+                .iter()
+                .any(|a| a.address == std::net::IpAddr::from([127, 0, 0, 1]) && a.prefix == 8),
+            "{addrs:?}"
+        );
     }
 }

@@ -44,6 +44,8 @@ pub enum ParamsError {
         min: u64,
         max: u64,
     },
+    #[error("lan params.subnets: {subnet:?} is not a subnet (write 192.0.2.0/24 or 2001:db8::/64)")]
+    BadSubnet { subnet: String },
     #[error("lan: cannot list links to check params.interfaces: {0}")]
     Netlink(String),
 }
@@ -69,6 +71,8 @@ struct RawParams {
     attempts: Option<u64>,
     timeout_ms: Option<u64>,
     misses_before_down: Option<u64>,
+    #[serde(default)]
+    subnets: Vec<String>,
 }
 
 /// Targets are probed concurrently, one thread each; this bounds the threads.
@@ -100,6 +104,8 @@ pub struct LanParams {
     pub attempts: u32,
     pub timeout: Duration,
     pub misses_before_down: u32,
+    /// Published as `/net/subnets/<subnet>/status`; duplicates dropped.
+    pub subnets: Vec<crate::subnets::Subnet>,
 }
 
 /// Linux's rule for interface names (`dev_valid_name`).
@@ -210,7 +216,18 @@ impl LanParams {
             1,
             1000,
         )?;
+        let mut subnets: Vec<crate::subnets::Subnet> = Vec::new();
+        for text in raw.subnets {
+            let subnet = crate::subnets::Subnet::parse(&text)
+                .ok_or(ParamsError::BadSubnet { subnet: text })?;
+            // The host adds the subnets of packages' addresses to the
+            // operator's: the same one twice is no mistake.
+            if !subnets.contains(&subnet) {
+                subnets.push(subnet);
+            }
+        }
         Ok(LanParams {
+            subnets,
             interfaces,
             targets,
             // The ranges above keep these far below u32::MAX.
@@ -279,6 +296,14 @@ mod tests {
             Err("needs one"),
         );
         check(json!({"method": "udp"}), Err("unknown variant `udp`"));
+        check(
+            json!({"subnets": ["10.0.0.0/8", "10.1.0.0/8", "2001:db8::/64"]}),
+            Ok(()),
+        );
+        check(
+            json!({"subnets": ["10.0.0.0"]}),
+            Err("\"10.0.0.0\" is not a subnet"),
+        );
         check(json!({"attempts": 0}), Err("attempts: 0 is outside 1..=10"));
         check(json!({"timeout_ms": 0}), Err("timeout_ms"));
         check(json!({"misses_before_down": 0}), Err("misses_before_down"));

@@ -39,6 +39,7 @@ const DECLARED: &[&str] = &[
     "/net/interfaces/*/status",
     "/fs/data/used_percent",
     "/package/*/agent/*/status",
+    "/net/subnets/*/status",
 ];
 
 /// Writes `packages` into a temp `packages.d`, loads and cross-checks them,
@@ -100,8 +101,16 @@ fn render(p: &PackageConfig) -> String {
     }
     for r in &p.resources {
         out += &format!(
-            "  resource {} up [{}] {:?} rise {} fall {}\n",
-            r.name, r.up, r.evaluate, r.rise, r.fall
+            "  resource {} up [{}] {:?} rise {} fall {}{}\n",
+            r.name,
+            r.up,
+            r.evaluate,
+            r.rise,
+            r.fall,
+            r.implied_by
+                .as_ref()
+                .map(|p| format!(" implied by {p}"))
+                .unwrap_or_default()
         );
     }
     for d in &p.dependencies {
@@ -592,7 +601,9 @@ fn parts_are_loaded_in_file_order_and_checked_with_file_and_line() {
             package a failover nodes ["node1"] ConfiguredNode Manual auto_run=true priority=None
               run ["/bin/true"] 60s
               halt ["/bin/true"] 60s
-              resource /package/a/agent/web/status up [== up or == stopped] AfterStart rise 1 fall 1
+              resource /package/a/agent/web/status up [== up or == stopped] AfterStart rise 1 fall 1 implied by agent web (ocf:heartbeat:Dummy)
+              resource /net/subnets/192.0.2.0_24/status up [== up] BeforeStart rise 1 fall 2 implied by ip 192.0.2.50/24
+              resource /net/subnets/2001-db8--_64/status up [== up] BeforeStart rise 1 fall 2 implied by ip 2001:db8::50/64 on eth1
               part line 18 VolumeGroup { name: "vgdata" }
               part line 12 Filesystem { device: "/dev/vgdata/lv", mount: "/srv/data", fstype: "ext4", options: Some("noatime"), fsck: true }
               part line 8 Ip { address: 192.0.2.50, prefix: 24, interface: None }
@@ -601,6 +612,7 @@ fn parts_are_loaded_in_file_order_and_checked_with_file_and_line() {
             package d failover nodes ["node1"] ConfiguredNode Manual auto_run=true priority=None
               run ["/bin/true"] 60s
               halt ["/bin/true"] 60s
+              resource /net/subnets/192.0.2.0_24/status up [== up] BeforeStart rise 1 fall 2 implied by ip 192.0.2.50/24
               part line 11 Filesystem { device: "LABEL=data", mount: "/srv/data", fstype: "ext4", options: None, fsck: false }
               part line 8 Ip { address: 192.0.2.50, prefix: 24, interface: None }
               part line 14 Ip { address: 192.0.2.61, prefix: 24, interface: None }
@@ -618,5 +630,29 @@ fn parts_are_loaded_in_file_order_and_checked_with_file_and_line() {
             DIR/packages.d/d.toml:11: mount point /srv/data is already claimed by package "a" (DIR/packages.d/a.toml:12)
             DIR/packages.d/d.toml:8: address 192.0.2.50 is already claimed by package "a" (DIR/packages.d/a.toml:8)
         "#]],
+    );
+}
+
+#[test]
+fn an_address_without_a_lan_monitor_is_refused_naming_the_subnet_it_implies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("packages.d");
+    std::fs::create_dir(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("a.toml"),
+        "name = \"a\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"/bin/true\"]\nhalt = [\"/bin/true\"]\n[[ip]]\naddress = \"192.0.2.50/24\"\n",
+    )
+    .unwrap();
+    let cluster = cluster(dir.path());
+    let (loaded, errors) = load_packages(&pdir, &cluster);
+    assert!(errors.is_empty(), "{errors:?}");
+    let errors = check_packages(&loaded, &cluster.nodes, |_| false);
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 1, "{text:?}");
+    assert!(
+        text[0].ends_with(
+            "a.toml:7: ip 192.0.2.50/24 needs resource /net/subnets/192.0.2.0_24/status (its subnet up), which no monitor declares: configure the lan monitor (monitors.d, plugin = \"vigil_lan\"), which publishes the subnets of packages' addresses"
+        ),
+        "{text:?}"
     );
 }

@@ -3,23 +3,26 @@
 //!
 //! * The interface is the configured one, or the first up interface that
 //!   already has an address in the same subnet (`ip -j addr show up`).
-//! * IPv4: before adding, `arping -D` (iputils, duplicate address
-//!   detection) asks the LAN whether someone answers for the address; an
-//!   answer fails the start. After adding, `arping -U` sends unsolicited
-//!   (gratuitous) ARP so neighbours update their caches at once.
+//! * IPv4: before adding, ARP probes ([`super::arp::probe`], a raw socket:
+//!   RFC 5227 duplicate address detection in a few hundred milliseconds,
+//!   where `arping -D` takes whole seconds) ask the LAN whether someone has
+//!   the address; an answer fails the start. After adding, gratuitous ARP
+//!   ([`super::arp::announce`]) makes neighbours update their caches at
+//!   once.
 //! * IPv6: the kernel's own duplicate address detection runs when the
 //!   address is added; the start waits until the address is no longer
 //!   tentative, and fails (removing it) when the kernel marks it
 //!   `dadfailed`. The kernel then announces it itself (unsolicited
 //!   neighbour advertisement where `ndisc_notify` is set); no extra tool.
 //!
-//! It uses the iproute2 and iputils tools rather than netlink sockets: they
-//! are on every node, and their failures read well in an error.
+//! Addresses are added and removed with iproute2's `ip` rather than
+//! netlink sockets: it is on every node, and its failures read well in an
+//! error.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{tool, tool_ok};
+use super::tool_ok;
 
 /// How long IPv6 duplicate address detection may take before the start
 /// fails (the kernel's default is one probe, one second).
@@ -101,7 +104,12 @@ pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
 /// The subnet of `address/prefix` as the lan monitor names it
 /// (`192.0.2.0_24`).
 pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
-    let network = match address {
+    format!("{}_{prefix}", network(address, prefix)).replace(':', "-")
+}
+
+/// `address` with the bits past `prefix` cleared.
+pub fn network(address: IpAddr, prefix: u8) -> IpAddr {
+    match address {
         IpAddr::V4(a) => {
             let mask = u32::MAX
                 .checked_shl(32 - u32::from(prefix.min(32)))
@@ -114,8 +122,7 @@ pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
                 .unwrap_or(0);
             IpAddr::V6((u128::from(a) & mask).into())
         }
-    };
-    format!("{network}_{prefix}").replace(':', "-")
+    }
 }
 
 /// The interface for `address/prefix`: the first up interface with another
@@ -157,38 +164,18 @@ pub fn add(address: IpAddr, prefix: u8, interface: Option<&str>) -> Result<Strin
     };
     let cidr = format!("{address}/{prefix}");
     match address {
-        IpAddr::V4(_) => {
-            let text = address.to_string();
-            // -D: 0 = nobody answered, 1 = someone has the address.
-            let out = tool(
-                "arping",
-                &["-D", "-q", "-c", "2", "-w", "3", "-I", &interface, &text],
-                &[],
-                Duration::from_secs(10),
-            )?;
-            match out.code {
-                Some(0) => {}
-                Some(1) => {
-                    return Err(format!(
-                        "{address} is already in use on the LAN of {interface} (duplicate address detection: another host answered the ARP probe)"
-                    ));
-                }
-                _ => return Err(out.describe("arping -D")),
+        IpAddr::V4(v4) => {
+            if let Some(mac) = super::arp::probe(&interface, v4)? {
+                return Err(format!(
+                    "{address} is already in use on the LAN of {interface} (duplicate address detection: {} answered the ARP probe)",
+                    super::arp::mac_text(mac)
+                ));
             }
             tool_ok("ip", &["addr", "add", &cidr, "dev", &interface])?;
             // Best effort: the address works without it, neighbours just
             // learn it later.
-            match tool(
-                "arping",
-                &["-U", "-q", "-c", "2", "-w", "2", "-I", &interface, &text],
-                &[],
-                Duration::from_secs(10),
-            ) {
-                Ok(out) if out.code == Some(0) => {}
-                Ok(out) => {
-                    tracing::warn!(%address, %interface, error = %out.describe("arping -U"), "gratuitous ARP failed")
-                }
-                Err(e) => tracing::warn!(%address, %interface, error = %e, "gratuitous ARP failed"),
+            if let Err(e) = super::arp::announce(&interface, v4) {
+                tracing::warn!(%address, %interface, error = %e, "gratuitous ARP failed");
             }
         }
         IpAddr::V6(_) => {

@@ -19,6 +19,7 @@
 //! This module does not decide anything about the package: whether a
 //! failed part fails it over is the caller's business.
 
+pub mod arp;
 pub mod fs;
 pub mod ip;
 pub mod ocf;
@@ -276,7 +277,25 @@ pub struct PartContext {
     pub stop_grace: Duration,
     /// `$OCF_ROOT`.
     pub ocf_root: PathBuf,
+    /// Which nodes of the cluster are alive (their liveness lease held)
+    /// when the start began; `None` when not known. A volume group tagged
+    /// by a member that is not alive is taken over.
+    pub live_nodes: Option<ClusterLiveness>,
 }
+
+/// The cluster's nodes and those of them alive, as the manager last saw
+/// its store.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterLiveness {
+    /// `cluster.nodes`.
+    pub members: std::collections::BTreeSet<String>,
+    /// Members whose node record (with etcd: liveness lease) is there.
+    pub alive: std::collections::BTreeSet<String>,
+}
+
+/// [`ClusterLiveness`] shared by the manager with the package runners
+/// (`None` until known).
+pub type LiveNodes = std::sync::Arc<std::sync::RwLock<Option<ClusterLiveness>>>;
 
 /// The default `$OCF_ROOT`, where Debian's resource-agents installs.
 pub const DEFAULT_OCF_ROOT: &str = "/usr/lib/ocf";
@@ -300,7 +319,10 @@ pub struct SystemParts {
 impl PartOps for SystemParts {
     fn start(&mut self, part: &Part) -> Result<Part, PartError> {
         let started = match part {
-            Part::VolumeGroup { name } => vg::activate(name, &self.ctx.node).map(|()| part.clone()),
+            Part::VolumeGroup { name } => {
+                vg::activate(name, &self.ctx.node, self.ctx.live_nodes.as_ref())
+                    .map(|()| part.clone())
+            }
             Part::Filesystem {
                 device,
                 mount,

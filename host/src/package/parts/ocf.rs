@@ -348,6 +348,7 @@ impl AgentMonitor {
             package: self.params.package.clone(),
             stop_grace: Duration::ZERO,
             ocf_root: self.params.ocf_root.clone(),
+            live_nodes: None,
         };
         Some(match monitor(agent, &ctx) {
             Ok(OCF_SUCCESS) => vigil_sdk::Sample::up(name),
