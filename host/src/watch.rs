@@ -156,6 +156,7 @@ mod tests {
                 .map(|(n, s)| NodeStatus {
                     name: (*n).into(),
                     state: (*s).into(),
+                    maintenance: false,
                 })
                 .collect(),
             packages: packages
@@ -170,6 +171,9 @@ mod tests {
                     failed_on: vec![],
                     resources: vec![],
                     parts_here: vec![],
+                    maintenance: false,
+                    withheld: None,
+                    disabled_on: vec![],
                 })
                 .collect(),
             config_errors: vec![],

@@ -17,6 +17,7 @@ fn package(name: &str, run: &str, halt: &str, services: Vec<ServiceConfig>) -> P
         failover_policy: FailoverPolicy::ConfiguredNode,
         failback_policy: FailbackPolicy::Manual,
         auto_run: true,
+        node_fail_fast: false,
         priority: None,
         run: sh(run),
         halt: sh(halt),
