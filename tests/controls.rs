@@ -267,6 +267,15 @@ fn package_maintenance_holds_back_restart_halt_and_failover_until_it_is_off() {
         &[("app", package("app", &[("server", "restarts = 3")], true))],
     )
     .start(&["app"]);
+    // on or off is required, and only maintenance takes it (usage errors).
+    for args in [
+        &["pkg", "maintenance", "app"][..],
+        &["pkg", "halt", "app", "on"],
+        &["node", "maintenance", "node1"],
+    ] {
+        let out = c.dirs["node2"].vigil(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
     let out = c.vigil("node2", &["pkg", "maintenance", "app", "on"]);
     assert!(out.contains("app is in maintenance"), "{out}");
     wait_for(WAIT, "maintenance seen on node1", || {
