@@ -461,3 +461,26 @@ fn fail_fast_service_failure_halts_the_node_and_its_packages_move_at_once() {
         .unwrap();
     assert_eq!(node1["state"], "down", "{status}");
 }
+
+#[test]
+fn node_fail_fast_package_out_of_restarts_halts_its_node() {
+    let mut c = Controls::new(
+        "",
+        &[(
+            "nff",
+            format!(
+                "node_fail_fast = true\n{}",
+                package("nff", &[("server", "restarts = 0")], false)
+            ),
+        )],
+    )
+    .start(&["nff"]);
+    c.kill_service("nff", "node1", "server");
+    c.wait_on("node3", "nff", "node2");
+    let host = c.hosts.get_mut("node1").unwrap();
+    let status = wait_for(WAIT, "node1's host to exit", || {
+        host.try_exit().ok_or_else(|| "still running".to_owned())
+    });
+    assert_eq!(status.code(), Some(4), "{}", c.logs());
+    assert_eq!(c.count("halt", "nff", "node1"), 0, "{}", c.logs());
+}
