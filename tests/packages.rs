@@ -466,7 +466,14 @@ fn paths_put_state_sockets_and_logs_where_cluster_toml_says() {
         "r/guard.lock",
         "var/log/guard.log",
     ] {
-        assert!(p.join(file).exists(), "{file} is missing");
+        // The run record is saved once the start returns, which may be
+        // just after the service wrote its first line.
+        wait_for(WAIT, &format!("{file} to exist"), || {
+            p.join(file)
+                .exists()
+                .then_some(())
+                .ok_or_else(|| format!("{file} is missing"))
+        });
     }
     assert!(!p.join("run").exists(), "nothing in <config dir>/run");
     drop(host);
