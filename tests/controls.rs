@@ -10,6 +10,10 @@ use vigil_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
+/// The nodes' lease TTL: long enough that a loaded test machine does not
+/// make a node lose its lease (a safety halt maintenance never holds
+/// back), and far above what fail-fast takes.
+const TTL_SECONDS: u32 = 6;
 /// How long a test watches that nothing happens.
 const QUIET: Duration = Duration::from_secs(3);
 
@@ -72,7 +76,7 @@ impl Controls {
             cfg.write(
                 "cluster.toml",
                 &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n{extra_cluster}[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
+                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n{extra_cluster}[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = {TTL_SECONDS}\n",
                     etcd.endpoint
                 ),
             );
@@ -432,7 +436,7 @@ fn fail_fast_service_failure_halts_the_node_and_its_packages_move_at_once() {
     }
     let moved = killed.elapsed();
     eprintln!(
-        "fail-fast: every package of node1 up on node2 {} ms after its fail-fast service died (lease TTL 2000 ms)",
+        "fail-fast: every package of node1 up on node2 {} ms after its fail-fast service died (lease TTL {TTL_SECONDS} s)",
         moved.as_millis()
     );
 
