@@ -197,6 +197,12 @@ pub fn in_maintenance(store: &Snapshot, package: &str, node: &str) -> bool {
         || node_in_maintenance(store, node)
 }
 
+/// Is anything in maintenance at all?
+pub fn any_maintenance(store: &Snapshot) -> bool {
+    store.packages.values().any(|r| r.value.admin.maintenance)
+        || store.nodes.values().any(|n| n.value.maintenance)
+}
+
 /// `vigil node maintenance NAME on`.
 pub fn node_in_maintenance(store: &Snapshot, node: &str) -> bool {
     store.nodes.get(node).is_some_and(|n| n.value.maintenance)
@@ -246,6 +252,16 @@ fn hold_back(facts: &Facts<'_>, effects: Vec<Effect>) -> (Vec<Effect>, Vec<Effec
 /// `vigil status` and `vigil why`.
 pub fn withheld(facts: &Facts<'_>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    // The common case costs no plan.
+    let any = facts
+        .store
+        .packages
+        .values()
+        .any(|r| r.value.admin.maintenance)
+        || facts.store.nodes.values().any(|n| n.value.maintenance);
+    if !any {
+        return out;
+    }
     for package in facts.failures.keys() {
         if in_maintenance(facts.store, package, facts.node) {
             out.insert(

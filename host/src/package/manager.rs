@@ -1063,8 +1063,7 @@ impl PackageManager {
 
     pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
         let store = &self.view;
-        let inputs = self.inputs(hub);
-        let withheld = coordinator::withheld(&self.facts(&inputs));
+        let withheld = self.withheld_now(hub);
         Ok(StatusOutput {
             config_errors: Vec::new(),
             cluster: self.cluster.clone(),
@@ -1166,8 +1165,7 @@ impl PackageManager {
             ));
         }
         text.push_str(&explanation.to_string());
-        let inputs = self.inputs(hub);
-        if let Some(would) = coordinator::withheld(&self.facts(&inputs)).get(package) {
+        if let Some(would) = self.withheld_now(hub).get(package) {
             text.push_str(&format!("maintenance holds back: {would}\n"));
         }
         Ok(WhyOutput {
@@ -1393,6 +1391,16 @@ impl PackageManager {
         } else {
             format!("node {node} is out of maintenance; what was held back happens now")
         })
+    }
+
+    /// What maintenance holds back now, for `status` and `why`; nothing
+    /// to compute while nothing is in maintenance.
+    fn withheld_now(&self, hub: &ResourceHub) -> BTreeMap<String, String> {
+        if !coordinator::any_maintenance(&self.view) {
+            return BTreeMap::new();
+        }
+        let inputs = self.inputs(hub);
+        coordinator::withheld(&self.facts(&inputs))
     }
 
     /// Logs what maintenance holds back here, when it changes.
