@@ -66,6 +66,11 @@ pub enum Request {
         halt: bool,
         node: String,
     },
+    /// `vigil node maintenance NODE on|off`.
+    NodeMaintenance {
+        node: String,
+        on: bool,
+    },
     /// Configuration errors the daemon knows of (from startup and the last
     /// reload), for `vigil monitor list`.
     ConfigErrors,
@@ -81,6 +86,7 @@ fn request_fields(op: &str) -> Option<&'static [&'static str]> {
         "why" => &["package"],
         "pkg" => &["action", "package", "node"],
         "node" => &["halt", "node"],
+        "node_maintenance" => &["node", "on"],
         _ => return None,
     })
 }

@@ -30,6 +30,11 @@ pub struct UsageError(pub String);
 pub fn exit_code(error: &anyhow::Error) -> i32 {
     if error.downcast_ref::<UsageError>().is_some() {
         2
+    } else if error
+        .downcast_ref::<crate::package::fail_fast::NodeHalted>()
+        .is_some()
+    {
+        crate::package::fail_fast::EXIT_STATUS
     } else if matches!(
         error.downcast_ref::<api::ApiError>(),
         Some(api::ApiError::Connect { .. })
@@ -85,13 +90,16 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Operate a package: run, halt, move, enable, disable, clear.
+    /// Operate a package: run, halt, move, enable, disable, clear, maintenance.
     Pkg {
         /// What to do.
-        #[arg(value_parser = ["run", "halt", "move", "enable", "disable", "clear"])]
+        #[arg(value_parser = ["run", "halt", "move", "enable", "disable", "clear", "maintenance"])]
         action: String,
         /// The package.
         package: String,
+        /// With maintenance: on or off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: Option<String>,
         /// The node (required by move; for run, enable, disable: only that node).
         #[arg(long)]
         node: Option<String>,
@@ -102,13 +110,16 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "300")]
         wait: Option<u64>,
     },
-    /// Join (run) or drain (halt) a node.
+    /// Join (run) or drain (halt) a node, or put it in maintenance.
     Node {
-        /// run (join) or halt (drain).
-        #[arg(value_parser = ["run", "halt"])]
+        /// run (join), halt (drain) or maintenance.
+        #[arg(value_parser = ["run", "halt", "maintenance"])]
         action: String,
         /// The node.
         node: String,
+        /// With maintenance: on or off.
+        #[arg(value_parser = ["on", "off"])]
+        setting: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -312,16 +323,20 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
         Command::Pkg {
             action,
             package,
+            setting,
             node,
             json,
             wait,
         } => {
+            let on = maintenance_setting("pkg", &action, &package, setting.as_deref())?;
             let action = match action.as_str() {
                 "run" => AdminOp::Run,
                 "halt" => AdminOp::Halt,
                 "move" => AdminOp::Move,
                 "enable" => AdminOp::Enable,
                 "disable" => AdminOp::Disable,
+                "maintenance" if on == Some(true) => AdminOp::MaintenanceOn,
+                "maintenance" => AdminOp::MaintenanceOff,
                 _ => AdminOp::Clear,
             };
             if action == AdminOp::Move && node.is_none() {
@@ -346,14 +361,21 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
                 _ => Ok(code),
             }
         }
-        Command::Node { action, node, json } => admin(
-            &cli.config,
-            Request::Node {
-                halt: action == "halt",
-                node,
-            },
+        Command::Node {
+            action,
+            node,
+            setting,
             json,
-        ),
+        } => {
+            let request = match maintenance_setting("node", &action, &node, setting.as_deref())? {
+                Some(on) => Request::NodeMaintenance { node, on },
+                None => Request::Node {
+                    halt: action == "halt",
+                    node,
+                },
+            };
+            admin(&cli.config, request, json)
+        }
         Command::Why { package, json } => why(&cli.config, &package, json),
         Command::Template { kind, agent } => {
             print!(
@@ -377,6 +399,27 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The on|off of `vigil pkg|node maintenance NAME on|off`: required there,
+/// refused after any other action.
+fn maintenance_setting(
+    command: &str,
+    action: &str,
+    name: &str,
+    setting: Option<&str>,
+) -> anyhow::Result<Option<bool>> {
+    match (action, setting) {
+        ("maintenance", Some(s)) => Ok(Some(s == "on")),
+        ("maintenance", None) => {
+            Err(UsageError(format!("{command} maintenance {name} needs on or off")).into())
+        }
+        (_, Some(s)) => Err(UsageError(format!(
+            "{command} {action} {name} takes no {s:?}: only maintenance takes on or off"
+        ))
+        .into()),
+        (_, None) => Ok(None),
     }
 }
 
@@ -478,7 +521,13 @@ pub fn status_text(
     let _ = writeln!(t, "cluster {} (this node: {})", out.cluster, out.node);
     let _ = writeln!(t, "\nNODE             STATE");
     for n in &out.nodes {
-        let _ = writeln!(t, "{:<16} {}", n.name, paint(&n.state, 0, style.colour));
+        let _ = writeln!(
+            t,
+            "{:<16} {}{}",
+            n.name,
+            paint(&n.state, 0, style.colour),
+            if n.maintenance { " (maintenance)" } else { "" }
+        );
     }
     let _ = writeln!(
         t,
@@ -500,6 +549,17 @@ pub fn status_text(
             p.fence_token,
             p.reason
         );
+        if p.maintenance || p.withheld.is_some() {
+            let _ = writeln!(
+                t,
+                "    maintenance{}: {}",
+                if p.maintenance { "" } else { " (its node)" },
+                p.withheld.as_deref().unwrap_or("nothing held back")
+            );
+        }
+        if !p.disabled_on.is_empty() {
+            let _ = writeln!(t, "    switching disabled on: {}", p.disabled_on.join(", "));
+        }
         if style.verbose && !p.failed_on.is_empty() {
             let _ = writeln!(t, "    failed on: {}", p.failed_on.join(", "));
         }
@@ -658,7 +718,11 @@ fn wait_package(
                 p.state == "up" && node.is_none_or(|n| p.running_on.iter().any(|o| o == n))
             }
             AdminOp::Halt => p.running_on.is_empty() && p.state != "halting",
-            AdminOp::Enable | AdminOp::Disable | AdminOp::Clear => true,
+            AdminOp::Enable
+            | AdminOp::Disable
+            | AdminOp::Clear
+            | AdminOp::MaintenanceOn
+            | AdminOp::MaintenanceOff => true,
         };
         if done {
             match p.running_on.is_empty() {
@@ -1100,6 +1164,7 @@ nodes = ["node1", "node2"]          # by priority; ["*"] = every node
 failover_policy = "configured_node" # | min_package_node
 failback_policy = "manual"          # | automatic
 auto_run = true
+# node_fail_fast = false            # true: a failure of the package halts the node
 # priority = 10                     # lower number = more important
 run = ["pkg/app/run.sh"]            # relative to the config dir
 halt = ["pkg/app/halt.sh"]
@@ -1112,7 +1177,7 @@ halt_timeout_seconds = 60
 # name = "server"
 # command = ["/opt/app/server"]
 # restarts = 3                      # 0, N or "unlimited"
-# fail_fast = false
+# fail_fast = false                 # true: its failure halts the node at once
 
 # [[resource]]
 # name = "/net/interfaces/eth0/status"

@@ -41,6 +41,7 @@ use crate::config::{self, ClusterConfig, Config, ConfigError, MonitorConfig};
 use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
+use crate::package::fail_fast;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
 use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
 use crate::package::membership::{EtcdMembership, Membership};
@@ -352,6 +353,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,
         }
+        if let Some(why) = state.manager.take_fail_fast() {
+            return fail_fast(state, guard, &socket, why).await;
+        }
         // One step for a burst of events (a hundred reports, a hundred
         // watch events), taken once the queue is drained — or every
         // STEP_EVERY events, so a flood of samples cannot hold it back.
@@ -378,6 +382,44 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     drop(state);
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// A fail-fast failure (DESIGN §5): every package here is killed without
+/// its halt script and its parts released, the lease revoked so that the
+/// others take over at once, the guard told to stop (it has nothing left to
+/// halt); then the machine reboots (`fail_fast_action = "reboot"`) or the
+/// host ends with [`fail_fast::NodeHalted`] (exit status 4).
+async fn fail_fast(
+    mut state: DaemonState,
+    guard: Option<guard::Beating>,
+    socket: &Path,
+    why: String,
+) -> anyhow::Result<()> {
+    let node = state.node.clone();
+    error!(%node, %why, "fail-fast: halting this node now: packages killed without halt scripts, parts released, lease revoked");
+    for problem in state.manager.kill_packages().await {
+        error!(%node, %problem, "fail-fast: not everything stopped");
+    }
+    match state.manager.leave_cluster().await {
+        Ok(()) => {
+            info!(%node, "fail-fast: lease revoked; the other nodes take the packages over now")
+        }
+        Err(e) => {
+            error!(%node, error = %e, "fail-fast: cannot revoke the lease; the others take over when it expires")
+        }
+    }
+    if let Some(guard) = guard {
+        guard.stop();
+    }
+    if state.config.cluster.fail_fast_action == crate::config::FailFastAction::Reboot {
+        error!(%node, "fail-fast: rebooting the machine (fail_fast_action = \"reboot\")");
+        let e = fail_fast::reboot();
+        error!(%node, error = %e, "fail-fast: the kernel refused to reboot; halting the node instead");
+    }
+    error!(%node, status = fail_fast::EXIT_STATUS, "fail-fast: node halted; vigil host exits and stays out of the cluster until it is started again");
+    drop(state);
+    let _ = std::fs::remove_file(socket);
+    Err(fail_fast::NodeHalted { node, why }.into())
 }
 
 /// Joins an etcd cluster: connects, takes this node's liveness lease, keeps
@@ -410,6 +452,7 @@ async fn join_etcd(
             name: node.to_owned(),
             state: NodeState::Up,
             updated_ms: vigil_sdk::now_ms(),
+            maintenance: false,
         },
         lease.id,
     )
@@ -880,6 +923,12 @@ impl DaemonState {
                 Ok(done) => Response::ok(crate::views::AdminOutput { done }),
                 Err(e) => Response::error(e),
             },
+            Request::NodeMaintenance { node, on } => {
+                match self.manager.node_maintenance(&node, on).await {
+                    Ok(done) => Response::ok(crate::views::AdminOutput { done }),
+                    Err(e) => Response::error(e),
+                }
+            }
             Request::ConfigErrors => Response::ok(&self.config_errors),
             Request::Health => Response::ok(crate::views::HealthOutput::new(
                 &self.node,

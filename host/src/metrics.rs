@@ -529,10 +529,12 @@ mod tests {
                     NodeStatus {
                         name: "node1".into(),
                         state: "up".into(),
+                        maintenance: false,
                     },
                     NodeStatus {
                         name: "node2".into(),
                         state: "down".into(),
+                        maintenance: false,
                     },
                 ],
                 packages: vec![PackageStatus {
@@ -550,6 +552,9 @@ mod tests {
                         criterion: "< 90".into(),
                     }],
                     parts_here: vec![],
+                    maintenance: false,
+                    withheld: None,
+                    disabled_on: vec![],
                 }],
                 config_errors: vec![],
                 hooks: vec![],

@@ -38,6 +38,9 @@ pub struct NodeStatus {
     pub name: String,
     /// `up`, `down` or `halted`.
     pub state: String,
+    /// `vigil node maintenance NAME on`: no action for its packages.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +58,17 @@ pub struct PackageStatus {
     /// Its parts up on the node that answered (from its run record).
     #[serde(default)]
     pub parts_here: Vec<PartStatus>,
+    /// `vigil pkg maintenance NAME on`: no action is taken for it.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// What maintenance (of the package or of its node) holds back, such
+    /// as `would halt on node1: resource down`.
+    #[serde(default)]
+    pub withheld: Option<String>,
+    /// Nodes where switching is disabled for it alone
+    /// (`vigil pkg disable NAME --node N`).
+    #[serde(default)]
+    pub disabled_on: Vec<String>,
 }
 
 /// A package part (`[[filesystem]]`, `[[ip]]`, …) up on a node.

@@ -233,6 +233,7 @@ mod tests {
                 .map(|(n, s)| NodeStatus {
                     name: (*n).into(),
                     state: (*s).into(),
+                    maintenance: false,
                 })
                 .collect(),
             packages: packages
@@ -247,6 +248,9 @@ mod tests {
                     failed_on: vec![],
                     resources: vec![],
                     parts_here: vec![],
+                    maintenance: false,
+                    withheld: None,
+                    disabled_on: vec![],
                 })
                 .collect(),
             config_errors: vec![],

@@ -93,6 +93,8 @@ struct RawCluster {
     nodes: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     plugin_path: Vec<Spanned<String>>,
+    #[serde(default)]
+    fail_fast_action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,6 +252,20 @@ pub struct ClusterConfig {
     /// Errors of `[[hook]]`s: a broken hook is left out, it does not make
     /// `cluster.toml` unusable ([`load`] moves these to [`Config::errors`]).
     pub hook_errors: Vec<ConfigError>,
+    /// `[cluster] fail_fast_action`: what a fail-fast failure does to the
+    /// node once its packages are killed and its lease is revoked.
+    pub fail_fast_action: FailFastAction,
+}
+
+/// `[cluster] fail_fast_action` (DESIGN §5, §7a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailFastAction {
+    /// The host ends (exit status 4, which systemd does not restart): the
+    /// node stays out of the cluster until an operator starts it again.
+    #[default]
+    HaltNode,
+    /// The kernel reboots the machine at once (reboot(2)).
+    Reboot,
 }
 
 /// One `[[hook]]` (DESIGN §7a): a program given each cluster event it asks
@@ -533,6 +549,22 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
         .iter()
         .map(|p| dir.join(p.get_ref()))
         .collect();
+    let fail_fast_action = match cluster.fail_fast_action.as_ref() {
+        None => FailFastAction::HaltNode,
+        Some(a) => match a.get_ref().as_str() {
+            "halt_node" => FailFastAction::HaltNode,
+            "reboot" => FailFastAction::Reboot,
+            other => {
+                errors.push(file.error_at(
+                    a.span(),
+                    format!(
+                        "cluster.fail_fast_action {other:?} is not one of \"halt_node\", \"reboot\""
+                    ),
+                ));
+                FailFastAction::HaltNode
+            }
+        },
+    };
 
     let paths = resolve_paths(dir, file, raw.paths.as_ref(), &mut errors);
     let log_format = match raw.logging.as_ref().and_then(|l| l.format.as_ref()) {
@@ -686,6 +718,7 @@ pub fn load_cluster_text(dir: &Path, file: &SourceFile) -> Result<ClusterConfig,
             log_format,
             hooks,
             hook_errors,
+            fail_fast_action,
         })
     } else {
         Err(errors)

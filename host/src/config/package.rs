@@ -47,6 +47,8 @@ struct RawPackage {
     #[serde(default)]
     auto_run: Option<bool>,
     #[serde(default)]
+    node_fail_fast: Option<bool>,
+    #[serde(default)]
     priority: Option<Spanned<i64>>,
     #[serde(default)]
     run: Option<Spanned<Vec<String>>>,
@@ -255,6 +257,9 @@ pub struct PackageConfig {
     pub failover_policy: FailoverPolicy,
     pub failback_policy: FailbackPolicy,
     pub auto_run: bool,
+    /// `node_fail_fast = true`: a failure of the package (a service out of
+    /// restarts, a failed `run`) halts the node at once (DESIGN §5).
+    pub node_fail_fast: bool,
     /// Lower number = more important; `None` = least important.
     pub priority: Option<u32>,
     /// argv of the control scripts; a relative program path is resolved.
@@ -914,6 +919,7 @@ pub fn load_package_text(
         failover_policy,
         failback_policy,
         auto_run: raw.auto_run.unwrap_or(true),
+        node_fail_fast: raw.node_fail_fast.unwrap_or(false),
         priority,
         run,
         halt,

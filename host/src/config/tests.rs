@@ -133,6 +133,17 @@ fn cluster_errors_are_fatal_and_collected() {
 }
 
 #[test]
+fn an_unknown_fail_fast_action_is_an_error_naming_its_line() {
+    check(
+        "[cluster]\nname = \"x\"\nnodes = [\"n1\"]\nfail_fast_action = \"panic\"\n",
+        &[],
+        expect![[r#"
+            DIR/cluster.toml:4: cluster.fail_fast_action "panic" is not one of "halt_node", "reboot"
+        "#]],
+    );
+}
+
+#[test]
 fn missing_cluster_file_is_reported() {
     let err = load(Path::new("/nonexistent-vigil-dir")).unwrap_err();
     assert_eq!(err.len(), 1);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::lifecycle::{LifecycleEvent, PackageRunner, Reason, RunRecord, RunnerContext};
@@ -44,6 +44,13 @@ pub enum AgentCommand {
     GuardHalted {
         package: String,
         fence: FenceToken,
+    },
+    /// The package is in maintenance here (or no longer): its services
+    /// that exit are not restarted meanwhile. Taken at once, not behind a
+    /// `run` or `halt` under way.
+    Maintenance {
+        package: String,
+        on: bool,
     },
 }
 
@@ -118,10 +125,14 @@ pub fn spawn(
         warn!(dir = %run_dir.display(), error = %e, "cannot create run record directory");
     }
     let reports: Arc<dyn Fn(AgentReport) + Send + Sync> = Arc::new(reports);
+    let mut maintenance: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
     let workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
         .iter()
         .map(|p| {
-            let runner = PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone());
+            let mut runner = PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone());
+            let (held, rx) = watch::channel(false);
+            runner.watch_maintenance(rx);
+            maintenance.insert(p.name.clone(), held);
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
             (p.name.clone(), tx)
@@ -130,12 +141,19 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::unbounded_channel::<AgentCommand>();
     tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
+            if let AgentCommand::Maintenance { package, on } = &command {
+                if let Some(held) = maintenance.get(package) {
+                    held.send_replace(*on);
+                }
+                continue;
+            }
             let package = match &command {
                 AgentCommand::Run { package, .. }
                 | AgentCommand::Halt { package, .. }
                 | AgentCommand::Adopt { package }
                 | AgentCommand::SaveRecord { package }
-                | AgentCommand::GuardHalted { package, .. } => package.clone(),
+                | AgentCommand::GuardHalted { package, .. }
+                | AgentCommand::Maintenance { package, .. } => package.clone(),
             };
             match workers.get(&package) {
                 Some(worker) => {
@@ -192,6 +210,7 @@ async fn work(
                 });
             }
             AgentCommand::SaveRecord { .. } => save(runner, &path),
+            AgentCommand::Maintenance { .. } => {}
             AgentCommand::GuardHalted { fence, .. } => {
                 if runner.record().is_some_and(|r| r.fence_token == fence) {
                     runner.abandon().await;

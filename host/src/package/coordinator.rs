@@ -26,6 +26,14 @@
 //!    room left under `max_parallel_actions` — a required resource down
 //!    here halts at once, whatever else is under way and whatever room is
 //!    left.
+//!
+//! Maintenance (DESIGN §5) holds back every run and halt of a package in
+//! maintenance, and every run and halt on a node in maintenance, at steps
+//! 4 and 5: each becomes an [`Effect::Withheld`] saying what would have
+//! happened, and does not count as a step asking for something. A node in
+//! maintenance is not eligible for new starts (as with switching disabled
+//! on it). The safety halts are never held back: a copy whose ownership
+//! moved (step 1) and everything when the lease is in doubt.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -80,6 +88,9 @@ pub enum Effect {
     HaltUnrecorded { package: String, reason: Reason },
     /// Write a record, then hand on what follows.
     Write(Prepared),
+    /// Maintenance holds this back: nothing is done; `would` says what
+    /// would have happened (`would halt on node1: resource down`).
+    Withheld { package: String, would: String },
 }
 
 /// A record write decided from the record at `revision`, and what follows
@@ -112,6 +123,9 @@ impl fmt::Display for Effect {
         match self {
             Effect::HaltUnrecorded { package, reason } => {
                 write!(f, "halt {package} here ({reason}), record untouched")
+            }
+            Effect::Withheld { package, would } => {
+                write!(f, "withhold {package} (maintenance): {would}")
             }
             Effect::Write(p) => {
                 let u = &p.update;
@@ -163,13 +177,111 @@ pub fn decide(facts: &Facts<'_>) -> Vec<Effect> {
         effects.extend(gone);
         return effects;
     }
-    let urgent = urgent_halts(facts);
+    let (urgent, held) = hold_back(facts, urgent_halts(facts));
+    effects.extend(held);
     if facts.lease_in_doubt || !urgent.is_empty() {
         effects.extend(urgent);
         return effects;
     }
     effects.extend(planned(facts));
     effects
+}
+
+/// Is `package` in maintenance, or `node`? Then vigil takes no action for
+/// the package there (DESIGN §5).
+pub fn in_maintenance(store: &Snapshot, package: &str, node: &str) -> bool {
+    store
+        .packages
+        .get(package)
+        .is_some_and(|r| r.value.admin.maintenance)
+        || node_in_maintenance(store, node)
+}
+
+/// Is anything in maintenance at all?
+pub fn any_maintenance(store: &Snapshot) -> bool {
+    store.packages.values().any(|r| r.value.admin.maintenance)
+        || store.nodes.values().any(|n| n.value.maintenance)
+}
+
+/// `vigil node maintenance NAME on`.
+pub fn node_in_maintenance(store: &Snapshot, node: &str) -> bool {
+    store.nodes.get(node).is_some_and(|n| n.value.maintenance)
+}
+
+/// What would have happened: `would halt on node1: resource down`.
+fn would(op: &str, node: &str, reason: Reason) -> String {
+    format!(
+        "would {op} on {node}: {}",
+        reason.as_str().replace('_', " ")
+    )
+}
+
+/// Splits the runs and halts maintenance holds back from those it lets
+/// through. Only a halt for a lease in doubt is never held back.
+fn hold_back(facts: &Facts<'_>, effects: Vec<Effect>) -> (Vec<Effect>, Vec<Effect>) {
+    let mut held = Vec::new();
+    let mut through = Vec::new();
+    for effect in effects {
+        let Effect::Write(Prepared { package, then, .. }) = &effect else {
+            through.push(effect);
+            continue;
+        };
+        let op = match then {
+            AfterWrite::Halt { reason, .. } if *reason != Reason::LeaseLost => {
+                Some(("halt", *reason))
+            }
+            &AfterWrite::Run { reason, .. } => Some(("run", reason)),
+            _ => None,
+        };
+        match op {
+            Some((op, reason)) if in_maintenance(facts.store, package, facts.node) => {
+                held.push(Effect::Withheld {
+                    package: package.clone(),
+                    would: would(op, facts.node, reason),
+                });
+            }
+            _ => through.push(effect),
+        }
+    }
+    (through, held)
+}
+
+/// What maintenance holds back now, package → what would have happened,
+/// on every node as far as this one can tell (its plan, with the resource
+/// states the others published, and its own service failures): shown by
+/// `vigil status` and `vigil why`.
+pub fn withheld(facts: &Facts<'_>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    // The common case costs no plan.
+    let any = facts
+        .store
+        .packages
+        .values()
+        .any(|r| r.value.admin.maintenance)
+        || facts.store.nodes.values().any(|n| n.value.maintenance);
+    if !any {
+        return out;
+    }
+    for package in facts.failures.keys() {
+        if in_maintenance(facts.store, package, facts.node) {
+            out.insert(
+                package.clone(),
+                would("halt", facts.node, Reason::ServiceFailed),
+            );
+        }
+    }
+    let plan = placement::plan(&placement_input(facts));
+    for action in &plan.actions {
+        if in_maintenance(facts.store, &action.package, &action.node) {
+            let op = match action.op {
+                Op::Run => "run",
+                Op::Halt => "halt",
+            };
+            out.entry(action.package.clone())
+                .or_insert_with(|| would(op, &action.node, lifecycle_reason(action.reason)));
+        }
+    }
+    out
 }
 
 /// The placement engine's view of the cluster in `facts`.
@@ -185,7 +297,7 @@ pub fn placement_input(facts: &Facts<'_>) -> ClusterSnapshot {
                     .nodes
                     .get(n)
                     .is_some_and(|r| r.value.state == NodeState::Up),
-                switching_enabled: true,
+                switching_enabled: !node_in_maintenance(store, n),
             })
             .collect(),
         packages: facts.packages.to_vec(),
@@ -206,6 +318,7 @@ pub fn placement_input(facts: &Facts<'_>) -> ClusterSnapshot {
         }
         state.switching_enabled = r.switching;
         state.failed_on = r.failed_on.clone();
+        state.disabled_nodes = r.disabled_nodes.clone();
         state.left = r.left.clone();
         state.halted_by_admin = r.admin.halted;
         state.run_requested = r.admin.run;
@@ -368,11 +481,29 @@ fn planned(facts: &Facts<'_>) -> Vec<Effect> {
         .chain(facts.claiming.iter().cloned())
         .collect();
     let ready = super::order::ready(&plan.actions, facts.packages, &busy);
-    let free = |action: &&placement::Action| {
+    let mine = |action: &&placement::Action| {
         action.node == facts.node
             && !facts.in_flight.contains(&action.package)
             && !facts.claiming.contains(&action.package)
     };
+    let held = |action: &placement::Action| in_maintenance(store, &action.package, facts.node);
+    let free = |action: &&placement::Action| mine(action) && !held(action);
+    let mut withheld: Vec<Effect> = Vec::new();
+    for action in plan.actions.iter().filter(mine).filter(|a| held(a)) {
+        let seen = withheld
+            .iter()
+            .any(|w| matches!(w, Effect::Withheld { package, .. } if *package == action.package));
+        if !seen {
+            let op = match action.op {
+                Op::Run => "run",
+                Op::Halt => "halt",
+            };
+            withheld.push(Effect::Withheld {
+                package: action.package.clone(),
+                would: would(op, facts.node, lifecycle_reason(action.reason)),
+            });
+        }
+    }
     // The local fast path: a package whose required resource went down
     // here halts now, whatever else is under way or waiting, and whether
     // or not max_parallel_actions leaves room.
@@ -392,9 +523,13 @@ fn planned(facts: &Facts<'_>) -> Vec<Effect> {
             rest.push(action);
         }
     }
-    fast.into_iter()
-        .chain(rest.into_iter().take(room))
-        .filter_map(|action| prepare(facts, action))
+    withheld
+        .into_iter()
+        .chain(
+            fast.into_iter()
+                .chain(rest.into_iter().take(room))
+                .filter_map(|action| prepare(facts, action)),
+        )
         .collect()
 }
 

@@ -436,6 +436,9 @@ pub struct PackageRunner {
     /// The parts up for the package, in start order: released by `halt`
     /// also after a failed `run` (whose clean-up halt may still need them).
     parts_up: Vec<Part>,
+    /// True while the package is in maintenance here: a service that exits
+    /// is not restarted (nor the package failed) until it is false again.
+    maintenance: watch::Receiver<bool>,
 }
 
 impl fmt::Debug for PackageRunner {
@@ -466,7 +469,13 @@ impl PackageRunner {
             running: None,
             last_fence: FenceToken::default(),
             parts_up: Vec::new(),
+            maintenance: watch::channel(false).1,
         }
+    }
+
+    /// Follows the package's maintenance (see [`AgentCommand::Maintenance`](super::agent::AgentCommand::Maintenance)).
+    pub fn watch_maintenance(&mut self, maintenance: watch::Receiver<bool>) {
+        self.maintenance = maintenance;
     }
 
     /// The parts up now, in start order.
@@ -818,6 +827,7 @@ impl PackageRunner {
             reason: *reason,
             fence,
             stop: stop.clone(),
+            maintenance: self.maintenance.clone(),
         };
         tokio::spawn(supervisor.run(process, restarts))
     }
@@ -926,6 +936,15 @@ fn signal_group(pgid: i32, signal: Signal) {
 }
 
 /// Starts one service in its own process group, output to its log file.
+/// Set once this node halts for a fail-fast failure
+/// ([`super::fail_fast`]): from then on no service is started or
+/// restarted, and a service that exits is left alone.
+pub static NODE_HALTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn node_halting() -> bool {
+    NODE_HALTING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn spawn_service(
     spec: &PackageConfig,
     ctx: &RunnerContext,
@@ -933,6 +952,9 @@ fn spawn_service(
     reason: &Reason,
     fence: FenceToken,
 ) -> Result<ServiceProcess, String> {
+    if node_halting() {
+        return Err("the node is halting (fail-fast)".into());
+    }
     let program = service.command.first().cloned().unwrap_or_default();
     let (stdout, stderr) = match &ctx.log_dir {
         None => (std::process::Stdio::null(), std::process::Stdio::null()),
@@ -978,9 +1000,34 @@ struct Supervisor {
     reason: Reason,
     fence: FenceToken,
     stop: watch::Receiver<bool>,
+    maintenance: watch::Receiver<bool>,
 }
 
 impl Supervisor {
+    /// In maintenance, an exited service waits, neither restarted nor
+    /// failing its package, until maintenance is off; false when the
+    /// package is halted meanwhile.
+    async fn hold_in_maintenance(&mut self, exit: &ServiceExit, restarts: u32) -> bool {
+        if !*self.maintenance.borrow_and_update() {
+            return true;
+        }
+        tracing::warn!(package = %self.spec.name, service = %self.service.name, %exit, "service exited in maintenance; not restarted until maintenance is off");
+        let _ = self.events.send(LifecycleEvent::ServiceExited {
+            package: self.spec.name.clone(),
+            service: self.service.name.clone(),
+            exit: exit.clone(),
+            restarts,
+            restarting: false,
+        });
+        tokio::select! {
+            // A closed channel (the agent is gone) ends maintenance too.
+            _ = self.maintenance.wait_for(|on| !*on) => {}
+            _ = self.stop.wait_for(|stop| *stop) => return false,
+        }
+        tracing::info!(package = %self.spec.name, service = %self.service.name, "maintenance off; the service's restart (or its package's failure) goes ahead");
+        true
+    }
+
     async fn run(mut self, mut process: ServiceProcess, mut restarts: u32) {
         loop {
             let pgid = process.pid();
@@ -1003,6 +1050,9 @@ impl Supervisor {
             };
             // The main process is gone; what it left in its group goes too.
             signal_group(pgid, Signal::SIGKILL);
+            if node_halting() {
+                return;
+            }
             // The guard claims a package before it kills anything, so an
             // exit it caused always finds the claim here.
             if self
@@ -1017,6 +1067,9 @@ impl Supervisor {
                     service: self.service.name.clone(),
                     fence: self.fence,
                 });
+                return;
+            }
+            if !self.hold_in_maintenance(&exit, restarts).await {
                 return;
             }
             let can_restart = !self.service.fail_fast

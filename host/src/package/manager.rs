@@ -62,6 +62,10 @@ pub enum AdminOp {
     Enable,
     Disable,
     Clear,
+    /// `vigil pkg maintenance NAME on`.
+    MaintenanceOn,
+    /// `vigil pkg maintenance NAME off`.
+    MaintenanceOff,
 }
 
 pub struct PackageManager {
@@ -118,6 +122,14 @@ pub struct PackageManager {
     dirty: bool,
     /// The nodes alive as the view says, shared with the runners.
     live_nodes: crate::package::parts::LiveNodes,
+    /// What maintenance holds back here, as last logged.
+    withheld: BTreeMap<String, String>,
+    /// Maintenance as last told to the agent (its services are not
+    /// restarted meanwhile), by package.
+    maintenance_told: BTreeMap<String, bool>,
+    /// A fail-fast failure (DESIGN §5): the node must halt at once; the
+    /// daemon takes it with [`Self::take_fail_fast`].
+    fail_fast: Option<String>,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -218,6 +230,7 @@ impl PackageManager {
                 name: node.to_owned(),
                 state: NodeState::Up,
                 updated_ms: vigil_sdk::now_ms(),
+                maintenance: false,
             })
             .await?;
         let mut view = store.snapshot().await?;
@@ -274,6 +287,9 @@ impl PackageManager {
             guard_handled: BTreeMap::new(),
             dirty: true,
             live_nodes,
+            withheld: BTreeMap::new(),
+            maintenance_told: BTreeMap::new(),
+            fail_fast: None,
         }
         .with_live_nodes())
     }
@@ -492,6 +508,7 @@ impl PackageManager {
     /// follow in the next round.
     pub fn step(&mut self, hub: &ResourceHub) {
         self.dirty = false;
+        self.tell_maintenance();
         if self.round.is_some() {
             self.decide_and_act(hub, true);
             return;
@@ -518,6 +535,7 @@ impl PackageManager {
         let inputs = self.inputs(hub);
         let effects = coordinator::decide(&self.facts(&inputs));
         let mut writes = Vec::new();
+        let mut withheld = BTreeMap::new();
         for effect in effects {
             match effect {
                 Effect::HaltUnrecorded { package, reason } => {
@@ -545,8 +563,12 @@ impl PackageManager {
                     }
                     writes.push(prepared);
                 }
+                Effect::Withheld { package, would } => {
+                    withheld.insert(package, would);
+                }
             }
         }
+        self.log_withheld(withheld);
         // A failure whose halt is under way is handled; one whose record
         // write failed stays for the next step.
         let in_flight = &self.in_flight;
@@ -1004,6 +1026,13 @@ impl PackageManager {
                         });
                     }
                     Err(e) => {
+                        if self.is_fail_fast(&package, None) {
+                            self.fail_fast.get_or_insert_with(|| {
+                                format!("package {package}: run failed on {node}: {e}")
+                            });
+                            self.dirty = true;
+                            return;
+                        }
                         warn!(%package, %node, error = %e, "run failed; halting to clean up");
                         let halt = coordinator::prepare_halt(
                             &self.view,
@@ -1109,6 +1138,10 @@ impl PackageManager {
             } => {
                 let why = format!("service {service} failed on {}: {reason}", self.node);
                 warn!(%package, %why, "package failed");
+                if self.is_fail_fast(&package, Some(&service)) {
+                    self.fail_fast
+                        .get_or_insert_with(|| format!("package {package}: {why}"));
+                }
                 self.failures.insert(package, why);
                 self.dirty = true;
             }
@@ -1138,6 +1171,7 @@ impl PackageManager {
 
     pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
         let store = &self.view;
+        let withheld = self.withheld_now(hub);
         Ok(StatusOutput {
             config_errors: Vec::new(),
             hooks: Vec::new(),
@@ -1153,6 +1187,7 @@ impl PackageManager {
                         .get(n)
                         .map_or("down", |r| r.value.state.as_str())
                         .to_owned(),
+                    maintenance: coordinator::node_in_maintenance(store, n),
                 })
                 .collect(),
             packages: self
@@ -1193,6 +1228,11 @@ impl PackageManager {
                             })
                             .collect(),
                         parts_here: self.parts_here(&p.name),
+                        maintenance: record.is_some_and(|r| r.admin.maintenance),
+                        withheld: withheld.get(&p.name).cloned(),
+                        disabled_on: record
+                            .map(|r| r.disabled_nodes.iter().cloned().collect())
+                            .unwrap_or_default(),
                     }
                 })
                 .collect(),
@@ -1290,6 +1330,12 @@ impl PackageManager {
                 "the last start here failed on a part: {failure}\n"
             ));
         }
+        if let Some(would) = self.withheld_now(hub).get(package) {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&format!("maintenance holds back: {would}\n"));
+        }
         Ok(WhyOutput {
             package: package.to_owned(),
             state: record.map_or("down", |r| r.state.as_str()).to_owned(),
@@ -1385,10 +1431,49 @@ impl PackageManager {
                     None => format!("starting {package} on {}", placed.join(", ")),
                 }
             }
-            AdminOp::Enable | AdminOp::Disable => {
-                if node.is_some() {
-                    return Err("per-node switching (--node) is not supported yet; enable or disable the package".into());
+            AdminOp::Enable | AdminOp::Disable if node.is_some() => {
+                let n = node.unwrap_or_default().to_owned();
+                let on = op == AdminOp::Enable;
+                let listed = self.packages[package]
+                    .nodes
+                    .iter()
+                    .any(|l| l == &n || l == "*");
+                if !listed {
+                    return Err(format!("{package} does not list node {n:?} in its nodes"));
                 }
+                self.write(package, |u| {
+                    if on {
+                        u.disabled_nodes.remove(&n);
+                    } else {
+                        u.disabled_nodes.insert(n.clone());
+                    }
+                })
+                .await
+                .map_err(store_err)?;
+                format!(
+                    "switching {} for {package} on {n}",
+                    if on { "enabled" } else { "disabled" }
+                )
+            }
+            AdminOp::MaintenanceOn | AdminOp::MaintenanceOff => {
+                if let Some(n) = node {
+                    return Err(format!(
+                        "pkg maintenance takes no --node (got {n:?}): use `vigil node maintenance {n} on|off` for a node"
+                    ));
+                }
+                let on = op == AdminOp::MaintenanceOn;
+                self.write(package, |u| u.admin.maintenance = on)
+                    .await
+                    .map_err(store_err)?;
+                if on {
+                    format!(
+                        "{package} is in maintenance: vigil takes no action for it until `vigil pkg maintenance {package} off`"
+                    )
+                } else {
+                    format!("{package} is out of maintenance; what was held back happens now")
+                }
+            }
+            AdminOp::Enable | AdminOp::Disable => {
                 let on = op == AdminOp::Enable;
                 self.write(package, |u| u.switching = on)
                     .await
@@ -1442,11 +1527,113 @@ impl PackageManager {
                 name: node.to_owned(),
                 state,
                 updated_ms: vigil_sdk::now_ms(),
+                maintenance: coordinator::node_in_maintenance(&self.view, node),
             })
             .await
             .map_err(|e| e.to_string())?;
         self.dirty = true;
         Ok(format!("node {node} is {}", state.as_str()))
+    }
+
+    /// `vigil node maintenance NAME on|off`: kept in the node's record,
+    /// which lives while the node is in the cluster.
+    pub async fn node_maintenance(&mut self, node: &str, on: bool) -> Result<String, String> {
+        if !self.cluster_nodes.iter().any(|n| n == node) {
+            return Err(format!("node {node:?} is not in cluster.nodes"));
+        }
+        let Some(record) = self.view.nodes.get(node) else {
+            return Err(format!(
+                "node {node:?} is not running `vigil host`; start it there"
+            ));
+        };
+        let mut record = record.value.clone();
+        record.maintenance = on;
+        record.updated_ms = vigil_sdk::now_ms();
+        self.store
+            .put_node(record)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.dirty = true;
+        Ok(if on {
+            format!(
+                "node {node} is in maintenance: vigil takes no action for its packages until `vigil node maintenance {node} off`"
+            )
+        } else {
+            format!("node {node} is out of maintenance; what was held back happens now")
+        })
+    }
+
+    /// What maintenance holds back now, for `status` and `why`; nothing
+    /// to compute while nothing is in maintenance.
+    fn withheld_now(&self, hub: &ResourceHub) -> BTreeMap<String, String> {
+        if !coordinator::any_maintenance(&self.view) {
+            return BTreeMap::new();
+        }
+        let inputs = self.inputs(hub);
+        coordinator::withheld(&self.facts(&inputs))
+    }
+
+    /// Logs what maintenance holds back here, when it changes.
+    fn log_withheld(&mut self, withheld: BTreeMap<String, String>) {
+        for (package, would) in &withheld {
+            if self.withheld.get(package) != Some(would) {
+                info!(%package, %would, "maintenance: no action taken");
+            }
+        }
+        self.withheld = withheld;
+    }
+
+    /// Tells the agent which packages are in maintenance here (the package,
+    /// or this node), so that their exited services are not restarted.
+    fn tell_maintenance(&mut self) {
+        for package in self.packages.keys() {
+            let on = coordinator::in_maintenance(&self.view, package, &self.node);
+            if self.maintenance_told.get(package).copied().unwrap_or(false) != on {
+                self.maintenance_told.insert(package.clone(), on);
+                let _ = self.agent.send(AgentCommand::Maintenance {
+                    package: package.clone(),
+                    on,
+                });
+            }
+        }
+    }
+
+    /// Does a failure of `package` (of `service`, or of its run) halt the
+    /// node? A `fail_fast` service, or a `node_fail_fast` package, outside
+    /// maintenance.
+    fn is_fail_fast(&self, package: &str, service: Option<&str>) -> bool {
+        let Some(p) = self.packages.get(package) else {
+            return false;
+        };
+        let service_fail_fast =
+            service.is_some_and(|name| p.services.iter().any(|s| s.name == name && s.fail_fast));
+        (p.node_fail_fast || service_fail_fast)
+            && !coordinator::in_maintenance(&self.view, package, &self.node)
+    }
+
+    /// A fail-fast failure that must halt this node now, once.
+    pub fn take_fail_fast(&mut self) -> Option<String> {
+        self.fail_fast.take()
+    }
+
+    /// Fail-fast: stops every package here without halt scripts
+    /// ([`super::fail_fast::kill_packages`]); returns what could not be done.
+    pub async fn kill_packages(&mut self) -> Vec<String> {
+        let run_dir = self.run_dir.clone();
+        let node = self.node.clone();
+        let packages: Vec<String> = self.packages.keys().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            super::fail_fast::kill_packages(&run_dir, &node, packages.iter().map(String::as_str))
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("the kill task failed: {e}")])
+    }
+
+    /// Fail-fast (DESIGN §5): gives this node's lease back at once so that
+    /// the others take its packages over now, not after the TTL. Its
+    /// record, heartbeats and run permits go with it.
+    pub async fn leave_cluster(&mut self) -> Result<(), StoreError> {
+        self.membership.revoke().await
     }
 }
 

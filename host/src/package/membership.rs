@@ -239,6 +239,18 @@ impl Membership {
         Box::pin(async move { etcd.release_package(&package, &node).await.map(drop) })
     }
 
+    /// Revokes this node's lease now (fail-fast): its node record,
+    /// heartbeats and run permits are deleted with it, so the other nodes
+    /// take its packages over at once instead of after the TTL. The node
+    /// does not rejoin: the host ends after this.
+    pub async fn revoke(&mut self) -> Result<(), StoreError> {
+        let Membership::Etcd(m) = self else {
+            return Ok(());
+        };
+        m.reaper.abort();
+        m.etcd.revoke_lease(m.lease.id).await
+    }
+
     /// When etcd says this node's lease is gone (it expired while etcd was
     /// unreachable), takes a new one and records the node as up again.
     /// Until then [`Self::lease_in_doubt`] keeps this node from acting.
@@ -257,6 +269,7 @@ impl Membership {
                         name: node.to_owned(),
                         state: NodeState::Up,
                         updated_ms: vigil_sdk::now_ms(),
+                        maintenance: false,
                     },
                     lease.id,
                 )

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod fail_fast;
 pub mod lifecycle;
 pub mod manager;
 pub mod membership;

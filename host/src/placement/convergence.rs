@@ -288,6 +288,10 @@ impl fmt::Display for Described<'_> {
             if !s.switching_enabled {
                 write!(f, " switching off")?;
             }
+            if !s.disabled_nodes.is_empty() {
+                let off: Vec<&str> = s.disabled_nodes.iter().map(String::as_str).collect();
+                write!(f, " disabled_on [{}]", off.join(", "))?;
+            }
             if !s.failed_on.is_empty() {
                 let failed: Vec<&str> = s.failed_on.iter().map(String::as_str).collect();
                 write!(f, " failed_on [{}]", failed.join(", "))?;

@@ -30,6 +30,7 @@ static DEFAULT_STATE: PackageState = PackageState {
     running_on: Vec::new(),
     switching_enabled: true,
     failed_on: BTreeSet::new(),
+    disabled_nodes: BTreeSet::new(),
     halted_by_admin: false,
     run_requested: false,
     requested_node: None,
@@ -578,6 +579,9 @@ impl<'c, 'a> Pass<'c, 'a> {
         if mode == Mode::Start && !ns.switching_enabled {
             out.push(Rejection::NodeSwitchingDisabled);
         }
+        if pk.state.disabled_nodes.contains(&ns.name) {
+            out.push(Rejection::PackageDisabledOnNode);
+        }
         if pk.state.failed_on.contains(&ns.name) {
             out.push(Rejection::FailedHere);
         }
@@ -1102,7 +1106,7 @@ fn reason_for(rejection: &Rejection) -> ActionReason {
             ActionReason::Failover
         }
         Rejection::NotListed => ActionReason::Reconfigured,
-        Rejection::NodeSwitchingDisabled => ActionReason::Admin,
+        Rejection::NodeSwitchingDisabled | Rejection::PackageDisabledOnNode => ActionReason::Admin,
         Rejection::ResourceNotUp { .. } | Rejection::ResourceDown { .. } => {
             ActionReason::ResourceDown
         }

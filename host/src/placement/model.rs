@@ -218,6 +218,9 @@ pub struct PackageState {
     pub switching_enabled: bool,
     /// Nodes where it failed since the last `vigil pkg clear`.
     pub failed_on: BTreeSet<String>,
+    /// `vigil pkg disable NAME --node N`: switching is disabled for this
+    /// package on these nodes alone; it neither starts nor stays there.
+    pub disabled_nodes: BTreeSet<String>,
     /// `vigil pkg halt`: must not run anywhere until run again.
     pub halted_by_admin: bool,
     /// `vigil pkg run`: start it even though `auto_run` or package switching
@@ -239,6 +242,7 @@ impl Default for PackageState {
             running_on: Vec::new(),
             switching_enabled: true,
             failed_on: BTreeSet::new(),
+            disabled_nodes: BTreeSet::new(),
             halted_by_admin: false,
             run_requested: false,
             requested_node: None,

@@ -105,6 +105,9 @@ pub enum Rejection {
     NotListed,
     /// Switching is disabled for this node; nothing new starts there.
     NodeSwitchingDisabled,
+    /// Switching is disabled for this package on this node
+    /// (`vigil pkg disable NAME --node N`): it neither starts nor stays there.
+    PackageDisabledOnNode,
     /// A `before_start` requirement is not up there.
     ResourceNotUp {
         resource: String,
@@ -147,6 +150,9 @@ impl fmt::Display for Rejection {
             Rejection::NodeDown => f.write_str("node is down"),
             Rejection::NotListed => f.write_str("not in the package's node list"),
             Rejection::NodeSwitchingDisabled => f.write_str("switching is disabled on the node"),
+            Rejection::PackageDisabledOnNode => f.write_str(
+                "switching is disabled for the package on this node (`vigil pkg enable NAME --node N`)",
+            ),
             Rejection::ResourceNotUp { resource } => write!(f, "resource {resource} is not up"),
             Rejection::ResourceDown { resource } => {
                 write!(f, "resource {resource} went down (after_start)")

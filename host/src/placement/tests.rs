@@ -924,6 +924,64 @@ fn package_switching_disabled_neither_starts_nor_fails_over() {
 }
 
 #[test]
+fn package_disabled_on_a_node_moves_off_it_and_does_not_start_there() {
+    let mut snap = cluster(&["node1", "node2", "node3"], &[]);
+    snap.packages
+        .push(PackageSpec::failover("pkgA", &["node1", "node2", "node3"]));
+    snap.packages
+        .push(PackageSpec::failover("pkgB", &["node1", "node2", "node3"]));
+    run(&mut snap, "pkgA", &["node1"]);
+    snap.state_mut("pkgA").disabled_nodes = BTreeSet::from(["node1".to_owned()]);
+    snap.state_mut("pkgB").disabled_nodes = BTreeSet::from(["node1".to_owned()]);
+    let plan = check(
+        &snap,
+        expect![[r#"
+        placement:
+          pkgA: node2
+          pkgB: node2
+        actions:
+          halt pkgA on node1 (admin)
+          run pkgA on node2 (admin)
+          run pkgB on node2 (startup)
+    "#]],
+    );
+    check_why(
+        &plan,
+        "pkgA",
+        expect![[r#"
+            pkgA (failover, configured_node): running: node1; target: node2
+              chosen: first eligible node in list order
+              node1: not eligible: switching is disabled for the package on this node (`vigil pkg enable NAME --node N`)
+              node2: eligible (placed here)
+              node3: eligible
+        "#]],
+    );
+}
+
+#[test]
+fn package_enabled_again_on_a_node_fails_back_only_by_policy() {
+    let mut snap = cluster(&["node1", "node2"], &[]);
+    let manual = PackageSpec::failover("manual", &["node1", "node2"]);
+    let mut automatic = PackageSpec::failover("automatic", &["node1", "node2"]);
+    automatic.failback_policy = FailbackPolicy::Automatic;
+    snap.packages.push(manual);
+    snap.packages.push(automatic);
+    run(&mut snap, "manual", &["node2"]);
+    run(&mut snap, "automatic", &["node2"]);
+    check(
+        &snap,
+        expect![[r#"
+            placement:
+              automatic: node1
+              manual: node2
+            actions:
+              halt automatic on node2 (failback)
+              run automatic on node1 (failback)
+        "#]],
+    );
+}
+
+#[test]
 fn nothing_eligible_explains_every_node() {
     let mut snap = cluster(&["node1", "node2", "node3", "node4"], &["node5"]);
     snap.nodes[3].switching_enabled = false;

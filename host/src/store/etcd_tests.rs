@@ -198,6 +198,7 @@ fn node(name: &str, state: NodeState) -> NodeRecord {
         name: name.into(),
         state,
         updated_ms: now_ms(),
+        maintenance: false,
     }
 }
 

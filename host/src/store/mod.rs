@@ -72,6 +72,12 @@ pub struct NodeRecord {
     pub state: NodeState,
     /// Milliseconds since the Unix epoch of the writer's clock.
     pub updated_ms: u64,
+    /// `vigil node maintenance NAME on`: vigil takes no action for the
+    /// packages on this node (their services and monitors keep running).
+    /// Lives as long as the record: a node that leaves the cluster (its
+    /// lease ends) rejoins out of maintenance, as it rejoins up.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// A package's cluster-wide state (DESIGN §7: `vigil status`).
@@ -156,6 +162,11 @@ pub struct AdminRequest {
     /// `--node`: where to run (or move) it.
     #[serde(default)]
     pub node: Option<String>,
+    /// `vigil pkg maintenance NAME on`: vigil takes no action for the
+    /// package anywhere (no halt, restart, failover or failback); its
+    /// services, parts and monitors keep running and being watched.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// The part of a package record a writer chooses; the store sets the name,

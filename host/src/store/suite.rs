@@ -148,6 +148,7 @@ pub(super) async fn watch_sees_every_change_in_order_after_its_snapshot(store: &
             name: "node1".into(),
             state: NodeState::Up,
             updated_ms: 1,
+            maintenance: false,
         })
         .await
         .unwrap();
@@ -182,6 +183,7 @@ pub(super) async fn watch_sees_every_change_in_order_after_its_snapshot(store: &
             name: "node1".into(),
             state: NodeState::Down,
             updated_ms: 2,
+            maintenance: false,
         })
         .await
         .unwrap();
@@ -303,6 +305,7 @@ where
                 name: "node1".into(),
                 state: NodeState::Up,
                 updated_ms: 7,
+                maintenance: false,
             })
             .await
             .unwrap();
@@ -311,6 +314,7 @@ where
                 name: "node2".into(),
                 state: NodeState::Halted,
                 updated_ms: 8,
+                maintenance: false,
             })
             .await
             .unwrap();

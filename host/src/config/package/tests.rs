@@ -30,6 +30,7 @@ fn cluster(dir: &Path) -> ClusterConfig {
         log_format: crate::config::LogFormat::Text,
         hooks: Vec::new(),
         hook_errors: Vec::new(),
+        fail_fast_action: crate::config::FailFastAction::HaltNode,
     }
 }
 
@@ -296,7 +297,7 @@ package = "d"
             ("g.toml", "name = [\n"),
         ],
         expect![[r#"
-            DIR/packages.d/a.toml:6: unknown field `run_timout_seconds`, expected one of `name`, `type`, `nodes`, `failover_policy`, `failback_policy`, `auto_run`, `priority`, `run`, `halt`, `run_timeout_seconds`, `halt_timeout_seconds`, `follow`, `avoid`, `service`, `resource`, `dependency`, `volume_group`, `filesystem`, `ip`, `agent`
+            DIR/packages.d/a.toml:6: unknown field `run_timout_seconds`, expected one of `name`, `type`, `nodes`, `failover_policy`, `failback_policy`, `auto_run`, `node_fail_fast`, `priority`, `run`, `halt`, `run_timeout_seconds`, `halt_timeout_seconds`, `follow`, `avoid`, `service`, `resource`, `dependency`, `volume_group`, `filesystem`, `ip`, `agent`
             DIR/packages.d/b.toml:1: package name "b c" must be 1-63 characters of [A-Za-z0-9._-]
             DIR/packages.d/b.toml:2: type "floating" is not one of "failover", "multi_node", "system_multi_node"
             DIR/packages.d/b.toml:3: nodes must list at least one node, or ["*"] for every node

@@ -56,6 +56,7 @@ impl Scenario {
                         name: name.to_owned(),
                         state: NodeState::Up,
                         updated_ms: 0,
+                        maintenance: false,
                     },
                     mod_revision: 1,
                 },
@@ -134,6 +135,19 @@ impl Scenario {
     fn drained(mut self, node: &str) -> Self {
         if let Some(n) = self.store.nodes.get_mut(node) {
             n.value.state = NodeState::Halted;
+        }
+        self
+    }
+
+    /// `vigil pkg maintenance NAME on`.
+    fn in_maintenance(self, package: &str) -> Self {
+        self.edit(package, |r| r.admin.maintenance = true)
+    }
+
+    /// `vigil node maintenance NAME on`.
+    fn node_in_maintenance(mut self, node: &str) -> Self {
+        if let Some(n) = self.store.nodes.get_mut(node) {
+            n.value.maintenance = true;
         }
         self
     }
@@ -502,4 +516,161 @@ fn a_package_being_re_adopted_is_not_taken_for_one_that_does_not_run() {
         .record("web", PackageState::Up, &["node1"]);
     s.adopting = set(&["web"]);
     check(&s, expect![[""]]);
+}
+
+// ---- maintenance (DESIGN §5) ----------------------------------------------
+
+const ETH0: &str = "/net/interfaces/eth0/status";
+
+#[test]
+fn a_package_in_maintenance_is_not_halted_when_its_resource_goes_down() {
+    let mut s = Scenario::seen_from("node1")
+        .package(requiring(failover("web"), ETH0, Evaluate::BeforeStart))
+        .record("web", PackageState::Up, &["node1"])
+        .in_maintenance("web")
+        .verdict("web", "node1", ETH0, false)
+        .verdict("web", "node2", ETH0, true)
+        .verdict("web", "node3", ETH0, true);
+    s.running_here = set(&["web"]);
+    check(
+        &s,
+        expect!["withhold web (maintenance): would halt on node1: resource down"],
+    );
+    // What status and why show, from any node.
+    expect![[r#"
+        {
+            "web": "would halt on node1: resource down",
+        }
+    "#]]
+    .assert_debug_eq(&withheld(&s.facts()));
+    // The node it would fail over to holds back its part too.
+    s.node = "node2";
+    s.running_here = set(&[]);
+    check(
+        &s,
+        expect!["withhold web (maintenance): would run on node2: resource down"],
+    );
+}
+
+#[test]
+fn leaving_maintenance_takes_the_pending_halt_at_once() {
+    let mut s = Scenario::seen_from("node1")
+        .package(requiring(failover("web"), ETH0, Evaluate::BeforeStart))
+        .record("web", PackageState::Up, &["node1"])
+        .in_maintenance("web")
+        .edit("web", |r| r.admin.maintenance = false)
+        .verdict("web", "node1", ETH0, false)
+        .verdict("web", "node2", ETH0, true)
+        .verdict("web", "node3", ETH0, true);
+    s.running_here = set(&["web"]);
+    check(
+        &s,
+        expect![[
+            r#"write web: halting on [node1] "halting on node1 (resource_down)"; then halt (resource_down)"#
+        ]],
+    );
+}
+
+#[test]
+fn a_failed_service_in_maintenance_is_held_and_other_packages_are_still_planned() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .package(failover("db"))
+        .record("web", PackageState::Up, &["node1"])
+        .in_maintenance("web");
+    s.running_here = set(&["web"]);
+    s.failures
+        .insert("web".into(), "service server failed on node1".into());
+    check(
+        &s,
+        expect![[r#"
+        withhold web (maintenance): would halt on node1: service failed
+        write db: starting on [node1] "starting on node1 (startup)"; then claim and run (startup)"#]],
+    );
+}
+
+#[test]
+fn a_package_in_maintenance_is_not_failed_over_from_a_gone_node() {
+    let s = Scenario::seen_from("node2")
+        .package(failover("web"))
+        .record("web", PackageState::Down, &[])
+        .edit("web", |r| r.left = Some("node1".into()))
+        .in_maintenance("web")
+        .gone("node1");
+    check(
+        &s,
+        expect!["withhold web (maintenance): would run on node2: failover"],
+    );
+}
+
+#[test]
+fn a_node_in_maintenance_halts_nothing_and_gets_no_new_package() {
+    let mut s = Scenario::seen_from("node1")
+        .package(requiring(failover("web"), ETH0, Evaluate::BeforeStart))
+        .package(failover("db"))
+        .record("web", PackageState::Up, &["node1"])
+        .node_in_maintenance("node1")
+        .verdict("web", "node1", ETH0, false)
+        .verdict("web", "node2", ETH0, true)
+        .verdict("web", "node3", ETH0, true);
+    s.running_here = set(&["web"]);
+    check(
+        &s,
+        expect!["withhold web (maintenance): would halt on node1: resource down"],
+    );
+    // db is placed on node2, which starts it.
+    s.node = "node2";
+    s.running_here = set(&[]);
+    check(
+        &s,
+        expect![[
+            r#"write db: starting on [node2] "starting on node2 (startup)"; then claim and run (startup)"#
+        ]],
+    );
+}
+
+#[test]
+fn maintenance_never_holds_back_the_halt_of_a_lease_in_doubt() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .record("web", PackageState::Up, &["node1"])
+        .in_maintenance("web");
+    s.running_here = set(&["web"]);
+    s.lease_in_doubt = true;
+    check(
+        &s,
+        expect![[
+            r#"write web: halting on [node1] "halting on node1 (lease_lost)"; then halt (lease_lost)"#
+        ]],
+    );
+}
+
+// ---- per-node switching (DESIGN §7: `vigil pkg disable NAME --node N`) -----
+
+#[test]
+fn a_package_disabled_on_its_node_is_halted_there_to_move() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .record("web", PackageState::Up, &["node1"])
+        .edit("web", |r| r.disabled_nodes = set(&["node1"]));
+    s.running_here = set(&["web"]);
+    check(
+        &s,
+        expect![[
+            r#"write web: halting on [node1] "halting on node1 (manual)"; then halt (manual)"#
+        ]],
+    );
+}
+
+#[test]
+fn a_package_disabled_on_a_node_starts_on_the_next_one() {
+    let s = Scenario::seen_from("node2")
+        .package(failover("web"))
+        .edit("web", |r| r.disabled_nodes = set(&["node1"]));
+    check(
+        &s,
+        expect![[
+            r#"write web: starting on [node2] "starting on node2 (startup)"; then claim and run (startup)"#
+        ]],
+    );
 }

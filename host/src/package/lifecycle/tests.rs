@@ -17,6 +17,7 @@ fn package(name: &str, run: &str, halt: &str, services: Vec<ServiceConfig>) -> P
         failover_policy: FailoverPolicy::ConfiguredNode,
         failback_policy: FailbackPolicy::Manual,
         auto_run: true,
+        node_fail_fast: false,
         priority: None,
         run: sh(run),
         halt: sh(halt),
@@ -508,4 +509,49 @@ fn proc_stat_fields_are_counted_from_the_last_parenthesis() {
         })
     );
     assert_eq!(parse_proc_stat("4242 (x) S 1"), None);
+}
+
+#[tokio::test]
+async fn a_service_that_exits_in_maintenance_waits_and_is_restarted_when_maintenance_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = package(
+        "maint",
+        "true",
+        "true",
+        vec![service("quick", "sleep 0.2", Restarts::Limited(1), false)],
+    );
+    let (mut runner, mut events) = runner(spec, dir.path());
+    let (maintenance, held) = watch::channel(true);
+    runner.watch_maintenance(held);
+    runner.start(&Reason::Startup, FenceToken(1)).await.unwrap();
+    assert!(matches!(
+        next_event(&mut events).await,
+        LifecycleEvent::ServiceExited {
+            restarting: false,
+            restarts: 0,
+            ..
+        }
+    ));
+    // Held: no restart, no failure while maintenance lasts.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), events.recv())
+            .await
+            .is_err(),
+        "something happened in maintenance"
+    );
+    maintenance.send_replace(false);
+    // Its restart goes ahead, then (restarts spent) the failure.
+    let mut seen = Vec::new();
+    loop {
+        match next_event(&mut events).await {
+            LifecycleEvent::PackageFailed { .. } => break,
+            other => seen.push(other),
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, LifecycleEvent::ServiceRestarted { restarts: 1, .. })),
+        "{seen:?}"
+    );
+    runner.halt(&Reason::ServiceFailed).await.unwrap();
 }
