@@ -278,8 +278,11 @@ fn every_event_of_a_failover_reaches_a_hook_in_order_with_its_fields() {
             && j["new_state"] == "up"
             && j["new_nodes"] == serde_json::json!(["node2"])
     });
+    // The move comes just before the package event of the poll that saw
+    // app on node2 (starting, or already up when the takeover was quicker
+    // than the watcher's 50 ms between polls).
     assert!(
-        node_down <= left && left < failover && failover <= up.max(failover),
+        node_down <= left.min(failover) && left <= up && failover <= up,
         "order: node down {node_down}, left {left}, failover {failover}, up {up}\n{}",
         describe(after)
     );

@@ -186,13 +186,22 @@ impl Watch {
                     p.reason
                 );
                 let was = prev.and_then(|prev| prev.packages.iter().find(|w| w.name == p.name));
-                out.push(package_event(
+                let moved = package_event(
                     EventKind::Failover,
                     text,
                     was,
                     p,
                     before.iter().cloned().collect(),
-                ));
+                );
+                // The move comes before the state it led to, also when one
+                // poll saw both (a start quicker than the poll).
+                let at = out
+                    .iter()
+                    .position(|e| {
+                        e.kind == EventKind::Package && e.package.as_deref() == Some(&p.name)
+                    })
+                    .unwrap_or(out.len());
+                out.insert(at, moved);
             }
             self.located.insert(p.name.clone(), now);
         }
