@@ -833,3 +833,73 @@ fn monitor_list_and_status_show_broken_files_refused_samples_and_last_errors() {
         "{status}"
     );
 }
+
+#[test]
+fn status_verbose_shows_service_pids_restarts_fail_counts_and_policies() {
+    let port = free_loopback_port();
+    let cfg = one_node(port);
+    cfg.write(
+        "packages.d/app.toml",
+        "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\"]\nfailback_policy = \"automatic\"\npriority = 5\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"/bin/sleep\", \"3141\"]\nrestarts = 3\n",
+    );
+    let _host = cfg.start_host();
+    let service = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_for(WAIT, "the service in status --json", || {
+            let p = cfg.package_status("app")?;
+            let s = &p["services_here"][0];
+            if want(s) { Ok(p) } else { Err(p.to_string()) }
+        })
+    };
+    let p = service(&|s| s["state"] == "running" && s["pid"].is_i64());
+    assert_eq!(p["policy"]["failover_policy"], "configured_node", "{p}");
+    assert_eq!(p["policy"]["failback_policy"], "automatic", "{p}");
+    assert_eq!(p["policy"]["auto_run"], true, "{p}");
+    assert_eq!(p["policy"]["priority"], 5, "{p}");
+    assert_eq!(p["policy"]["type"], "failover", "{p}");
+    let s = &p["services_here"][0];
+    assert_eq!(
+        (
+            s["restarts"].as_u64(),
+            s["restart_limit"].as_u64(),
+            s["fail_count"].as_u64()
+        ),
+        (Some(0), Some(3), Some(0)),
+        "{p}"
+    );
+    // The pid is the service's: killing it is seen, counted and restarted.
+    let pid = s["pid"].as_i64().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("3141"), "{cmdline:?}");
+    sh(&format!("kill -9 {pid}"));
+    let p = service(&|s| {
+        s["state"] == "running" && s["restarts"] == 1 && s["pid"].as_i64() != Some(pid)
+    });
+    let s = &p["services_here"][0];
+    assert_eq!(s["fail_count"], 1, "{p}");
+    assert!(
+        s["last_failure"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("killed by signal 9 at ")),
+        "{p}"
+    );
+    let new_pid = s["pid"].as_i64().unwrap();
+    let (code, text, _) = run(&cfg, &["status", "-v"]);
+    assert_eq!(code, Some(0));
+    for want in [
+        "failover package, failover_policy configured_node, failback_policy automatic, auto_run yes, priority 5, nodes node1",
+        "service server",
+        &format!("running  pid {new_pid:<8} restarts 1/3  fails 1 (last killed by signal 9 at "),
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+    // Without -v only a service that failed is shown.
+    let (_, text, _) = run(&cfg, &["status"]);
+    assert!(
+        text.contains("fails 1") && !text.contains("failover_policy"),
+        "{text}"
+    );
+    // `pkg clear` clears the count.
+    assert!(cfg.vigil(&["pkg", "clear", "app"]).status.success());
+    let p = cfg.package_status("app").unwrap();
+    assert_eq!(p["services_here"][0]["fail_count"], 0, "{p}");
+}

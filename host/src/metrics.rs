@@ -496,6 +496,8 @@ mod tests {
                         criterion: "< 90".into(),
                     }],
                     parts_here: vec![],
+                    services_here: vec![],
+                    policy: Default::default(),
                 }],
                 config_errors: vec![],
             },

@@ -170,6 +170,8 @@ mod tests {
                     failed_on: vec![],
                     resources: vec![],
                     parts_here: vec![],
+                    services_here: vec![],
+                    policy: Default::default(),
                 })
                 .collect(),
             config_errors: vec![],
