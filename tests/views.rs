@@ -903,3 +903,47 @@ fn status_verbose_shows_service_pids_restarts_fail_counts_and_policies() {
     let p = cfg.package_status("app").unwrap();
     assert_eq!(p["services_here"][0]["fail_count"], 0, "{p}");
 }
+
+#[test]
+fn check_monitor_list_and_status_flag_duplicate_publishers_with_both_file_names() {
+    let cfg = ConfigDir::new();
+    for (name, pattern) in [
+        ("owner", "/dup/x"),
+        ("second", "/dup/*"),
+        ("apart", "/apart/x"),
+    ] {
+        cfg.script(
+            &format!("{name}.sh"),
+            &format!(
+                "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"{pattern}\"]}}'\n"
+            ),
+        );
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = 1\n"),
+        );
+    }
+    let want = "duplicate publisher: monitor second declares /dup/*, and monitor owner (monitors.d/owner.toml:3) declares /dup/x";
+    let (code, out, err) = run(&cfg, &["check"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("monitors.d/second.toml:3: ") && err.contains(want),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one pair, one line: {err}");
+    let out = cfg.vigil(&["check", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert!(
+        doc["errors"][0]["message"].as_str().unwrap().contains(want),
+        "{doc}"
+    );
+
+    // The host runs both, and says so where operators look.
+    let _host = cfg.start_host();
+    for args in [&["monitor", "list"][..], &["status"][..]] {
+        let (code, text, _) = run(&cfg, args);
+        assert_eq!(code, Some(0), "{args:?}");
+        assert!(text.contains(want), "{args:?}: {text}");
+    }
+}

@@ -421,7 +421,11 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
     let (errors, monitors) = match runtime.block_on(validation::validate(config_dir, None)) {
         Err(errors) => (errors, 0),
-        Ok(validated) => (validated.errors, validated.monitors),
+        Ok(validated) => {
+            let mut errors = validated.errors;
+            errors.extend(validated.duplicates);
+            (errors, validated.monitors)
+        }
     };
     if json {
         print_json(&crate::views::CheckOutput::new(&errors))?;

@@ -197,6 +197,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         .errors
         .iter()
         .chain(&validated.consequences)
+        .chain(&validated.duplicates)
         .map(|e| ConfigErrorRow::new(e, None))
         .collect();
     let config = validated.config;
@@ -590,6 +591,9 @@ fn log_config_errors(validated: &Validated, kept: &BTreeSet<PathBuf>) {
     for e in &validated.consequences {
         error!(error = %e, "package left out: a package it names was left out");
     }
+    for e in &validated.duplicates {
+        error!(error = %e, "configuration error");
+    }
     let packages_d = validated.config.cluster.dir.join("packages.d");
     let monitors_d = validated.config.cluster.dir.join("monitors.d");
     let running: BTreeSet<&Path> = validated
@@ -727,6 +731,12 @@ pub fn plan_reload(
         .iter()
         .chain(&validated.consequences)
         .map(|e| ConfigErrorRow::new(e, kept.get(&e.file).cloned()))
+        .chain(
+            validated
+                .duplicates
+                .iter()
+                .map(|e| ConfigErrorRow::new(e, None)),
+        )
         .collect();
 
     ReloadPlan {
@@ -1069,6 +1079,7 @@ mod tests {
         let read = config::load(dir.path()).map(|mut config| Validated {
             errors: std::mem::take(&mut config.errors),
             consequences: Vec::new(),
+            duplicates: Vec::new(),
             unprobed: Vec::new(),
             monitors: config.monitors.len(),
             config,
