@@ -947,3 +947,61 @@ fn check_monitor_list_and_status_flag_duplicate_publishers_with_both_file_names(
         assert!(text.contains(want), "{args:?}: {text}");
     }
 }
+
+#[test]
+fn a_warning_repeated_every_poll_is_logged_once_then_counted() {
+    let cfg = ConfigDir::new();
+    let exec = |name: &str, publishes: &str, body: &str| {
+        cfg.script(
+            &format!("{name}.sh"),
+            &format!(
+                "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"{publishes}\"]}}'\n{body}\n"
+            ),
+        );
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = 0.1\ntimeout_seconds = 2\n"),
+        );
+    };
+    // Fails every poll with the same error.
+    exec(
+        "failing",
+        "/failing/x",
+        "echo '{\"type\":\"error\",\"message\":\"sensor unplugged\"}'",
+    );
+    // Every poll sends a sample outside its declaration.
+    exec(
+        "stray",
+        "/stray/x",
+        "echo '{\"type\":\"sample\",\"name\":\"/elsewhere/y\",\"value\":1}'",
+    );
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "both monitors to have reported", || {
+        if cfg.monitor_state("failing")?["last_error"].is_string()
+            && cfg.monitor_state("stray")?["refused_samples"].as_u64() >= Some(20)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} {:?}",
+                cfg.monitor_state("failing"),
+                cfg.monitor_state("stray")
+            ))
+        }
+    });
+    // About 30 polls each in 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = cfg.monitor_state("stray").unwrap()["refused_samples"]
+        .as_u64()
+        .unwrap();
+    host.stop();
+    let log = host.log_text();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    // (Besides the startup's configuration error: its probe failed too.)
+    let failing = lines("monitor failed monitor=failing");
+    let stray = lines("/elsewhere/y");
+    eprintln!("{refused} refused; {failing} lines of the failure, {stray} of the refusal");
+    assert!(refused >= 30, "{refused}");
+    assert_eq!(failing, 1, "the failure once:\n{log}");
+    assert_eq!(stray, 1, "the refusal once:\n{log}");
+}
