@@ -1005,3 +1005,60 @@ fn a_warning_repeated_every_poll_is_logged_once_then_counted() {
     assert_eq!(failing, 1, "the failure once:\n{log}");
     assert_eq!(stray, 1, "the refusal once:\n{log}");
 }
+
+#[test]
+fn pkg_halt_of_a_package_that_is_not_running_says_there_is_nothing_to_halt() {
+    let cfg = one_node(free_loopback_port());
+    let _host = cfg.start_host();
+    let (code, out, err) = run(&cfg, &["pkg", "halt", "app", "--wait=20"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("halting app; switching disabled"), "{out}");
+    let (code, out, err) = run(&cfg, &["pkg", "halt", "app"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        "app is not running (down): nothing to halt; switching disabled until `vigil pkg run app`\n"
+    );
+}
+
+#[test]
+fn why_says_the_value_against_the_criterion_and_no_monitor_declares_it() {
+    let cfg = ConfigDir::new();
+    // Slower than the host's startup probe, so the host cannot refuse the
+    // package needing a resource it never declares (`check` does).
+    cfg.script(
+        "temp.sh",
+        "#!/bin/sh\nread -r hello\nsleep 1\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/custom/temp/*\"]}'\necho '{\"type\":\"sample\",\"name\":\"/custom/temp/celsius\",\"value\":90,\"unit\":\"C\"}'\n",
+    );
+    cfg.monitor(
+        "temp",
+        "name = \"temp\"\ntype = \"exec\"\ncommand = [\"./temp.sh\"]\ninterval_seconds = 1\ntimeout_seconds = 5\n",
+    );
+    cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+    for (name, resource) in [
+        ("cool", "/custom/temp/celsius"),
+        ("humid", "/custom/humid/percent"),
+    ] {
+        cfg.write(
+            &format!("packages.d/{name}.toml"),
+            &format!("name = \"{name}\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n[[resource]]\nname = \"{resource}\"\nup = \"< 80\"\n"),
+        );
+    }
+    let _host = cfg.start_host();
+    wait_for(
+        WAIT,
+        "why to name the value and the missing declaration",
+        || {
+            let (_, cool, _) = run(&cfg, &["why", "cool"]);
+            let (_, humid, _) = run(&cfg, &["why", "humid"]);
+            if cool.contains("resource /custom/temp/celsius is down: 90C does not meet < 80")
+                && humid
+                    .contains("resource /custom/humid/percent is pending: no monitor declares it")
+            {
+                Ok(())
+            } else {
+                Err(format!("{cool}\n{humid}"))
+            }
+        },
+    );
+}

@@ -1234,6 +1234,9 @@ impl PackageManager {
         let store_err = |e: StoreError| e.to_string();
         let done = match op {
             AdminOp::Halt => {
+                let before = self.record(package).await.map_err(store_err)?.value;
+                let running = !before.owners.is_empty()
+                    || matches!(before.state, PackageState::Starting | PackageState::Up);
                 self.write(package, |u| {
                     u.switching = false;
                     u.admin.halted = true;
@@ -1243,7 +1246,14 @@ impl PackageManager {
                 })
                 .await
                 .map_err(store_err)?;
-                format!("halting {package}; switching disabled until `vigil pkg run {package}`")
+                if running {
+                    format!("halting {package}; switching disabled until `vigil pkg run {package}`")
+                } else {
+                    format!(
+                        "{package} is not running ({}): nothing to halt; switching disabled until `vigil pkg run {package}`",
+                        before.state.as_str()
+                    )
+                }
             }
             AdminOp::Run | AdminOp::Move => {
                 if op == AdminOp::Move && node.is_none() {
