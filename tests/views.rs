@@ -835,7 +835,7 @@ fn monitor_list_and_status_show_broken_files_refused_samples_and_last_errors() {
 }
 
 #[test]
-fn status_verbose_shows_service_pids_restarts_fail_counts_and_policies() {
+fn status_verbose_and_the_page_show_service_pids_restarts_fail_counts_and_policies() {
     let port = free_loopback_port();
     let cfg = one_node(port);
     cfg.write(
@@ -892,6 +892,14 @@ fn status_verbose_shows_service_pids_restarts_fail_counts_and_policies() {
     ] {
         assert!(text.contains(want), "{want:?} not in\n{text}");
     }
+    // The cluster page lists it too.
+    let (_, page) = http_get(port, "/").unwrap();
+    assert!(
+        page.contains("data-service=\"server\"")
+            && page.contains(&format!(">{new_pid}<"))
+            && page.contains("1 / 3"),
+        "{page}"
+    );
     // Without -v only a service that failed is shown.
     let (_, text, _) = run(&cfg, &["status"]);
     assert!(
