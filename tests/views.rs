@@ -947,12 +947,40 @@ fn check_monitor_list_and_status_flag_duplicate_publishers_with_both_file_names(
         "{doc}"
     );
 
-    // The host runs both, and says so where operators look.
+    // The host runs both, and says so where operators look: the
+    // configuration error, and each monitor's row from the declarations
+    // they made.
     let _host = cfg.start_host();
+    let row = |name: &str, want: &str| {
+        wait_for(WAIT, &format!("{name}'s duplicate publisher"), || {
+            let m = cfg.monitor_state(name)?;
+            if m["duplicate_publishers"] == serde_json::json!([want]) {
+                Ok(())
+            } else {
+                Err(m.to_string())
+            }
+        })
+    };
+    row(
+        "second",
+        "monitor owner declares /dup/x too (this one: /dup/*)",
+    );
+    row(
+        "owner",
+        "monitor second declares /dup/* too (this one: /dup/x)",
+    );
+    assert_eq!(
+        cfg.monitor_state("apart").unwrap()["duplicate_publishers"],
+        serde_json::json!([])
+    );
     for args in [&["monitor", "list"][..], &["status"][..]] {
         let (code, text, _) = run(&cfg, args);
         assert_eq!(code, Some(0), "{args:?}");
-        assert!(text.contains(want), "{args:?}: {text}");
+        assert!(
+            text.contains(want)
+                && text.contains("duplicate publisher: monitor owner declares /dup/x too"),
+            "{args:?}: {text}"
+        );
     }
 }
 

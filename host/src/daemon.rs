@@ -876,21 +876,41 @@ impl DaemonState {
                 self.manager.on_cluster(),
                 self.manager.lease_in_doubt(),
             )),
-            Request::Monitors => Response::ok(
-                self.hub
-                    .registry
-                    .monitors()
-                    .iter()
-                    .map(|(name, record)| {
-                        let mut row = api::monitor_row(name, record);
-                        if let Some(problems) = self.monitor_problems.get(name) {
-                            row.problems = problems.clone();
-                        }
-                        row
-                    })
-                    .collect::<Vec<_>>(),
-            ),
+            Request::Monitors => Response::ok(self.monitor_rows()),
         }
+    }
+
+    /// Every monitor as `monitor list` shows it, with the problems the
+    /// daemon kept and the duplicate publishers among the declarations
+    /// the monitors actually made.
+    fn monitor_rows(&self) -> Vec<crate::views::MonitorRow> {
+        let monitors = self.hub.registry.monitors();
+        let mut rows: BTreeMap<&str, crate::views::MonitorRow> = monitors
+            .iter()
+            .map(|(name, record)| {
+                let mut row = api::monitor_row(name, record);
+                if let Some(problems) = self.monitor_problems.get(name) {
+                    row.problems = problems.clone();
+                }
+                (name.as_str(), row)
+            })
+            .collect();
+        let duplicates = crate::registry::duplicate_publishers(
+            monitors
+                .iter()
+                .map(|(name, record)| (name.as_str(), record.patterns.as_slice())),
+        );
+        for d in duplicates {
+            let (a, b) = (&d.first, &d.second);
+            for ((this, mine), (other, theirs)) in [(a, b), (b, a)] {
+                if let Some(row) = rows.get_mut(this.as_str()) {
+                    row.problems.duplicate_publishers.push(format!(
+                        "monitor {other} declares {theirs} too (this one: {mine})"
+                    ));
+                }
+            }
+        }
+        rows.into_values().collect()
     }
 
     /// How this node judges each resource `package` requires, with what

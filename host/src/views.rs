@@ -232,6 +232,10 @@ pub struct MonitorProblems {
     /// RFC 3339.
     #[serde(default)]
     pub last_error_at: Option<String>,
+    /// Other monitors whose declarations can name a resource this one's
+    /// can: `monitor owner declares /dup/x too (this one: /dup/*)`.
+    #[serde(default)]
+    pub duplicate_publishers: Vec<String>,
 }
 
 impl MonitorRow {
@@ -246,6 +250,9 @@ impl MonitorRow {
                 "{} samples refused, last: {refused}",
                 self.problems.refused_samples
             ));
+        }
+        for duplicate in &self.problems.duplicate_publishers {
+            parts.push(format!("duplicate publisher: {duplicate}"));
         }
         if let (Some(error), None) = (&self.problems.last_error, &self.reason) {
             parts.push(format!(
