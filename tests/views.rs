@@ -1087,7 +1087,8 @@ fn why_says_the_value_against_the_criterion_and_no_monitor_declares_it() {
         || {
             let (_, cool, _) = run(&cfg, &["why", "cool"]);
             let (_, humid, _) = run(&cfg, &["why", "humid"]);
-            if cool.contains("resource /custom/temp/celsius is down: 90C does not meet < 80")
+            if cool.contains("node1: not eligible: resource /custom/temp/celsius is not up (90C does not meet < 80)")
+            && cool.contains("resource /custom/temp/celsius is down: 90C does not meet < 80")
                 && humid
                     .contains("resource /custom/humid/percent is pending: no monitor declares it")
             {

@@ -574,6 +574,27 @@ struct DaemonState {
     monitor_problems: BTreeMap<String, crate::views::MonitorProblems>,
 }
 
+/// `why`'s text with this node's "resource X is not up" rejections
+/// followed by what this node knows of the cause (`90C does not meet < 80`,
+/// `no monitor declares it`); other nodes' lines are left as they are.
+fn with_causes_here(text: &str, node: &str, resources: &[crate::views::WhyResource]) -> String {
+    let here = format!("  {node}: ");
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if !line.starts_with(&here) {
+            out.push_str(line);
+            continue;
+        }
+        let mut line = line.to_owned();
+        for r in resources.iter().filter(|r| r.state != "up") {
+            let rejection = format!("resource {} is not up", r.name);
+            line = line.replacen(&rejection, &format!("{rejection} ({})", r.detail), 1);
+        }
+        out.push_str(&line);
+    }
+    out
+}
+
 /// Whether a reload task runs; a SIGHUP during one queues one more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReloadState {
@@ -844,6 +865,7 @@ impl DaemonState {
             Request::Why { package } => match self.manager.why(&package, &self.hub).await {
                 Ok(mut why) => {
                     why.resources = self.why_resources(&package);
+                    why.text = with_causes_here(&why.text, &self.node, &why.resources);
                     for r in &why.resources {
                         if !why.text.ends_with('\n') {
                             why.text.push('\n');
