@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use vigil_tests::cluster::{
+    ScriptEntry as Entry, ScriptLog, Stamp, etcd_cluster_toml, unique_cluster_name as unique_name,
+};
 use vigil_tests::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -13,11 +16,7 @@ const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
 /// `vigil status --json` asked through `dir`'s host.
 fn status_of(dir: &ConfigDir) -> Result<serde_json::Value, String> {
-    let out = dir.vigil(&["status", "--json"]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    dir.status_json()
 }
 
 /// Waits until the host behind `dir` sees `count` nodes up.
@@ -41,39 +40,17 @@ fn three_node_dir(name: &str, etcd: &Etcd) -> ConfigDir {
     let cfg = ConfigDir::new();
     cfg.write(
         "cluster.toml",
-        &format!(
-            "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
-            etcd.endpoint
-        ),
+        &etcd_cluster_toml(name, &NODES, &etcd.endpoint, 2, ""),
     );
     cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
     cfg
-}
-
-/// A cluster name no other test of this run uses, even on a shared etcd.
-fn unique_name(prefix: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    format!("{prefix}{}x{n}", std::process::id())
-}
-
-/// One line of the shared control-script log.
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    at_ms: u64,
-    op: String,
-    package: String,
-    node: String,
-    reason: String,
-    token: u64,
 }
 
 struct Cluster {
     etcd: Etcd,
     dirs: BTreeMap<&'static str, ConfigDir>,
     hosts: BTreeMap<&'static str, Host>,
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
+    log: ScriptLog,
 }
 
 impl Cluster {
@@ -83,28 +60,16 @@ impl Cluster {
     /// layout (ascs on node1, ers on node2).
     fn new() -> Self {
         let etcd = Etcd::start();
-        let log_dir = tempfile::tempdir().unwrap();
-        let log = log_dir.path().join("scripts.log");
+        let log = ScriptLog::new("vigil-seed-", Stamp::Millis);
         let name = unique_name("seed");
         let mut dirs = BTreeMap::new();
         for node in NODES {
             let cfg = ConfigDir::new();
             cfg.write(
                 "cluster.toml",
-                &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
-                    etcd.endpoint
-                ),
+                &etcd_cluster_toml(&name, &NODES, &etcd.endpoint, 2, ""),
             );
-            for op in ["run", "halt"] {
-                cfg.script(
-                    &format!("pkg/{op}.sh"),
-                    &format!(
-                        "#!/bin/sh\necho \"$(date +%s%3N) {op} $VIGIL_PACKAGE $VIGIL_NODE $VIGIL_REASON $VIGIL_FENCE_TOKEN\" >> {}\n",
-                        log.display()
-                    ),
-                );
-            }
+            log.write_scripts(&cfg, "");
             cfg.write(
                 "packages.d/ascs.toml",
                 "name = \"ascs\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\", \"node3\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\nfollow = \"ers\"\n",
@@ -120,7 +85,6 @@ impl Cluster {
             dirs,
             hosts: BTreeMap::new(),
             log,
-            _log_dir: log_dir,
         }
     }
 
@@ -160,21 +124,7 @@ impl Cluster {
     }
 
     fn entries(&self) -> Vec<Entry> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                Some(Entry {
-                    at_ms: f.first()?.parse().ok()?,
-                    op: f.get(1)?.to_string(),
-                    package: f.get(2)?.to_string(),
-                    node: f.get(3)?.to_string(),
-                    reason: f.get(4)?.to_string(),
-                    token: f.get(5)?.parse().ok()?,
-                })
-            })
-            .collect()
+        self.log.entries()
     }
 
     fn position(&self, op: &str, package: &str, node: &str) -> usize {
@@ -322,9 +272,12 @@ impl AppCluster {
             let cfg = ConfigDir::new();
             cfg.write(
                 "cluster.toml",
-                &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = {lease_ttl_seconds}\n",
-                    endpoint(node, &etcd)
+                &etcd_cluster_toml(
+                    &name,
+                    &["node1", "node2"],
+                    &endpoint(node, &etcd),
+                    lease_ttl_seconds,
+                    "",
                 ),
             );
             cfg.script("pkg/run.sh", "#!/bin/sh\nexit 0\n");

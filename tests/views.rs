@@ -847,3 +847,269 @@ fn monitor_list_and_status_show_broken_files_refused_samples_and_last_errors() {
         "{status}"
     );
 }
+
+#[test]
+fn status_verbose_and_the_page_show_service_pids_restarts_fail_counts_and_policies() {
+    let port = free_loopback_port();
+    let cfg = one_node(port);
+    cfg.write(
+        "packages.d/app.toml",
+        "name = \"app\"\ntype = \"failover\"\nnodes = [\"node1\"]\nfailback_policy = \"automatic\"\npriority = 5\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n\n[[service]]\nname = \"server\"\ncommand = [\"/bin/sleep\", \"3141\"]\nrestarts = 3\n",
+    );
+    let _host = cfg.start_host();
+    let service = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_for(WAIT, "the service in status --json", || {
+            let p = cfg.package_status("app")?;
+            let s = &p["services_here"][0];
+            if want(s) { Ok(p) } else { Err(p.to_string()) }
+        })
+    };
+    let p = service(&|s| s["state"] == "running" && s["pid"].is_i64());
+    assert_eq!(p["policy"]["failover_policy"], "configured_node", "{p}");
+    assert_eq!(p["policy"]["failback_policy"], "automatic", "{p}");
+    assert_eq!(p["policy"]["auto_run"], true, "{p}");
+    assert_eq!(p["policy"]["priority"], 5, "{p}");
+    assert_eq!(p["policy"]["type"], "failover", "{p}");
+    let s = &p["services_here"][0];
+    assert_eq!(
+        (
+            s["restarts"].as_u64(),
+            s["restart_limit"].as_u64(),
+            s["fail_count"].as_u64()
+        ),
+        (Some(0), Some(3), Some(0)),
+        "{p}"
+    );
+    // The pid is the service's: killing it is seen, counted and restarted.
+    let pid = s["pid"].as_i64().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.contains("3141"), "{cmdline:?}");
+    sh(&format!("kill -9 {pid}"));
+    let p = service(&|s| {
+        s["state"] == "running" && s["restarts"] == 1 && s["pid"].as_i64() != Some(pid)
+    });
+    let s = &p["services_here"][0];
+    assert_eq!(s["fail_count"], 1, "{p}");
+    assert!(
+        s["last_failure"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("killed by signal 9 at ")),
+        "{p}"
+    );
+    let new_pid = s["pid"].as_i64().unwrap();
+    let (code, text, _) = run(&cfg, &["status", "-v"]);
+    assert_eq!(code, Some(0));
+    for want in [
+        "failover package, failover_policy configured_node, failback_policy automatic, auto_run yes, priority 5, nodes node1",
+        "service server",
+        &format!("running  pid {new_pid:<8} restarts 1/3  fails 1 (last killed by signal 9 at "),
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+    // The cluster page lists it too.
+    let (_, page) = http_get(port, "/").unwrap();
+    assert!(
+        page.contains("data-service=\"server\"")
+            && page.contains(&format!(">{new_pid}<"))
+            && page.contains("1 / 3"),
+        "{page}"
+    );
+    // Without -v only a service that failed is shown.
+    let (_, text, _) = run(&cfg, &["status"]);
+    assert!(
+        text.contains("fails 1") && !text.contains("failover_policy"),
+        "{text}"
+    );
+    // `pkg clear` clears the count.
+    assert!(cfg.vigil(&["pkg", "clear", "app"]).status.success());
+    let p = cfg.package_status("app").unwrap();
+    assert_eq!(p["services_here"][0]["fail_count"], 0, "{p}");
+}
+
+#[test]
+fn check_monitor_list_and_status_flag_duplicate_publishers_with_both_file_names() {
+    let cfg = ConfigDir::new();
+    for (name, pattern) in [
+        ("owner", "/dup/x"),
+        ("second", "/dup/*"),
+        ("apart", "/apart/x"),
+    ] {
+        cfg.script(
+            &format!("{name}.sh"),
+            &format!(
+                "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"{pattern}\"]}}'\n"
+            ),
+        );
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = 1\n"),
+        );
+    }
+    let want = "duplicate publisher: monitor second declares /dup/*, and monitor owner (monitors.d/owner.toml:3) declares /dup/x";
+    let (code, out, err) = run(&cfg, &["check"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("monitors.d/second.toml:3: ") && err.contains(want),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one pair, one line: {err}");
+    let out = cfg.vigil(&["check", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{doc}");
+    assert!(
+        doc["errors"][0]["message"].as_str().unwrap().contains(want),
+        "{doc}"
+    );
+
+    // The host runs both, and says so where operators look: the
+    // configuration error, and each monitor's row from the declarations
+    // they made.
+    let _host = cfg.start_host();
+    let row = |name: &str, want: &str| {
+        wait_for(WAIT, &format!("{name}'s duplicate publisher"), || {
+            let m = cfg.monitor_state(name)?;
+            if m["duplicate_publishers"] == serde_json::json!([want]) {
+                Ok(())
+            } else {
+                Err(m.to_string())
+            }
+        })
+    };
+    row(
+        "second",
+        "monitor owner declares /dup/x too (this one: /dup/*)",
+    );
+    row(
+        "owner",
+        "monitor second declares /dup/* too (this one: /dup/x)",
+    );
+    assert_eq!(
+        cfg.monitor_state("apart").unwrap()["duplicate_publishers"],
+        serde_json::json!([])
+    );
+    for args in [&["monitor", "list"][..], &["status"][..]] {
+        let (code, text, _) = run(&cfg, args);
+        assert_eq!(code, Some(0), "{args:?}");
+        assert!(
+            text.contains(want)
+                && text.contains("duplicate publisher: monitor owner declares /dup/x too"),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_warning_repeated_every_poll_is_logged_once_then_counted() {
+    let cfg = ConfigDir::new();
+    let exec = |name: &str, publishes: &str, body: &str| {
+        cfg.script(
+            &format!("{name}.sh"),
+            &format!(
+                "#!/bin/sh\nread -r hello\necho '{{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"{publishes}\"]}}'\n{body}\n"
+            ),
+        );
+        cfg.monitor(
+            name,
+            &format!("name = \"{name}\"\ntype = \"exec\"\ncommand = [\"./{name}.sh\"]\ninterval_seconds = 0.1\ntimeout_seconds = 2\n"),
+        );
+    };
+    // Fails every poll with the same error.
+    exec(
+        "failing",
+        "/failing/x",
+        "echo '{\"type\":\"error\",\"message\":\"sensor unplugged\"}'",
+    );
+    // Every poll sends a sample outside its declaration.
+    exec(
+        "stray",
+        "/stray/x",
+        "echo '{\"type\":\"sample\",\"name\":\"/elsewhere/y\",\"value\":1}'",
+    );
+    let mut host = cfg.start_host();
+    wait_for(WAIT, "both monitors to have reported", || {
+        if cfg.monitor_state("failing")?["last_error"].is_string()
+            && cfg.monitor_state("stray")?["refused_samples"].as_u64() >= Some(20)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} {:?}",
+                cfg.monitor_state("failing"),
+                cfg.monitor_state("stray")
+            ))
+        }
+    });
+    // About 30 polls each in 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = cfg.monitor_state("stray").unwrap()["refused_samples"]
+        .as_u64()
+        .unwrap();
+    host.stop();
+    let log = host.log_text();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    // (Besides the startup's configuration error: its probe failed too.)
+    let failing = lines("monitor failed monitor=failing");
+    let stray = lines("/elsewhere/y");
+    eprintln!("{refused} refused; {failing} lines of the failure, {stray} of the refusal");
+    assert!(refused >= 30, "{refused}");
+    assert_eq!(failing, 1, "the failure once:\n{log}");
+    assert_eq!(stray, 1, "the refusal once:\n{log}");
+}
+
+#[test]
+fn pkg_halt_of_a_package_that_is_not_running_says_there_is_nothing_to_halt() {
+    let cfg = one_node(free_loopback_port());
+    let _host = cfg.start_host();
+    let (code, out, err) = run(&cfg, &["pkg", "halt", "app", "--wait=20"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("halting app; switching disabled"), "{out}");
+    let (code, out, err) = run(&cfg, &["pkg", "halt", "app"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        "app is not running (down): nothing to halt; switching disabled until `vigil pkg run app`\n"
+    );
+}
+
+#[test]
+fn why_says_the_value_against_the_criterion_and_no_monitor_declares_it() {
+    let cfg = ConfigDir::new();
+    // Slower than the host's startup probe, so the host cannot refuse the
+    // package needing a resource it never declares (`check` does).
+    cfg.script(
+        "temp.sh",
+        "#!/bin/sh\nread -r hello\nsleep 1\necho '{\"type\":\"hello\",\"protocol\":1,\"publishes\":[\"/custom/temp/*\"]}'\necho '{\"type\":\"sample\",\"name\":\"/custom/temp/celsius\",\"value\":90,\"unit\":\"C\"}'\n",
+    );
+    cfg.monitor(
+        "temp",
+        "name = \"temp\"\ntype = \"exec\"\ncommand = [\"./temp.sh\"]\ninterval_seconds = 1\ntimeout_seconds = 5\n",
+    );
+    cfg.script("pkg/true.sh", "#!/bin/sh\nexit 0\n");
+    for (name, resource) in [
+        ("cool", "/custom/temp/celsius"),
+        ("humid", "/custom/humid/percent"),
+    ] {
+        cfg.write(
+            &format!("packages.d/{name}.toml"),
+            &format!("name = \"{name}\"\ntype = \"failover\"\nnodes = [\"node1\"]\nrun = [\"pkg/true.sh\"]\nhalt = [\"pkg/true.sh\"]\n[[resource]]\nname = \"{resource}\"\nup = \"< 80\"\n"),
+        );
+    }
+    let _host = cfg.start_host();
+    wait_for(
+        WAIT,
+        "why to name the value and the missing declaration",
+        || {
+            let (_, cool, _) = run(&cfg, &["why", "cool"]);
+            let (_, humid, _) = run(&cfg, &["why", "humid"]);
+            if cool.contains("node1: not eligible: resource /custom/temp/celsius is not up (90C does not meet < 80)")
+            && cool.contains("resource /custom/temp/celsius is down: 90C does not meet < 80")
+                && humid
+                    .contains("resource /custom/humid/percent is pending: no monitor declares it")
+            {
+                Ok(())
+            } else {
+                Err(format!("{cool}\n{humid}"))
+            }
+        },
+    );
+}

@@ -83,7 +83,8 @@ pub enum Command {
         /// Print JSON (with --watch: one line per change).
         #[arg(long)]
         json: bool,
-        /// Also resource values and criteria, and where packages failed.
+        /// Also services (pids, restarts, fail counts), policies, resource
+        /// values and criteria, and where packages failed.
         #[arg(short, long)]
         verbose: bool,
         /// Keep showing the status, redrawn when it changes (Ctrl-C stops).
@@ -463,7 +464,11 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
     let (errors, monitors) = match runtime.block_on(validation::validate(config_dir, None)) {
         Err(errors) => (errors, 0),
-        Ok(validated) => (validated.errors, validated.monitors),
+        Ok(validated) => {
+            let mut errors = validated.errors;
+            errors.extend(validated.duplicates);
+            (errors, validated.monitors)
+        }
     };
     if json {
         print_json(&crate::views::CheckOutput::new(&errors))?;
@@ -480,7 +485,7 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
 /// How `vigil status` prints.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusStyle {
-    /// `-v`: resources with values and criteria, failed nodes.
+    /// `-v`: services, policies, resources with values and criteria, failed nodes.
     pub verbose: bool,
     /// ANSI colours (only on a terminal).
     pub colour: bool,
@@ -494,9 +499,9 @@ fn paint(word: &str, width: usize, colour: bool) -> String {
         return padded;
     }
     let code = match word {
-        "up" | "ok" | "known" => "32",
+        "up" | "ok" | "known" | "running" => "32",
         "starting" | "halting" | "halted" | "pending" => "33",
-        "failed" | "down" | "unknown" => "31",
+        "failed" | "down" | "unknown" | "exited" => "31",
         _ => return padded,
     };
     format!("\x1b[{code}m{padded}\x1b[0m")
@@ -560,8 +565,46 @@ pub fn status_text(
         if !p.disabled_on.is_empty() {
             let _ = writeln!(t, "    switching disabled on: {}", p.disabled_on.join(", "));
         }
+        if style.verbose {
+            let policy = &p.policy;
+            let _ = writeln!(
+                t,
+                "    {} package, failover_policy {}, failback_policy {}, auto_run {}, priority {}, nodes {}",
+                policy.kind,
+                policy.failover_policy,
+                policy.failback_policy,
+                if policy.auto_run { "yes" } else { "no" },
+                policy.priority.map_or("none".to_owned(), |n| n.to_string()),
+                policy.nodes.join(",")
+            );
+        }
         if style.verbose && !p.failed_on.is_empty() {
             let _ = writeln!(t, "    failed on: {}", p.failed_on.join(", "));
+        }
+        for s in &p.services_here {
+            // Not verbose: only what needs attention.
+            if !style.verbose && s.fail_count == 0 {
+                continue;
+            }
+            if s.state == "stopped" && s.fail_count == 0 {
+                continue;
+            }
+            let pid = s.pid.map_or("-".to_owned(), |pid| pid.to_string());
+            let limit = s
+                .restart_limit
+                .map_or("unlimited".to_owned(), |n| n.to_string());
+            let _ = write!(
+                t,
+                "    service {:<36} {} pid {pid:<8} restarts {}/{limit}  fails {}",
+                s.name,
+                paint(&s.state, 8, style.colour),
+                s.restarts,
+                s.fail_count
+            );
+            if let Some(last) = &s.last_failure {
+                let _ = write!(t, " (last {last})");
+            }
+            let _ = writeln!(t, " on {}", out.node);
         }
         for r in &p.resources {
             if style.verbose {

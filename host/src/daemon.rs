@@ -200,6 +200,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         .errors
         .iter()
         .chain(&validated.consequences)
+        .chain(&validated.duplicates)
         .map(|e| ConfigErrorRow::new(e, None))
         .collect();
     let config = validated.config;
@@ -620,6 +621,27 @@ struct DaemonState {
     hooks: crate::hooks::Hooks,
 }
 
+/// `why`'s text with this node's "resource X is not up" rejections
+/// followed by what this node knows of the cause (`90C does not meet < 80`,
+/// `no monitor declares it`); other nodes' lines are left as they are.
+fn with_causes_here(text: &str, node: &str, resources: &[crate::views::WhyResource]) -> String {
+    let here = format!("  {node}: ");
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if !line.starts_with(&here) {
+            out.push_str(line);
+            continue;
+        }
+        let mut line = line.to_owned();
+        for r in resources.iter().filter(|r| r.state != "up") {
+            let rejection = format!("resource {} is not up", r.name);
+            line = line.replacen(&rejection, &format!("{rejection} ({})", r.detail), 1);
+        }
+        out.push_str(&line);
+    }
+    out
+}
+
 /// Whether a reload task runs; a SIGHUP during one queues one more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReloadState {
@@ -636,6 +658,9 @@ fn log_config_errors(validated: &Validated, kept: &BTreeSet<PathBuf>) {
     }
     for e in &validated.consequences {
         error!(error = %e, "package left out: a package it names was left out");
+    }
+    for e in &validated.duplicates {
+        error!(error = %e, "configuration error");
     }
     let packages_d = validated.config.cluster.dir.join("packages.d");
     let monitors_d = validated.config.cluster.dir.join("monitors.d");
@@ -789,6 +814,12 @@ pub fn plan_reload(
         .iter()
         .chain(&validated.consequences)
         .map(|e| ConfigErrorRow::new(e, kept.get(&e.file).cloned()))
+        .chain(
+            validated
+                .duplicates
+                .iter()
+                .map(|e| ConfigErrorRow::new(e, None)),
+        )
         .collect();
 
     ReloadPlan {
@@ -897,6 +928,7 @@ impl DaemonState {
             Request::Why { package } => match self.manager.why(&package, &self.hub).await {
                 Ok(mut why) => {
                     why.resources = self.why_resources(&package);
+                    why.text = with_causes_here(&why.text, &self.node, &why.resources);
                     for r in &why.resources {
                         if !why.text.ends_with('\n') {
                             why.text.push('\n');
@@ -935,21 +967,41 @@ impl DaemonState {
                 self.manager.on_cluster(),
                 self.manager.lease_in_doubt(),
             )),
-            Request::Monitors => Response::ok(
-                self.hub
-                    .registry
-                    .monitors()
-                    .iter()
-                    .map(|(name, record)| {
-                        let mut row = api::monitor_row(name, record);
-                        if let Some(problems) = self.monitor_problems.get(name) {
-                            row.problems = problems.clone();
-                        }
-                        row
-                    })
-                    .collect::<Vec<_>>(),
-            ),
+            Request::Monitors => Response::ok(self.monitor_rows()),
         }
+    }
+
+    /// Every monitor as `monitor list` shows it, with the problems the
+    /// daemon kept and the duplicate publishers among the declarations
+    /// the monitors actually made.
+    fn monitor_rows(&self) -> Vec<crate::views::MonitorRow> {
+        let monitors = self.hub.registry.monitors();
+        let mut rows: BTreeMap<&str, crate::views::MonitorRow> = monitors
+            .iter()
+            .map(|(name, record)| {
+                let mut row = api::monitor_row(name, record);
+                if let Some(problems) = self.monitor_problems.get(name) {
+                    row.problems = problems.clone();
+                }
+                (name.as_str(), row)
+            })
+            .collect();
+        let duplicates = crate::registry::duplicate_publishers(
+            monitors
+                .iter()
+                .map(|(name, record)| (name.as_str(), record.patterns.as_slice())),
+        );
+        for d in duplicates {
+            let (a, b) = (&d.first, &d.second);
+            for ((this, mine), (other, theirs)) in [(a, b), (b, a)] {
+                if let Some(row) = rows.get_mut(this.as_str()) {
+                    row.problems.duplicate_publishers.push(format!(
+                        "monitor {other} declares {theirs} too (this one: {mine})"
+                    ));
+                }
+            }
+        }
+        rows.into_values().collect()
     }
 
     /// How this node judges each resource `package` requires, with what
@@ -1147,6 +1199,7 @@ mod tests {
         let read = config::load(dir.path()).map(|mut config| Validated {
             errors: std::mem::take(&mut config.errors),
             consequences: Vec::new(),
+            duplicates: Vec::new(),
             unprobed: Vec::new(),
             monitors: config.monitors.len(),
             config,

@@ -555,6 +555,8 @@ mod tests {
                     maintenance: false,
                     withheld: None,
                     disabled_on: vec![],
+                    services_here: vec![],
+                    policy: Default::default(),
                 }],
                 config_errors: vec![],
                 hooks: vec![],

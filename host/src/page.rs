@@ -1,5 +1,6 @@
 //! The cluster page at `/`: nodes × packages with state colours, where
-//! each package runs, its resources with values and criteria, monitor
+//! each package runs, its resources with values and criteria, the services
+//! (pids, restarts, fail counts) and parts up on this node, monitor
 //! health, configuration errors and recent events. Rendered with maud from
 //! one [`ClusterView`]; everything (style, script) is embedded, nothing is
 //! loaded from elsewhere.
@@ -65,9 +66,9 @@ pub fn format_value(value: &serde_json::Value, unit: Option<&str>) -> String {
 /// The CSS class of a state word: its colour.
 fn colour(state: &str) -> &'static str {
     match state {
-        "up" | "ok" | "known" | "sure" | "none" => "good",
+        "up" | "ok" | "known" | "sure" | "none" | "running" => "good",
         "starting" | "halting" | "halted" | "pending" => "busy",
-        "failed" | "unknown" | "in_doubt" => "bad",
+        "failed" | "unknown" | "in_doubt" | "exited" => "bad",
         _ => "idle",
     }
 }
@@ -148,6 +149,35 @@ pub fn cluster(view: &ClusterView) -> Markup {
                         td { code { (r.criterion) } } td class=(colour(&r.state)) { (r.state) }
                     }
                 } }
+                }
+            } }
+        }
+        section #services {
+            h2 { "Services and parts on " (status.node) }
+            div.scroll { table {
+                thead { tr { th { "package" } th { "service or part" } th { "state" } th { "pid" } th { "restarts" } th { "fails" } } }
+                tbody {
+                    @let shown = |s: &crate::views::ServiceStatus| s.state != "stopped" || s.fail_count > 0;
+                    @if status.packages.iter().all(|p| p.parts_here.is_empty() && !p.services_here.iter().any(shown)) {
+                        tr { td.idle colspan="6" { "no service or part up here" } }
+                    }
+                    @for p in &status.packages {
+                        @for s in p.services_here.iter().filter(|s| shown(s)) {
+                            tr data-service=(s.name) data-package=(p.name) {
+                                td { (p.name) } td.name { "service " (s.name) }
+                                td class=(colour(&s.state)) { (s.state) }
+                                td.num { (s.pid.map(|pid| pid.to_string()).unwrap_or_else(|| "–".to_owned())) }
+                                td.num { (s.restarts) " / " (s.restart_limit.map(|n| n.to_string()).unwrap_or_else(|| "unlimited".to_owned())) }
+                                td.reason { (s.fail_count) @if let Some(last) = &s.last_failure { " (last " (last) ")" } }
+                            }
+                        }
+                        @for part in &p.parts_here {
+                            tr data-part=(part.part) {
+                                td { (p.name) } td.name { (part.part) } td.good { "up" }
+                                td { "–" } td { "–" } td { "–" }
+                            }
+                        }
+                    }
                 }
             } }
         }

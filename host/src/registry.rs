@@ -359,12 +359,105 @@ pub struct Listing {
     pub classes: BTreeMap<String, usize>,
 }
 
+/// True when some resource name matches both patterns: as many segments,
+/// and each pair of segments equal or one of them `*`.
+pub fn patterns_overlap(a: &ResourcePattern, b: &ResourcePattern) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        a.as_str().split('/').collect(),
+        b.as_str().split('/').collect(),
+    );
+    a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .all(|(x, y)| x == y || *x == "*" || *y == "*")
+}
+
+/// Two monitors declaring patterns that can name the same resource: only
+/// one of them can publish it (the registry refuses the other's samples).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicatePublisher {
+    /// The monitor listed first, and its pattern.
+    pub first: (String, ResourcePattern),
+    /// The monitor listed later, and its pattern.
+    pub second: (String, ResourcePattern),
+}
+
+/// Every pair of monitors (in the order given) whose declarations overlap,
+/// once per pair, with the first overlapping patterns.
+pub fn duplicate_publishers<'a>(
+    monitors: impl IntoIterator<Item = (&'a str, &'a [ResourcePattern])>,
+) -> Vec<DuplicatePublisher> {
+    let monitors: Vec<(&str, &[ResourcePattern])> = monitors.into_iter().collect();
+    let mut found = Vec::new();
+    for (i, (second, later)) in monitors.iter().enumerate() {
+        for (first, earlier) in &monitors[..i] {
+            if first == second {
+                continue;
+            }
+            let pair = earlier
+                .iter()
+                .flat_map(|a| later.iter().map(move |b| (a, b)))
+                .find(|(a, b)| patterns_overlap(a, b));
+            if let Some((a, b)) = pair {
+                found.push(DuplicatePublisher {
+                    first: ((*first).to_owned(), a.clone()),
+                    second: ((*second).to_owned(), b.clone()),
+                });
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn name(s: &str) -> ResourceName {
         ResourceName::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlapping_declarations_of_two_monitors_are_duplicate_publishers() {
+        let p = |s: &str| ResourcePattern::new(s).unwrap();
+        let cases: &[(&str, &str, bool)] = &[
+            ("/dup/x", "/dup/x", true),
+            ("/fs/*/used_percent", "/fs/data/used_percent", true),
+            ("/fs/data/*", "/fs/*/used_percent", true),
+            ("/fs/*/used_percent", "/fs/*/status", false),
+            ("/fs/*", "/fs/*/status", false),
+            ("/a/b", "/a/c", false),
+        ];
+        for (a, b, overlap) in cases {
+            assert_eq!(patterns_overlap(&p(a), &p(b)), *overlap, "{a} {b}");
+            assert_eq!(patterns_overlap(&p(b), &p(a)), *overlap, "{b} {a}");
+        }
+        let (one, two, three) = (
+            vec![p("/fs/*/used_percent"), p("/fs/*/status")],
+            vec![p("/net/*/status")],
+            vec![p("/net/eth0/status"), p("/fs/root/status")],
+        );
+        let found = duplicate_publishers([
+            ("fs", one.as_slice()),
+            ("net", two.as_slice()),
+            ("custom", three.as_slice()),
+        ]);
+        let shown: Vec<String> = found
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} / {} {}",
+                    d.first.0, d.first.1, d.second.0, d.second.1
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "fs /fs/*/status / custom /fs/root/status",
+                "net /net/*/status / custom /net/eth0/status"
+            ]
+        );
     }
 
     fn declare(r: &mut Registry, monitor: &str, patterns: &[&str]) {

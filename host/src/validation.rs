@@ -46,6 +46,11 @@ pub struct Validated {
     /// Errors of packages that are left out only because a package they
     /// name was left out (not printed by `check`, which names the cause).
     pub consequences: Vec<ConfigError>,
+    /// Monitors whose declarations overlap another's: a resource both can
+    /// name has one publisher, the other's samples are refused. Printed by
+    /// `check` (and so exit 1) and shown by `status` and `monitor list`,
+    /// but neither monitor is left out or kept at an old version for it.
+    pub duplicates: Vec<ConfigError>,
     /// How many monitors were probed.
     pub monitors: usize,
     /// Monitors whose probe did not finish within the probe deadline.
@@ -115,6 +120,7 @@ pub async fn validate(
         })
         .collect();
     let mut declared: Vec<ResourcePattern> = Vec::new();
+    let mut by_monitor: Vec<(&config::MonitorConfig, Vec<ResourcePattern>)> = Vec::new();
     let mut unprobed = Vec::new();
     let started = tokio::time::Instant::now();
     for (monitor, mut probe) in config.monitors.iter().zip(probes) {
@@ -143,12 +149,16 @@ pub async fn validate(
                     monitor.line,
                     format!("monitor {}: {reason}", monitor.name),
                 )),
-                MonitorEvent::Declared { mut patterns, .. } => declared.append(&mut patterns),
+                MonitorEvent::Declared { patterns, .. } => {
+                    declared.extend(patterns.iter().cloned());
+                    by_monitor.push((monitor, patterns));
+                }
                 MonitorEvent::Samples { .. } => {}
             }
         }
     }
     errors.extend(program_errors);
+    let duplicates = duplicate_publishers(&config.cluster.dir, &by_monitor);
     // A monitor not probed in time may declare anything.
     let is_declared = |name: &vigil_sdk::ResourceName| {
         !unprobed.is_empty() || declared.iter().any(|p| p.matches(name))
@@ -174,6 +184,7 @@ pub async fn validate(
         consequences.extend(again);
     }
     Ok(Validated {
+        duplicates,
         unprobed,
         monitors: config.monitors.len(),
         config,
@@ -201,6 +212,48 @@ fn hook_program_errors(cluster: &mut config::ClusterConfig) -> Vec<ConfigError> 
         }
     });
     errors
+}
+
+/// One error per pair of monitors whose declarations overlap, at the one
+/// listed later, naming both files.
+fn duplicate_publishers(
+    dir: &Path,
+    monitors: &[(&config::MonitorConfig, Vec<ResourcePattern>)],
+) -> Vec<ConfigError> {
+    let shown = |m: &config::MonitorConfig| {
+        let file = m.source.strip_prefix(dir).unwrap_or(&m.source);
+        format!("{}:{}", file.display(), m.line)
+    };
+    crate::registry::duplicate_publishers(
+        monitors
+            .iter()
+            .map(|(m, patterns)| (m.name.as_str(), patterns.as_slice())),
+    )
+    .into_iter()
+    .filter_map(|d| {
+        let find = |name: &str| {
+            monitors
+                .iter()
+                .find(|(m, _)| m.name == name)
+                .map(|(m, _)| *m)
+        };
+        let (first, second) = (find(&d.first.0)?, find(&d.second.0)?);
+        Some(ConfigError::at(
+            &second.source,
+            second.line,
+            format!(
+                "duplicate publisher: monitor {} declares {}, and monitor {} ({}) declares {}: \
+                 a resource has one publisher, the samples of the other are refused; \
+                 declare each resource in one monitor only",
+                second.name,
+                d.second.1,
+                first.name,
+                shown(first),
+                d.first.1,
+            ),
+        ))
+    })
+    .collect()
 }
 
 /// Every package program that is not an executable file.

@@ -69,6 +69,49 @@ pub struct PackageStatus {
     /// (`vigil pkg disable NAME --node N`).
     #[serde(default)]
     pub disabled_on: Vec<String>,
+    /// Its services on the node that answered: pids, restarts, failures.
+    #[serde(default)]
+    pub services_here: Vec<ServiceStatus>,
+    /// How it is placed (`switching` is beside it, above).
+    #[serde(default)]
+    pub policy: PackagePolicy,
+}
+
+/// A package's placement settings, as `packages.d/` gives them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PackagePolicy {
+    /// `failover`, `multi_node` or `system_multi_node`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `configured_node` or `min_package_node`.
+    pub failover_policy: String,
+    /// `manual` or `automatic`.
+    pub failback_policy: String,
+    pub auto_run: bool,
+    /// Lower is more important; null is least important.
+    pub priority: Option<u32>,
+    /// In priority order.
+    pub nodes: Vec<String>,
+}
+
+/// A supervised `[[service]]` of a package on the node that answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `running`, `exited` (waiting to be restarted, or the package is
+    /// failing) or `stopped` (the package does not run here).
+    pub state: String,
+    /// The process it runs as now, while the package runs here.
+    pub pid: Option<i32>,
+    /// Restarts since the package started here.
+    pub restarts: u32,
+    /// `restarts` of its `[[service]]`; null means unlimited.
+    pub restart_limit: Option<u32>,
+    /// Times it exited on its own on this node since the host started or
+    /// the last `vigil pkg clear`.
+    pub fail_count: u32,
+    /// How it last exited, with when (RFC 3339).
+    pub last_failure: Option<String>,
 }
 
 /// A package part (`[[filesystem]]`, `[[ip]]`, …) up on a node.
@@ -250,6 +293,10 @@ pub struct MonitorProblems {
     /// RFC 3339.
     #[serde(default)]
     pub last_error_at: Option<String>,
+    /// Other monitors whose declarations can name a resource this one's
+    /// can: `monitor owner declares /dup/x too (this one: /dup/*)`.
+    #[serde(default)]
+    pub duplicate_publishers: Vec<String>,
 }
 
 impl MonitorRow {
@@ -264,6 +311,9 @@ impl MonitorRow {
                 "{} samples refused, last: {refused}",
                 self.problems.refused_samples
             ));
+        }
+        for duplicate in &self.problems.duplicate_publishers {
+            parts.push(format!("duplicate publisher: {duplicate}"));
         }
         if let (Some(error), None) = (&self.problems.last_error, &self.reason) {
             parts.push(format!(

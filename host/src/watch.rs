@@ -260,6 +260,8 @@ mod tests {
                     maintenance: false,
                     withheld: None,
                     disabled_on: vec![],
+                    services_here: vec![],
+                    policy: Default::default(),
                 })
                 .collect(),
             config_errors: vec![],

@@ -8,6 +8,7 @@
 
 pub mod address_failover;
 pub mod chaos;
+pub mod cluster;
 mod guards;
 
 pub use guards::*;
@@ -141,14 +142,18 @@ pub struct ConfigDir {
 }
 
 impl ConfigDir {
-    /// The package `name` as `vigil status --json` shows it.
-    pub fn package_status(&self, name: &str) -> Result<serde_json::Value, String> {
+    /// `vigil status --json` asked through this directory's host.
+    pub fn status_json(&self) -> Result<serde_json::Value, String> {
         let out = self.vigil(&["status", "--json"]);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
+    /// The package `name` as `vigil status --json` shows it.
+    pub fn package_status(&self, name: &str) -> Result<serde_json::Value, String> {
+        let v = self.status_json()?;
         v["packages"]
             .as_array()
             .and_then(|p| p.iter().find(|p| p["name"] == name).cloned())

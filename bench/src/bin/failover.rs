@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use vigil_tests::cluster::{ScriptEntry as Entry, ScriptLog, Stamp, etcd_cluster_toml};
 use vigil_tests::{ConfigDir, Etcd, Host, Mount, require_tool, wait_for};
 
 const NODES: [&str; 2] = ["node1", "node2"];
@@ -85,16 +86,6 @@ fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
-/// One line of the control scripts' shared log.
-#[derive(Debug, Clone)]
-struct Entry {
-    at_ns: i128,
-    op: String,
-    node: String,
-    reason: String,
-    token: u64,
-}
-
 /// A small xorshift generator for the pauses between trials: no need for a
 /// crate, only for phases that are not in step with the host's timers.
 struct Pauses(u64);
@@ -114,29 +105,22 @@ struct Cluster {
     hosts: [Option<Host>; 2],
     dirs: [ConfigDir; 2],
     mounts: [Mount; 2],
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
+    /// Stamped in nanoseconds.
+    log: ScriptLog,
     _etcd: Etcd,
 }
 
 impl Cluster {
     fn new() -> anyhow::Result<Self> {
         let etcd = Etcd::start();
-        let log_dir = tempfile::Builder::new()
-            .prefix("vigil-failover-")
-            .tempdir()
-            .context("temporary dir for the script log")?;
-        let log = log_dir.path().join("scripts.log");
+        let log = ScriptLog::new("vigil-failover-", Stamp::Nanos);
         let name = format!("failover{}", std::process::id());
         let mounts = NODES.map(|n| Mount::tmpfs(&format!("failover-{n}"), 1 << 20));
         let dirs = [0, 1].map(|i| {
             let cfg = ConfigDir::new();
             cfg.write(
                 "cluster.toml",
-                &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n",
-                    etcd.endpoint
-                ),
+                &etcd_cluster_toml(&name, &NODES, &etcd.endpoint, 2, ""),
             );
             // Usage is polled (rarely here); the mount state is pushed.
             cfg.monitor(
@@ -146,15 +130,7 @@ impl Cluster {
                     mounts[i].path_str()
                 ),
             );
-            for op in ["run", "halt"] {
-                cfg.script(
-                    &format!("pkg/{op}.sh"),
-                    &format!(
-                        "#!/bin/sh\necho \"$(date +%s%N) {op} $VIGIL_PACKAGE $VIGIL_NODE $VIGIL_REASON $VIGIL_FENCE_TOKEN\" >> {}\n",
-                        log.display()
-                    ),
-                );
-            }
+            log.write_scripts(&cfg, "");
             cfg.write(
                 "packages.d/app.toml",
                 &format!(
@@ -175,7 +151,6 @@ impl Cluster {
             dirs,
             mounts,
             log,
-            _log_dir: log_dir,
             _etcd: etcd,
         })
     }
@@ -185,11 +160,7 @@ impl Cluster {
     }
 
     fn status(&self, i: usize) -> Result<serde_json::Value, String> {
-        let out = self.dirs[i].vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        self.dirs[i].status_json()
     }
 
     /// Waits until both nodes see both nodes up, `app` up on `owner` only,
@@ -226,20 +197,7 @@ impl Cluster {
     }
 
     fn entries(&self) -> Vec<Entry> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                Some(Entry {
-                    at_ns: f.first()?.parse().ok()?,
-                    op: f.get(1)?.to_string(),
-                    node: f.get(3)?.to_string(),
-                    reason: f.get(4)?.to_string(),
-                    token: f.get(5)?.parse().ok()?,
-                })
-            })
-            .collect()
+        self.log.entries()
     }
 
     /// Waits for the first `run` on `node` among the entries after `skip`;
@@ -311,7 +269,7 @@ fn check_handover(new: &[Entry], owner: &str, before: Option<u64>) -> anyhow::Re
                 run.node
             )
         })?;
-    if halt.at_ns > run.at_ns {
+    if halt.at > run.at {
         bail!(
             "app started on {} before it was halted on {owner}: {new:#?}",
             run.node
@@ -337,8 +295,8 @@ fn resource_fault(c: &mut Cluster, owner: usize, pause: Duration) -> anyhow::Res
     c.mounts[owner].remount_read_only(false);
     c.settle(adoptive);
     Ok(Trial {
-        total: ms(t0, run.at_ns),
-        halt: Some(ms(t0, halt.at_ns)),
+        total: ms(t0, run.at),
+        halt: Some(ms(t0, halt.at)),
         launch: launch.map(|l| ms(t0, l)),
     })
 }
@@ -367,8 +325,8 @@ fn node_death(c: &mut Cluster, owner: usize, pause: Duration) -> anyhow::Result<
     c.start(owner);
     c.settle(adoptive);
     Ok(Trial {
-        total: ms(t0, run.at_ns),
-        halt: Some(ms(t0, halt.at_ns)),
+        total: ms(t0, run.at),
+        halt: Some(ms(t0, halt.at)),
         launch: launch.map(|l| ms(t0, l)),
     })
 }
@@ -598,5 +556,5 @@ fn keep_logs(c: &Cluster) {
             dir.join(format!("{}-guard.log", NODES[i])),
         );
     }
-    let _ = std::fs::copy(&c.log, dir.join("scripts.log"));
+    let _ = std::fs::copy(c.log.path(), dir.join("scripts.log"));
 }

@@ -42,6 +42,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use vigil_tests::cluster::{ScriptEntry as Entry, ScriptLog, Stamp, etcd_cluster_toml};
 use vigil_tests::{ConfigDir, Etcd, Host, processes_matching, require_tool, wait_for};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
@@ -161,15 +162,6 @@ fn package_name(i: usize) -> String {
     format!("p{:03}", i + 1)
 }
 
-/// One line of the control scripts' shared log.
-#[derive(Debug, Clone)]
-struct Entry {
-    at_ms: i64,
-    op: String,
-    package: String,
-    node: String,
-}
-
 /// What a guard logs when its host went silent (`guard::run`).
 const GUARD_FIRED: &str = "halting this node's packages";
 
@@ -256,8 +248,8 @@ struct Cluster {
     gated: bool,
     /// For the kept logs: `<case>-k<K>-s<S>`.
     label: String,
-    log: PathBuf,
-    _log_dir: tempfile::TempDir,
+    /// Stamped in milliseconds.
+    log: ScriptLog,
     _etcd: Etcd,
 }
 
@@ -270,11 +262,7 @@ impl Cluster {
     ) -> anyhow::Result<Self> {
         let gated = case == Case::Fault;
         let etcd = Etcd::start();
-        let log_dir = tempfile::Builder::new()
-            .prefix("vigil-mass-failover-")
-            .tempdir()
-            .context("temporary dir for the script log")?;
-        let log = log_dir.path().join("scripts.log");
+        let log = ScriptLog::new("vigil-mass-failover-", Stamp::Millis);
         let name = format!("mass{}-{}", std::process::id(), now_ms() % 1_000_000);
         let max_parallel = max_parallel
             .map(|n| format!("max_parallel_actions = {n}\n"))
@@ -288,25 +276,9 @@ impl Cluster {
             let cfg = ConfigDir::new();
             cfg.write(
                 "cluster.toml",
-                &format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = [\"node1\", \"node2\", \"node3\"]\n[store]\ntype = \"etcd\"\nendpoints = [\"{}\"]\nlease_ttl_seconds = 2\n{max_parallel}",
-                    etcd.endpoint
-                ),
+                &etcd_cluster_toml(&name, &NODES, &etcd.endpoint, 2, &max_parallel),
             );
-            cfg.script(
-                "pkg/run.sh",
-                &format!(
-                    "#!/bin/sh\n{sleep}echo \"$(date +%s%3N) run $VIGIL_PACKAGE $VIGIL_NODE $VIGIL_REASON $VIGIL_FENCE_TOKEN\" >> {}\n",
-                    log.display()
-                ),
-            );
-            cfg.script(
-                "pkg/halt.sh",
-                &format!(
-                    "#!/bin/sh\necho \"$(date +%s%3N) halt $VIGIL_PACKAGE $VIGIL_NODE $VIGIL_REASON $VIGIL_FENCE_TOKEN\" >> {}\n",
-                    log.display()
-                ),
-            );
+            log.write_scripts(&cfg, &sleep);
             let mut resource = String::new();
             if gated {
                 cfg.monitor(
@@ -347,7 +319,6 @@ impl Cluster {
             gated,
             label: format!("{}-k{k}-s{start_ms}", case.name()),
             log,
-            _log_dir: log_dir,
             _etcd: etcd,
         })
     }
@@ -359,11 +330,7 @@ impl Cluster {
     }
 
     fn status(&self, i: usize) -> Result<serde_json::Value, String> {
-        let out = self.dirs[i].vigil(&["status", "--json"]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+        self.dirs[i].status_json()
     }
 
     /// Where every package runs (package -> node index) as seen from node
@@ -454,19 +421,7 @@ impl Cluster {
     }
 
     fn entries(&self) -> Vec<Entry> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                Some(Entry {
-                    at_ms: f.first()?.parse().ok()?,
-                    op: f.get(1)?.to_string(),
-                    package: f.get(2)?.to_string(),
-                    node: f.get(3)?.to_string(),
-                })
-            })
-            .collect()
+        self.log.entries()
     }
 
     /// Waits until each of `packages` has a run line after the first
@@ -548,7 +503,7 @@ impl Cluster {
                 .find(|r| &r.package == package && r.node == NODES[*node])
             {
                 edges.push((*at, 1));
-                edges.push((i128::from(run.at_ms) * 1_000_000, -1));
+                edges.push((run.at * 1_000_000, -1));
             }
         }
         edges.sort();
@@ -586,7 +541,7 @@ impl Drop for Cluster {
             // control script still running are killed below.
             drop(self.take_host(i));
         }
-        keep_script_log(&self.label, &self.log);
+        keep_script_log(&self.label, self.log.path());
         for dir in &self.dirs {
             for (pid, _) in processes_matching(&dir.path().display().to_string()) {
                 let _ = nix::sys::signal::kill(
@@ -612,7 +567,10 @@ struct Trial {
 }
 
 fn summarize(t0_ms: i64, t0_ns: i128, c: &Cluster, runs: &[Entry], not_on: Option<usize>) -> Trial {
-    let times: Vec<i64> = runs.iter().map(|r| r.at_ms - t0_ms).collect();
+    let times: Vec<i64> = runs
+        .iter()
+        .map(|r| (r.at - i128::from(t0_ms)) as i64)
+        .collect();
     let mut spread = BTreeMap::new();
     for r in runs {
         *spread.entry(r.node.clone()).or_insert(0) += 1;

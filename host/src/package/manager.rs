@@ -81,6 +81,9 @@ pub struct PackageManager {
     adopting: BTreeSet<String>,
     /// Service failures waiting for their halt.
     failures: BTreeMap<String, String>,
+    /// Per package and service, how often it exited on its own here and
+    /// how it last did (for `status -v`; cleared by `pkg clear`).
+    service_exits: BTreeMap<String, BTreeMap<String, ServiceExits>>,
     /// What the agent runs here now, as far as this manager knows.
     running_here: BTreeSet<String>,
     /// Resource states of this node that other nodes have not been told
@@ -130,6 +133,14 @@ pub struct PackageManager {
     /// A fail-fast failure (DESIGN §5): the node must halt at once; the
     /// daemon takes it with [`Self::take_fail_fast`].
     fail_fast: Option<String>,
+}
+
+/// How often a service exited on its own here, and how it last did.
+#[derive(Debug, Clone, Default)]
+struct ServiceExits {
+    count: u32,
+    /// `exited with status 1 at <RFC 3339>`.
+    last: String,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -271,6 +282,7 @@ impl PackageManager {
             in_flight: BTreeMap::new(),
             adopting,
             failures: BTreeMap::new(),
+            service_exits: BTreeMap::new(),
             running_here: BTreeSet::new(),
             unpublished: BTreeMap::new(),
             membership,
@@ -1130,6 +1142,14 @@ impl PackageManager {
                 ..
             } => {
                 warn!(%package, %service, %exit, restarting, "service exited");
+                let exits = self
+                    .service_exits
+                    .entry(package)
+                    .or_default()
+                    .entry(service)
+                    .or_default();
+                exits.count += 1;
+                exits.last = format!("{exit} at {}", crate::views::rfc3339(vigil_sdk::now_ms()));
             }
             LifecycleEvent::PackageFailed {
                 package,
@@ -1196,6 +1216,13 @@ impl PackageManager {
                 .map(|p| {
                     let record = store.packages.get(&p.name).map(|r| &r.value);
                     let state = record.map_or(PackageState::Down, |r| r.state);
+                    // Parts and services are node-local: each node answers
+                    // for its own, from its run record.
+                    let record_here = super::lifecycle::RunRecord::load(&agent::record_path(
+                        &self.run_dir,
+                        &p.name,
+                    ))
+                    .ok();
                     PackageStatus {
                         name: p.name.clone(),
                         state: state.as_str().to_owned(),
@@ -1227,7 +1254,24 @@ impl PackageManager {
                                 .to_owned(),
                             })
                             .collect(),
-                        parts_here: self.parts_here(&p.name),
+                        parts_here: Self::parts_here(record_here.as_ref()),
+                        services_here: self.services_here(p, record_here.as_ref()),
+                        policy: crate::views::PackagePolicy {
+                            kind: p.kind.as_str().to_owned(),
+                            failover_policy: match p.failover_policy {
+                                placement::FailoverPolicy::ConfiguredNode => "configured_node",
+                                placement::FailoverPolicy::MinPackageNode => "min_package_node",
+                            }
+                            .to_owned(),
+                            failback_policy: match p.failback_policy {
+                                placement::FailbackPolicy::Manual => "manual",
+                                placement::FailbackPolicy::Automatic => "automatic",
+                            }
+                            .to_owned(),
+                            auto_run: p.auto_run,
+                            priority: p.priority,
+                            nodes: p.nodes.clone(),
+                        },
                         maintenance: record.is_some_and(|r| r.admin.maintenance),
                         withheld: withheld.get(&p.name).cloned(),
                         disabled_on: record
@@ -1239,11 +1283,10 @@ impl PackageManager {
         })
     }
 
-    /// The parts of `package` up here, from its run record (they are
-    /// node-local: each node answers for its own).
-    fn parts_here(&self, package: &str) -> Vec<crate::views::PartStatus> {
-        super::lifecycle::RunRecord::load(&agent::record_path(&self.run_dir, package))
-            .map(|r| r.parts)
+    /// The parts of a package up here, from its run record.
+    fn parts_here(record: Option<&super::lifecycle::RunRecord>) -> Vec<crate::views::PartStatus> {
+        record
+            .map(|r| r.parts.as_slice())
             .unwrap_or_default()
             .iter()
             .map(|part| crate::views::PartStatus {
@@ -1290,6 +1333,45 @@ impl PackageManager {
             .requirement(resource)?
             .implied_by
             .clone()
+    }
+
+    /// Every `[[service]]` of `package` as it is here: the process of its
+    /// run record if that is still the one started, restarts, and the
+    /// exits this manager saw.
+    fn services_here(
+        &self,
+        package: &PackageConfig,
+        record: Option<&super::lifecycle::RunRecord>,
+    ) -> Vec<crate::views::ServiceStatus> {
+        let exits = self.service_exits.get(&package.name);
+        package
+            .services
+            .iter()
+            .map(|service| {
+                let recorded =
+                    record.and_then(|r| r.services.iter().find(|s| s.name == service.name));
+                let seen = exits.and_then(|e| e.get(&service.name));
+                let (state, pid) = match recorded {
+                    None => ("stopped", None),
+                    Some(s) if s.liveness() == super::lifecycle::Liveness::Alive => {
+                        ("running", Some(s.pid))
+                    }
+                    Some(_) => ("exited", None),
+                };
+                crate::views::ServiceStatus {
+                    name: service.name.clone(),
+                    state: state.to_owned(),
+                    pid,
+                    restarts: recorded.map_or(0, |s| s.restarts),
+                    restart_limit: match service.restarts {
+                        crate::config::package::Restarts::Limited(n) => Some(n),
+                        crate::config::package::Restarts::Unlimited => None,
+                    },
+                    fail_count: seen.map_or(0, |e| e.count),
+                    last_failure: seen.map(|e| e.last.clone()),
+                }
+            })
+            .collect()
     }
 
     pub async fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
@@ -1365,6 +1447,9 @@ impl PackageManager {
         let store_err = |e: StoreError| e.to_string();
         let done = match op {
             AdminOp::Halt => {
+                let before = self.record(package).await.map_err(store_err)?.value;
+                let running = !before.owners.is_empty()
+                    || matches!(before.state, PackageState::Starting | PackageState::Up);
                 self.write(package, |u| {
                     u.switching = false;
                     u.admin.halted = true;
@@ -1374,7 +1459,14 @@ impl PackageManager {
                 })
                 .await
                 .map_err(store_err)?;
-                format!("halting {package}; switching disabled until `vigil pkg run {package}`")
+                if running {
+                    format!("halting {package}; switching disabled until `vigil pkg run {package}`")
+                } else {
+                    format!(
+                        "{package} is not running ({}): nothing to halt; switching disabled until `vigil pkg run {package}`",
+                        before.state.as_str()
+                    )
+                }
             }
             AdminOp::Run | AdminOp::Move => {
                 if op == AdminOp::Move && node.is_none() {
@@ -1498,6 +1590,9 @@ impl PackageManager {
                 })
                 .await
                 .map_err(store_err)?;
+                if node.is_none_or(|n| n == self.node) {
+                    self.service_exits.remove(package);
+                }
                 format!("cleared failures of {package}")
             }
         };

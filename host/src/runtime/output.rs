@@ -6,8 +6,9 @@
 //! bucket of lines ([`BURST`] at once, then [`LINES_PER_SECOND`]), every line
 //! cut to [`MAX_TEXT_LEN`] bytes, and the lines it drops counted and reported
 //! with the next line it lets through ("N lines suppressed") or when the run
-//! ends. A failure identical to the previous one is logged again only after
-//! [`REPEAT_EVERY`], with how often it repeated.
+//! ends. A failure, warning or refused sample identical to the previous one
+//! of its kind is logged again only after [`REPEAT_EVERY`], with how often
+//! it repeated meanwhile ("N repeats suppressed").
 //!
 //! [`LogGate`] is pure (time is passed in); [`MonitorLog`] is the shell that
 //! holds one behind a lock and writes the admitted lines with `tracing`.
@@ -69,6 +70,8 @@ pub enum Repeat {
     Failure,
     /// The monitor worked but said something wrong (a dropped perfdata item).
     Warning,
+    /// The registry refused one of its samples.
+    Refused,
 }
 
 /// The last message of a [`Repeat`] kind logged, when, and how often it
@@ -85,7 +88,7 @@ pub struct LogGate {
     tokens: f64,
     last_refill: Instant,
     suppressed: u64,
-    last: [Last; 2],
+    last: [Last; 3],
 }
 
 impl LogGate {
@@ -224,15 +227,11 @@ impl MonitorLog {
         self.repeatable(Repeat::Warning, message);
     }
 
-    /// Logs a sample the registry refused, within the budget (a monitor
-    /// that sends many undeclared samples repeats the same refusal).
+    /// Logs a sample the registry refused unless it repeats the last
+    /// refusal (a monitor that sends an undeclared sample every poll
+    /// repeats the same refusal every poll).
     pub fn refused(&self, refusal: &str) {
-        let Verdict::Log { suppressed } = self.gate().line(Instant::now()) else {
-            return;
-        };
-        self.report_suppressed(suppressed);
-        let refusal = cap_text(refusal, MAX_TEXT_LEN);
-        warn!(monitor = %self.name, %refusal, "sample refused");
+        self.repeatable(Repeat::Refused, refusal);
     }
 
     fn repeatable(&self, kind: Repeat, message: &str) {
@@ -248,9 +247,11 @@ impl MonitorLog {
         let what = match kind {
             Repeat::Failure => "monitor failed",
             Repeat::Warning => "monitor output partly refused",
+            Repeat::Refused => "sample refused",
         };
         if repeated > 0 {
-            warn!(monitor = %self.name, reason = %message, repeated, "{what} (repeated)");
+            let every = REPEAT_EVERY.as_secs();
+            warn!(monitor = %self.name, reason = %message, repeated, "{what} ({repeated} repeats suppressed; the same message is logged at most every {every} s)");
         } else {
             warn!(monitor = %self.name, reason = %message, "{what}");
         }
@@ -287,9 +288,12 @@ mod tests {
         let mut dropped = 0;
         for (ms, event) in events {
             let now = start + Duration::from_millis(*ms);
-            let verdict = match event.strip_prefix("f:") {
-                Some(reason) => format!("{:?}", gate.failure(reason, now)),
-                None => format!("{:?}", gate.line(now)),
+            let verdict = match (event.strip_prefix("f:"), event.strip_prefix("r:")) {
+                (Some(reason), _) => format!("{:?}", gate.failure(reason, now)),
+                (_, Some(refusal)) => {
+                    format!("{:?}", gate.repeatable(Repeat::Refused, refusal, now))
+                }
+                _ => format!("{:?}", gate.line(now)),
             };
             if verdict == "Drop" {
                 dropped += 1;
@@ -358,6 +362,32 @@ mod tests {
                   (100 dropped)
                 70000 f:other: Log { repeated: 100, suppressed: 0 }
                 70001 l: Log { suppressed: 0 }
+                pending 0
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_refusal_every_poll_is_logged_once_then_counted_once_a_minute() {
+        // Every 100 ms for 130 s, beside a failure that repeats too: each
+        // kind keeps its own last message.
+        let mut events: Vec<(u64, &str)> = (0..1300)
+            .map(|i| (i * 100, "r:/x/y is undeclared"))
+            .collect();
+        events.extend((0..13).map(|i| (i * 10_000 + 50, "f:timed out")));
+        events.sort();
+        check(
+            &events,
+            expect_test::expect![[r#"
+                0 r:/x/y is undeclared: Log { repeated: 0, suppressed: 0 }
+                50 f:timed out: Log { repeated: 0, suppressed: 0 }
+                  (604 dropped)
+                60000 r:/x/y is undeclared: Log { repeated: 599, suppressed: 0 }
+                60050 f:timed out: Log { repeated: 5, suppressed: 0 }
+                  (604 dropped)
+                120000 r:/x/y is undeclared: Log { repeated: 599, suppressed: 0 }
+                120050 f:timed out: Log { repeated: 5, suppressed: 0 }
+                  (99 dropped)
                 pending 0
             "#]],
         );
