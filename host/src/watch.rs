@@ -303,12 +303,12 @@ mod tests {
             expect![[r#"
                 t1 #1 node [node1] node node1: up → down
                 t1 #2 package [a] a: up on node1 → down (its node node1 is gone)
-                t2 #3 package [a] a: down → starting on node2 (starting on node2 (failover))
-                t2 #4 failover [a] a moved node1 → node2 (failover: starting on node2 (failover))
+                t2 #3 failover [a] a moved node1 → node2 (failover: starting on node2 (failover))
+                t2 #4 package [a] a: down → starting on node2 (starting on node2 (failover))
                 t3 #5 package [a] a: starting on node2 → up on node2 (up on node2 (failover))
                 t4 #6 node [node1] node node1: down → up
-                t4 #7 package [a] a: up on node2 → up on node1 (up on node1 (manual))
-                t4 #8 failover [a] a moved node2 → node1 (manual: up on node1 (manual))
+                t4 #7 failover [a] a moved node2 → node1 (manual: up on node1 (manual))
+                t4 #8 package [a] a: up on node2 → up on node1 (up on node1 (manual))
                 {("a", "failover"): 1, ("a", "manual"): 1}
             "#]],
         );
@@ -349,16 +349,16 @@ mod tests {
             .collect();
         expect![[r#"
             {"seq":1,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"node","subject":"node1","text":"node node1: up → down","observed_by":"node1","node":"node1","package":null,"resource":null,"old_state":"up","new_state":"down","old_nodes":[],"new_nodes":[],"reason":"","reason_label":"","fence_token":null}
-            {"seq":2,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"package","subject":"a","text":"a: up on node1 → starting on node2 (starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}
-            {"seq":3,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"failover","subject":"a","text":"a moved node1 → node2 (failover: starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}"#]]
+            {"seq":2,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"failover","subject":"a","text":"a moved node1 → node2 (failover: starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}
+            {"seq":3,"at":"2026-01-01T00:00:00.5Z","at_ms":1767225600500,"kind":"package","subject":"a","text":"a: up on node1 → starting on node2 (starting on node2 (failover))","observed_by":"node1","node":"node2","package":"a","resource":null,"old_state":"up","new_state":"starting","old_nodes":["node1"],"new_nodes":["node2"],"reason":"starting on node2 (failover)","reason_label":"failover","fence_token":2}"#]]
         .assert_eq(&json.join("\n"));
-        let env = events[2].env();
+        let env = events[1].env();
         let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("VIGIL_EVENT_KIND"), Some("failover"));
         assert_eq!(get("VIGIL_EVENT_OLD_NODES"), Some("node1"));
         assert_eq!(get("VIGIL_EVENT_FENCE_TOKEN"), Some("2"));
         assert_eq!(get("VIGIL_EVENT_RESOURCE"), Some(""));
-        assert_eq!(get("VIGIL_EVENT_SEQ"), Some("3"));
+        assert_eq!(get("VIGIL_EVENT_SEQ"), Some("2"));
     }
 
     #[test]
