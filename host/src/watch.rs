@@ -149,7 +149,8 @@ mod tests {
 
     fn status(nodes: &[(&str, &str)], packages: &[(&str, &str, &[&str], &str)]) -> StatusOutput {
         StatusOutput {
-            cluster: "c".into(),
+            applied: None,
+                cluster: "c".into(),
             node: "node1".into(),
             nodes: nodes
                 .iter()

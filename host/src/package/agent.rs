@@ -45,6 +45,11 @@ pub enum AgentCommand {
         package: String,
         fence: FenceToken,
     },
+    /// The package's definition in the applied package set (new or
+    /// changed): a new package gets a worker; a known one takes the new
+    /// definition at once when nothing of it runs here, else once its
+    /// running copy is halted (it halts with the definition it ran with).
+    Configure { config: Box<PackageConfig> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,14 +89,15 @@ pub fn spawn(
         warn!(dir = %run_dir.display(), error = %e, "cannot create run record directory");
     }
     let reports: Arc<dyn Fn(AgentReport) + Send + Sync> = Arc::new(reports);
-    let workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
+    let new_worker = move |config: PackageConfig| {
+        let runner = PackageRunner::new(config, ctx.clone(), lifecycle.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
+        tx
+    };
+    let mut workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
         .iter()
-        .map(|p| {
-            let runner = PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone());
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
-            (p.name.clone(), tx)
-        })
+        .map(|p| (p.name.clone(), new_worker(p.clone())))
         .collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<AgentCommand>();
     tokio::spawn(async move {
@@ -102,6 +108,14 @@ pub fn spawn(
                 | AgentCommand::Adopt { package }
                 | AgentCommand::SaveRecord { package }
                 | AgentCommand::GuardHalted { package, .. } => package.clone(),
+                AgentCommand::Configure { config } => {
+                    if !workers.contains_key(&config.name) {
+                        let name = config.name.clone();
+                        workers.insert(name, new_worker((**config).clone()));
+                        continue;
+                    }
+                    config.name.clone()
+                }
             };
             match workers.get(&package) {
                 Some(worker) => {
@@ -123,6 +137,8 @@ async fn work(
 ) {
     let package = runner.package().to_owned();
     let path = record_path(&run_dir, &package);
+    // A new definition that waits for the running copy to be halted.
+    let mut next: Option<PackageConfig> = None;
     while let Some(command) = commands.recv().await {
         let runner = &mut runner;
         match command {
@@ -159,6 +175,7 @@ async fn work(
                 });
             }
             AgentCommand::SaveRecord { .. } => save(runner, &path),
+            AgentCommand::Configure { config } => next = Some(*config),
             AgentCommand::GuardHalted { fence, .. } => {
                 if runner.record().is_some_and(|r| r.fence_token == fence) {
                     runner.abandon().await;
@@ -174,6 +191,11 @@ async fn work(
                     }
                 }
             }
+        }
+        // Taken at once, or as soon as the copy that ran with the old one
+        // is halted (or abandoned to the guard).
+        if let Some(config) = next.take() {
+            next = runner.redefine(config).err();
         }
     }
 }

@@ -66,6 +66,13 @@ pub struct Facts<'a> {
     pub deferred_down: &'a BTreeMap<String, String>,
     /// Packages whose old copy here the guard is still halting.
     pub guard_halting: &'a BTreeSet<String>,
+    /// Packages running here from a definition that the applied package
+    /// set has since changed in what runs (run, halt, services, parts):
+    /// halted here and run again with the new one (`vigil apply`).
+    pub redefined: &'a BTreeSet<String>,
+    /// Packages the applied package set no longer has: halted where they
+    /// run, and their records deleted once they run nowhere.
+    pub retired: &'a BTreeSet<String>,
     /// This node's lease might expire within the safety margin.
     pub lease_in_doubt: bool,
     /// `[store] max_parallel_actions`.
@@ -80,6 +87,9 @@ pub enum Effect {
     HaltUnrecorded { package: String, reason: Reason },
     /// Write a record, then hand on what follows.
     Write(Prepared),
+    /// Delete the record of a retired package that runs nowhere (a
+    /// compare-and-swap on `revision`).
+    DeleteRecord { package: String, revision: Revision },
 }
 
 /// A record write decided from the record at `revision`, and what follows
@@ -113,6 +123,7 @@ impl fmt::Display for Effect {
             Effect::HaltUnrecorded { package, reason } => {
                 write!(f, "halt {package} here ({reason}), record untouched")
             }
+            Effect::DeleteRecord { package, .. } => write!(f, "delete the record of {package}"),
             Effect::Write(p) => {
                 let u = &p.update;
                 write!(
@@ -163,6 +174,7 @@ pub fn decide(facts: &Facts<'_>) -> Vec<Effect> {
         effects.extend(gone);
         return effects;
     }
+    effects.extend(delete_retired(facts));
     let urgent = urgent_halts(facts);
     if facts.lease_in_doubt || !urgent.is_empty() {
         effects.extend(urgent);
@@ -312,6 +324,32 @@ fn record_gone_owners(facts: &Facts<'_>) -> Vec<Effect> {
         .collect()
 }
 
+/// Step 3, too: the janitor deletes the records of retired packages that
+/// run nowhere (a failed halt keeps its owner, and so its record).
+fn delete_retired(facts: &Facts<'_>) -> Vec<Effect> {
+    let store = facts.store;
+    let janitor = facts
+        .cluster_nodes
+        .iter()
+        .find(|n| store.nodes.contains_key(*n));
+    if janitor.is_none_or(|n| n != facts.node) {
+        return Vec::new();
+    }
+    facts
+        .retired
+        .iter()
+        .filter_map(|p| store.packages.get(p))
+        .filter(|r| {
+            r.value.owners.is_empty()
+                && matches!(r.value.state, PackageState::Down | PackageState::Failed)
+        })
+        .map(|r| Effect::DeleteRecord {
+            package: r.value.name.clone(),
+            revision: r.mod_revision,
+        })
+        .collect()
+}
+
 /// Step 4.
 fn urgent_halts(facts: &Facts<'_>) -> Vec<Effect> {
     let here_halted = facts
@@ -332,16 +370,36 @@ fn urgent_halts(facts: &Facts<'_>) -> Vec<Effect> {
         .keys()
         .map(|p| (p.as_str(), Reason::ServiceFailed))
         .chain(all(Reason::NodeHalt).filter(|_| here_halted))
-        .chain(all(Reason::LeaseLost).filter(|_| facts.lease_in_doubt));
+        .chain(all(Reason::LeaseLost).filter(|_| facts.lease_in_doubt))
+        .chain(
+            facts
+                .retired
+                .iter()
+                .chain(facts.redefined)
+                .filter(|p| facts.running_here.contains(*p))
+                .map(|p| (p.as_str(), Reason::Reconfigured)),
+        );
     for (package, reason) in candidates {
         let owned_here = facts.store.packages.get(package).is_some_and(|r| {
             r.value.owners.iter().any(|o| o == facts.node) && r.value.state != PackageState::Failed
         });
         if owned_here && !facts.in_flight.contains(package) && halted.insert(package) {
             let failure = facts.failures.get(package).cloned();
-            effects.extend(
-                prepare_halt(facts.store, facts.node, package, reason, failure).map(Effect::Write),
-            );
+            let mut halt = prepare_halt(facts.store, facts.node, package, reason, failure);
+            // A failover package halted to take its new definition comes
+            // back here, as an operator's move would, not wherever
+            // placement would put it from scratch.
+            let failover = facts
+                .packages
+                .iter()
+                .any(|p| p.name == package && p.kind == PackageKind::Failover);
+            if let Some(h) = halt.as_mut().filter(|_| {
+                reason == Reason::Reconfigured && failover && facts.redefined.contains(package)
+            }) {
+                h.update.admin.run = true;
+                h.update.admin.node = Some(facts.node.to_owned());
+            }
+            effects.extend(halt.map(Effect::Write));
         }
     }
     effects

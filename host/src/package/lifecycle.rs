@@ -465,6 +465,17 @@ impl PackageRunner {
         }
     }
 
+    /// Takes a new definition of the package (the applied package set
+    /// changed). Only while nothing of it runs here, parts included: a
+    /// running copy halts with the definition it was started with.
+    pub fn redefine(&mut self, spec: PackageConfig) -> Result<(), PackageConfig> {
+        if self.running.is_some() || !self.parts_up.is_empty() {
+            return Err(spec);
+        }
+        self.spec = Arc::new(spec);
+        Ok(())
+    }
+
     /// The parts up now, in start order.
     pub fn parts_up(&self) -> &[Part] {
         &self.parts_up

@@ -101,6 +101,12 @@ pub struct PackageManager {
     /// request): the daemon steps once its queue is drained, so a burst of
     /// a hundred reports costs one plan, not a hundred.
     dirty: bool,
+    /// Packages running here from a definition the applied set changed in
+    /// what runs: halted and run again ([`Facts::redefined`]).
+    redefined: BTreeSet<String>,
+    /// Packages the applied set dropped, until their records are gone
+    /// ([`Facts::retired`]).
+    retired: BTreeSet<String>,
 }
 
 /// Events the manager needs delivered back into the main loop.
@@ -247,7 +253,96 @@ impl PackageManager {
             outcomes: Vec::new(),
             releases: Vec::new(),
             dirty: true,
+            redefined: BTreeSet::new(),
+            retired: BTreeSet::new(),
         })
+    }
+
+    /// The packages this node runs by, in name order.
+    pub fn packages(&self) -> Vec<PackageConfig> {
+        self.packages.values().cloned().collect()
+    }
+
+    /// Takes a new package set (the applied set changed): new packages get
+    /// a record, their resources watched and a worker; changed ones their
+    /// new definition (a copy running here from an old definition of what
+    /// runs is halted and run again; a placement change is only planned
+    /// with); removed ones are halted where they run and their records
+    /// deleted. Nothing that runs is touched otherwise.
+    pub async fn set_packages(
+        &mut self,
+        packages: Vec<PackageConfig>,
+        hub: &mut ResourceHub,
+    ) -> super::applied::SetChanges {
+        let old: Vec<PackageConfig> = self.packages.values().cloned().collect();
+        let changes = super::applied::SetChanges::between(&old, &packages);
+        let now = vigil_sdk::now_ms();
+        for p in &packages {
+            let before = self.packages.get(&p.name).cloned();
+            let before = before.as_ref();
+            if before.is_some_and(|b| super::applied::same(b, p)) {
+                continue;
+            }
+            if before.is_none_or(|b| b.resources != p.resources) {
+                hub.unwatch_package(&p.name);
+                for r in &p.resources {
+                    if let Some(t) =
+                        hub.watch(&p.name, r.name.clone(), r.up.clone(), r.rise, r.fall, now)
+                    {
+                        self.on_transition(&t);
+                    }
+                }
+            }
+            let _ = self.agent.send(AgentCommand::Configure {
+                config: Box::new(p.clone()),
+            });
+            let runs_here = self.running_here.contains(&p.name)
+                || self.in_flight.contains_key(&p.name)
+                || self.adopting.contains(&p.name);
+            if before.is_some_and(|b| super::applied::redefines(b, p)) && runs_here {
+                self.redefined.insert(p.name.clone());
+            }
+            self.retired.remove(&p.name);
+            if !self.view.packages.contains_key(&p.name) {
+                match self
+                    .store
+                    .update_package(p.name.clone(), 0, PackageUpdate::down("applied"))
+                    .await
+                {
+                    Ok(created) => self.view.seen(created),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => warn!(package = %p.name, error = %e, "cannot create the record of an applied package"),
+                }
+            }
+        }
+        for name in &changes.removed {
+            hub.unwatch_package(name);
+            self.redefined.remove(name);
+            self.retired.insert(name.clone());
+        }
+        self.packages = packages.into_iter().map(|p| (p.name.clone(), p)).collect();
+        self.dirty = true;
+        changes
+    }
+
+    /// The applied package set as this node last saw it.
+    pub fn applied(&self) -> Option<&Versioned<crate::store::AppliedPackages>> {
+        self.view.applied.as_ref()
+    }
+
+    /// Stores `set` as the cluster's package set, if the one this node
+    /// saw last is still the current one (compare-and-swap).
+    pub async fn put_applied(
+        &mut self,
+        set: crate::store::AppliedPackages,
+    ) -> Result<Versioned<crate::store::AppliedPackages>, StoreError> {
+        let expected = self.view.applied.as_ref().map_or(0, |a| a.mod_revision);
+        let written = self.store.put_applied(expected, set).await?;
+        self.view.apply(&crate::store::StoreEvent {
+            revision: written.mod_revision,
+            change: crate::store::Change::Applied(written.clone()),
+        });
+        Ok(written)
     }
 
     /// A change the store's watch reported.
@@ -425,6 +520,8 @@ impl PackageManager {
             failures: &self.failures,
             deferred_down: &inputs.deferred_down,
             guard_halting: &inputs.guard_halting,
+            redefined: &self.redefined,
+            retired: &self.retired,
             lease_in_doubt: self.lease_in_doubt(),
             max_parallel: self.max_parallel,
         }
@@ -440,6 +537,9 @@ impl PackageManager {
     /// (a resource down here, a failed service, lost ownership).
     pub async fn step(&mut self, hub: &ResourceHub) {
         self.dirty = false;
+        // Another node deleted the record of a retired package.
+        let view = &self.view;
+        self.retired.retain(|p| view.packages.contains_key(p));
         self.record_outcomes().await;
         self.publish_resource_states().await;
         if !self.adopting.is_empty() {
@@ -475,6 +575,16 @@ impl PackageManager {
                     let _ = self.agent.send(AgentCommand::Halt { package, reason });
                 }
                 Effect::Write(prepared) => writes.push(prepared),
+                Effect::DeleteRecord { package, revision } => {
+                    match self.store.delete_package(package.clone(), revision).await {
+                        Ok(_) => {
+                            info!(%package, "record deleted: no longer in the applied package set");
+                            self.view.packages.remove(&package);
+                            self.retired.remove(&package);
+                        }
+                        Err(e) => warn!(%package, error = %e, "cannot delete the record of a removed package; retrying"),
+                    }
+                }
             }
         }
         self.carry_out(writes).await;
@@ -915,6 +1025,8 @@ impl PackageManager {
             AgentReport::Halted { package, result } => {
                 let flight = self.in_flight.remove(&package);
                 self.running_here.remove(&package);
+                // Halted: its next run takes the new definition.
+                self.redefined.remove(&package);
                 if flight.as_ref().is_some_and(|f| !f.record) {
                     info!(%package, %node, ok = result.is_ok(), "stale copy halted");
                     self.dirty = true;
@@ -1032,6 +1144,10 @@ impl PackageManager {
         let store = &self.view;
         Ok(StatusOutput {
             config_errors: Vec::new(),
+            applied: store
+                .applied
+                .as_ref()
+                .map(|a| crate::views::AppliedStatus::new(&a.value)),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             nodes: self
