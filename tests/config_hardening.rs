@@ -225,7 +225,7 @@ fn reload_refuses_cluster_changes_it_cannot_apply_and_says_packages_need_apply()
     assert!(log.contains("[store] changed"), "{log}");
     assert!(log.contains("needs a restart"), "{log}");
     assert!(
-        log.contains("packages.d changed") && log.contains("vigil apply"),
+        log.contains("packages.d changed") && log.contains("running the applied package set"),
         "{log}"
     );
     wait_for(WAIT, "the new monitor", || cfg.monitor_state("newer"));
