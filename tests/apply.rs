@@ -108,30 +108,42 @@ impl Cluster {
     /// Waits until every node's status shows `package` up on `on`.
     fn wait_up_everywhere(&self, package: &str, on: &str) {
         for node in 1..=3 {
-            wait_for(WAIT, &format!("{package} up on {on} seen from node{node}"), || {
-                let status = self.status(node)?;
-                let ok = status["packages"].as_array().is_some_and(|ps| {
-                    ps.iter().any(|p| {
-                        p["name"] == package
-                            && p["state"] == "up"
-                            && p["running_on"] == serde_json::json!([on])
-                    })
-                });
-                if ok { Ok(()) } else { Err(status.to_string()) }
-            });
+            wait_for(
+                WAIT,
+                &format!("{package} up on {on} seen from node{node}"),
+                || {
+                    let status = self.status(node)?;
+                    let ok = status["packages"].as_array().is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p["name"] == package
+                                && p["state"] == "up"
+                                && p["running_on"] == serde_json::json!([on])
+                        })
+                    });
+                    if ok { Ok(()) } else { Err(status.to_string()) }
+                },
+            );
         }
     }
 
     /// Waits until no node's status lists `package`.
     fn wait_gone_everywhere(&self, package: &str) {
         for node in 1..=3 {
-            wait_for(WAIT, &format!("{package} gone seen from node{node}"), || {
-                let status = self.status(node)?;
-                let listed = status["packages"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == package));
-                if listed { Err(status.to_string()) } else { Ok(()) }
-            });
+            wait_for(
+                WAIT,
+                &format!("{package} gone seen from node{node}"),
+                || {
+                    let status = self.status(node)?;
+                    let listed = status["packages"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["name"] == package));
+                    if listed {
+                        Err(status.to_string())
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
         }
     }
 
@@ -207,10 +219,18 @@ fn apply_adds_changes_and_removes_packages_live_and_a_broken_file_changes_nothin
     c.wait_up_everywhere("db", "node1");
 
     // A policy-only change: replanned, not restarted (same pid, no script).
-    let runs_before = c.lines().iter().filter(|l| l.starts_with("run web")).count();
+    let runs_before = c
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("run web"))
+        .count();
     c.dir(1).write(
         "packages.d/web.toml",
-        &package("web", &c.marker(1), "priority = 5\nfailback_policy = \"automatic\"\n"),
+        &package(
+            "web",
+            &c.marker(1),
+            "priority = 5\nfailback_policy = \"automatic\"\n",
+        ),
     );
     let (code, out, err) = c.apply(1);
     assert_eq!(code, Some(0), "{out} {err}");
@@ -218,16 +238,28 @@ fn apply_adds_changes_and_removes_packages_live_and_a_broken_file_changes_nothin
     assert_eq!(out["restarted"], serde_json::json!([]), "{out}");
     std::thread::sleep(Duration::from_secs(2));
     c.wait_up_everywhere("web", "node1");
-    assert_eq!(c.pids(1), web_pid, "a policy-only change restarted the service");
-    let runs_after = c.lines().iter().filter(|l| l.starts_with("run web")).count();
+    assert_eq!(
+        c.pids(1),
+        web_pid,
+        "a policy-only change restarted the service"
+    );
+    let runs_after = c
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("run web"))
+        .count();
     assert_eq!(runs_before, runs_after, "{:#?}", c.lines());
 
     // A run change: halted with the old definition, run with the new one,
     // on the same node.
     c.dir(1).write(
         "packages.d/web.toml",
-        &package("web", &c.marker(1), "priority = 5\nfailback_policy = \"automatic\"\n")
-            .replace("run = [\"pkg/run.sh\"]", "run = [\"pkg/run.sh\", \"v2\"]"),
+        &package(
+            "web",
+            &c.marker(1),
+            "priority = 5\nfailback_policy = \"automatic\"\n",
+        )
+        .replace("run = [\"pkg/run.sh\"]", "run = [\"pkg/run.sh\", \"v2\"]"),
     );
     let (code, out, err) = c.apply(1);
     assert_eq!(code, Some(0), "{out} {err}");
@@ -245,7 +277,10 @@ fn apply_adds_changes_and_removes_packages_live_and_a_broken_file_changes_nothin
         .iter()
         .position(|l| l == "halt web node1 reconfigured ")
         .unwrap_or_else(|| panic!("no halt with the old definition: {lines:#?}"));
-    let run = lines.iter().position(|l| l == "run web node1 manual v2").unwrap();
+    let run = lines
+        .iter()
+        .position(|l| l == "run web node1 manual v2")
+        .unwrap();
     assert!(halt < run, "{lines:#?}");
     c.wait_up_everywhere("web", "node1");
     let new_pid = c.pids(1);
@@ -259,7 +294,9 @@ fn apply_adds_changes_and_removes_packages_live_and_a_broken_file_changes_nothin
     assert_eq!(out["removed"], serde_json::json!(["db"]), "{out}");
     c.wait_gone_everywhere("db");
     assert!(
-        c.lines().iter().any(|l| l.starts_with("halt db node1 reconfigured")),
+        c.lines()
+            .iter()
+            .any(|l| l.starts_with("halt db node1 reconfigured")),
         "{:#?}",
         c.lines()
     );
@@ -291,8 +328,10 @@ fn a_node_whose_local_file_differs_runs_the_applied_version() {
     // once; node3 has no file at all.
     c.dir(2).write(
         "packages.d/web.toml",
-        &package("web", &c.marker(1), "failback_policy = \"automatic\"\n")
-            .replace("[\"node1\", \"node2\", \"node3\"]", "[\"node2\", \"node1\", \"node3\"]"),
+        &package("web", &c.marker(1), "failback_policy = \"automatic\"\n").replace(
+            "[\"node1\", \"node2\", \"node3\"]",
+            "[\"node2\", \"node1\", \"node3\"]",
+        ),
     );
     c.start_all();
     c.wait_up_everywhere("web", "node1");
@@ -300,7 +339,12 @@ fn a_node_whose_local_file_differs_runs_the_applied_version() {
     // Still on node1: node2 plans with the applied version.
     c.wait_up_everywhere("web", "node1");
     let digests: Vec<String> = (1..=3)
-        .map(|n| c.status(n).unwrap()["applied"]["digest"].as_str().unwrap().to_owned())
+        .map(|n| {
+            c.status(n).unwrap()["applied"]["digest"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     assert!(
@@ -317,7 +361,11 @@ fn a_node_whose_local_file_differs_runs_the_applied_version() {
     );
     let out = c.dir(1).vigil(&["check", "--json"]);
     let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(check["applied"]["differences"], serde_json::Value::Null, "{check}");
+    assert_eq!(
+        check["applied"]["differences"],
+        serde_json::Value::Null,
+        "{check}"
+    );
     assert_eq!(check["applied"]["digest"], digests[0].as_str(), "{check}");
 }
 
@@ -380,7 +428,11 @@ fn one_node_sighup_and_apply_pick_up_added_packages_and_a_broken_file_keeps_the_
     let up = |name: &str| {
         wait_for(WAIT, &format!("{name} up"), || {
             let p = cfg.package_status(name)?;
-            if p["state"] == "up" { Ok(()) } else { Err(p.to_string()) }
+            if p["state"] == "up" {
+                Ok(())
+            } else {
+                Err(p.to_string())
+            }
         })
     };
     up("web");
@@ -392,13 +444,19 @@ fn one_node_sighup_and_apply_pick_up_added_packages_and_a_broken_file_keeps_the_
     up("db");
     let status: serde_json::Value =
         serde_json::from_slice(&cfg.vigil(&["status", "--json"]).stdout).unwrap();
-    assert_eq!(status["applied"]["applied_by"], "reload on node1", "{status}");
+    assert_eq!(
+        status["applied"]["applied_by"], "reload on node1",
+        "{status}"
+    );
 
     // So does `vigil apply`.
     cfg.write("packages.d/cache.toml", &simple("cache", 3));
     let out = cfg.vigil(&["apply"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("added: cache"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("added: cache"),
+        "{out:?}"
+    );
     up("cache");
 
     // A broken web.toml on reload: web keeps running its last good version,
@@ -415,9 +473,11 @@ fn one_node_sighup_and_apply_pick_up_added_packages_and_a_broken_file_keeps_the_
         serde_json::from_slice(&cfg.vigil(&["status", "--json"]).stdout).unwrap();
     let errors = status["config_errors"].as_array().unwrap();
     assert!(
-        errors.iter().any(|e| e["file"].as_str().unwrap().ends_with("packages.d/web.toml")
-            && e["line"] == 10
-            && e["kept_package"] == "web"),
+        errors.iter().any(
+            |e| e["file"].as_str().unwrap().ends_with("packages.d/web.toml")
+                && e["line"] == 10
+                && e["kept_package"] == "web"
+        ),
         "{status}"
     );
     let check = cfg.vigil(&["check"]);
@@ -427,7 +487,10 @@ fn one_node_sighup_and_apply_pick_up_added_packages_and_a_broken_file_keeps_the_
         "{check:?}"
     );
     let log = host.log_text();
-    assert!(log.contains("keeping the last good version of the package"), "{log}");
+    assert!(
+        log.contains("keeping the last good version of the package"),
+        "{log}"
+    );
     // ... and an apply of that state is refused whole.
     let out = cfg.vigil(&["apply"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

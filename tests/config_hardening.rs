@@ -181,7 +181,7 @@ fn reload_with_a_broken_monitor_file_keeps_the_last_good_version() {
 }
 
 #[test]
-fn reload_refuses_cluster_changes_it_cannot_apply_and_says_packages_need_apply() {
+fn reload_refuses_cluster_changes_it_cannot_apply_and_applies_packages() {
     let cfg = ConfigDir::new();
     testkit_monitor(&cfg, "good");
     cfg.write(

@@ -425,14 +425,13 @@ fn runtime_context(config_dir: &Path) -> RuntimeContext {
 /// validation `vigil host` runs at startup and on reload.
 fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let (errors, monitors, local) =
-        match runtime.block_on(validation::validate(config_dir, None)) {
-            Err(errors) => (errors, 0, None),
-            Ok(validated) => {
-                let local = daemon::LocalPackages::of(&validated);
-                (validated.errors, validated.monitors, Some(local))
-            }
-        };
+    let (errors, monitors, local) = match runtime.block_on(validation::validate(config_dir, None)) {
+        Err(errors) => (errors, 0, None),
+        Ok(validated) => {
+            let local = daemon::LocalPackages::of(&validated);
+            (validated.errors, validated.monitors, Some(local))
+        }
+    };
     let applied = local.and_then(|local| compare_with_applied(config_dir, &local));
     if json {
         let mut out = crate::views::CheckOutput::new(&errors);
@@ -448,7 +447,10 @@ fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
         if let Some(a) = &applied {
             match &a.differences {
-                None => println!("packages.d is the applied package set (revision {})", a.revision),
+                None => println!(
+                    "packages.d is the applied package set (revision {})",
+                    a.revision
+                ),
                 Some(d) => println!(
                     "packages.d differs from the applied package set (revision {}, digest {}) that every host runs: {d}; `vigil apply` makes it the cluster's",
                     a.revision, a.digest
@@ -544,7 +546,9 @@ fn apply(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
                 }
             }
         } else {
-            println!("packages.d is already the applied package set (revision {revision}, digest {digest}); nothing changed");
+            println!(
+                "packages.d is already the applied package set (revision {revision}, digest {digest}); nothing changed"
+            );
         }
     }
     Ok(if out.ok { 0 } else { 1 })

@@ -45,12 +45,12 @@ use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
 use crate::package::applied;
-use crate::store::AppliedPackages;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
 use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
 use crate::package::membership::{EtcdMembership, Membership};
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
+use crate::store::AppliedPackages;
 use crate::store::ClusterStore;
 use crate::validation::{self, Validated};
 
@@ -652,7 +652,10 @@ async fn packages_to_run(
         }
         return Ok((
             packages,
-            errors.iter().map(|e| ConfigErrorRow::new(e, None)).collect(),
+            errors
+                .iter()
+                .map(|e| ConfigErrorRow::new(e, None))
+                .collect(),
         ));
     }
     anyhow::bail!("the applied package set kept changing while this host started; start it again")
@@ -1108,11 +1111,10 @@ impl DaemonState {
             let name = applied::file_name(&row.file);
             if local.broken.contains(&name)
                 && row.file.parent() == Some(self.config_dir.join("packages.d").as_path())
-                && let Some(p) = self
-                    .manager
-                    .packages()
-                    .into_iter()
-                    .find(|p| applied::file_name(&p.source) == name && files.contains_key(&name))
+                && let Some(p) =
+                    self.manager.packages().into_iter().find(|p| {
+                        applied::file_name(&p.source) == name && files.contains_key(&name)
+                    })
             {
                 warn!(package = %p.name, file = %row.file.display(), "keeping the last good version of the package");
                 row.kept_package = Some(p.name);
@@ -1133,7 +1135,9 @@ impl DaemonState {
             Ok(_) => {
                 self.on_applied().await;
             }
-            Err(e) => error!(error = %e, "cannot store the reloaded package set; packages unchanged"),
+            Err(e) => {
+                error!(error = %e, "cannot store the reloaded package set; packages unchanged")
+            }
         }
     }
 

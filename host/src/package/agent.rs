@@ -49,7 +49,9 @@ pub enum AgentCommand {
     /// changed): a new package gets a worker; a known one takes the new
     /// definition at once when nothing of it runs here, else once its
     /// running copy is halted (it halts with the definition it ran with).
-    Configure { config: Box<PackageConfig> },
+    Configure {
+        config: Box<PackageConfig>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -232,12 +232,17 @@ mod tests {
 
     fn cluster() -> ClusterConfig {
         let dir = Path::new("/cfg");
-        crate::config::load_cluster_text(dir, &SourceFile::from_text(&dir.join("cluster.toml"), CLUSTER))
-            .unwrap()
+        crate::config::load_cluster_text(
+            dir,
+            &SourceFile::from_text(&dir.join("cluster.toml"), CLUSTER),
+        )
+        .unwrap()
     }
 
     fn parsed(text: &str) -> PackageConfig {
-        let files = [("p.toml".to_owned(), text.to_owned())].into_iter().collect();
+        let files = [("p.toml".to_owned(), text.to_owned())]
+            .into_iter()
+            .collect();
         let (mut packages, errors) = parse(&files, &cluster());
         assert_eq!(errors, Vec::new());
         packages.remove(0)
@@ -276,7 +281,11 @@ mod tests {
             "[[resource]]\nname = \"/system/load/1min\"\nup = \"< 5\"\n",
             expect!["changed (replanned): p"],
         );
-        check("", "run_timeout_seconds = 5\n", expect!["changed (restarted): p"]);
+        check(
+            "",
+            "run_timeout_seconds = 5\n",
+            expect!["changed (restarted): p"],
+        );
         check(
             "",
             "[[service]]\nname = \"s\"\ncommand = [\"/bin/sleep\", \"1\"]\n",
@@ -352,7 +361,9 @@ mod tests {
         assert_eq!(packages.len(), 1);
         assert_eq!(errors.len(), 1);
         assert!(
-            errors[0].to_string().starts_with("/cfg/packages.d/q.toml:2: "),
+            errors[0]
+                .to_string()
+                .starts_with("/cfg/packages.d/q.toml:2: "),
             "{}",
             errors[0]
         );

@@ -17,10 +17,13 @@
 //!    does not run here — an attempt abandoned after a store error, an
 //!    outcome that could not be recorded — is set straight;
 //! 3. the first live node in cluster order records that gone owners (their
-//!    lease expired, so their guard halted what ran there) run nothing;
+//!    lease expired, so their guard halted what ran there) run nothing, and
+//!    deletes the records of packages the applied set dropped once they
+//!    run nowhere;
 //! 4. what must stop now is halted here, all at once: failed services, a
 //!    drained node, every package when the lease is in doubt (and then
-//!    nothing is started);
+//!    nothing is started), packages the applied set dropped, and packages
+//!    whose definition of what runs changed (to run again here);
 //! 5. otherwise the placement engine plans, and every action of this node
 //!    that waits for nothing ([`order`](super::order)) is taken, up to the
 //!    room left under `max_parallel_actions` — a required resource down

@@ -311,7 +311,9 @@ impl PackageManager {
                 {
                     Ok(created) => self.view.seen(created),
                     Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => warn!(package = %p.name, error = %e, "cannot create the record of an applied package"),
+                    Err(e) => {
+                        warn!(package = %p.name, error = %e, "cannot create the record of an applied package")
+                    }
                 }
             }
         }
@@ -582,7 +584,9 @@ impl PackageManager {
                             self.view.packages.remove(&package);
                             self.retired.remove(&package);
                         }
-                        Err(e) => warn!(%package, error = %e, "cannot delete the record of a removed package; retrying"),
+                        Err(e) => {
+                            warn!(%package, error = %e, "cannot delete the record of a removed package; retrying")
+                        }
                     }
                 }
             }

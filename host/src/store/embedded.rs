@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use vigil_sdk::ResourceName;
 
 use super::{
-    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord, PackageUpdate, Revision, Snapshot,
-    StoreError, StoreEvent, StoreFuture, Versioned, Watch, now_ms,
+    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord,
+    PackageUpdate, Revision, Snapshot, StoreError, StoreEvent, StoreFuture, Versioned, Watch,
+    now_ms,
 };
 use crate::criteria::ResourceState;
 

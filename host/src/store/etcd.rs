@@ -89,8 +89,9 @@ use tracing::{error, warn};
 use vigil_sdk::ResourceName;
 
 use super::{
-    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord, PackageUpdate, Revision, Snapshot,
-    StoreError, StoreEvent, StoreFuture, Versioned, Watch, now_ms,
+    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord,
+    PackageUpdate, Revision, Snapshot, StoreError, StoreEvent, StoreFuture, Versioned, Watch,
+    now_ms,
 };
 use crate::criteria::ResourceState;
 

@@ -340,8 +340,9 @@ pub(super) async fn the_applied_package_set_is_compare_and_swapped_and_watched(
     store: &dyn ClusterStore,
 ) {
     let set = |revision: u64, text: &str| {
-        let files: BTreeMap<String, String> =
-            [("web.toml".to_owned(), text.to_owned())].into_iter().collect();
+        let files: BTreeMap<String, String> = [("web.toml".to_owned(), text.to_owned())]
+            .into_iter()
+            .collect();
         AppliedPackages {
             revision,
             digest: AppliedPackages::digest_of(&files),
@@ -352,7 +353,10 @@ pub(super) async fn the_applied_package_set_is_compare_and_swapped_and_watched(
     };
     let mut watch = store.watch().await.unwrap();
     assert_eq!(watch.snapshot.applied, None);
-    let first = store.put_applied(0, set(1, "name = \"web\"")).await.unwrap();
+    let first = store
+        .put_applied(0, set(1, "name = \"web\""))
+        .await
+        .unwrap();
     assert!(first.mod_revision > 0);
     let err = store.put_applied(0, set(1, "stale")).await.unwrap_err();
     assert!(
@@ -364,7 +368,10 @@ pub(super) async fn the_applied_package_set_is_compare_and_swapped_and_watched(
         .await
         .unwrap();
     assert_ne!(first.value.digest, second.value.digest);
-    assert_eq!(store.snapshot().await.unwrap().applied, Some(second.clone()));
+    assert_eq!(
+        store.snapshot().await.unwrap().applied,
+        Some(second.clone())
+    );
     for expected in [&first, &second] {
         let event = tokio::time::timeout(Duration::from_secs(5), watch.events.recv())
             .await

@@ -522,7 +522,9 @@ fn a_package_whose_run_definition_changed_is_halted_here_to_come_back_here() {
     let effects = decide(&s.facts());
     check(
         &s,
-        expect![[r#"write web: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#]],
+        expect![[
+            r#"write web: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#
+        ]],
     );
     // It asks to run again on this node, not wherever placement would
     // start it from scratch (node1 is first in its list).
@@ -556,7 +558,9 @@ fn a_package_removed_from_the_applied_set_is_halted_where_it_runs() {
     s.retired = set(&["old"]);
     check(
         &s,
-        expect![[r#"write old: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#]],
+        expect![[
+            r#"write old: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#
+        ]],
     );
 }
 
@@ -574,8 +578,7 @@ fn the_record_of_a_removed_package_that_runs_nowhere_is_deleted_by_the_first_liv
     s.running_here = BTreeSet::new();
     check(&s, expect![[""]]);
     // A failed halt keeps its owner, and the record stays.
-    let mut s = Scenario::seen_from("node1")
-        .record("old", PackageState::Failed, &["node3"]);
+    let mut s = Scenario::seen_from("node1").record("old", PackageState::Failed, &["node3"]);
     s.retired = set(&["old"]);
     check(&s, expect![[""]]);
 }
