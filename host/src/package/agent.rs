@@ -140,7 +140,7 @@ async fn work(
     let package = runner.package().to_owned();
     let path = record_path(&run_dir, &package);
     // A new definition that waits for the running copy to be halted.
-    let mut next: Option<PackageConfig> = None;
+    let mut next: Option<Box<PackageConfig>> = None;
     while let Some(command) = commands.recv().await {
         let runner = &mut runner;
         match command {
@@ -177,7 +177,7 @@ async fn work(
                 });
             }
             AgentCommand::SaveRecord { .. } => save(runner, &path),
-            AgentCommand::Configure { config } => next = Some(*config),
+            AgentCommand::Configure { config } => next = Some(config),
             AgentCommand::GuardHalted { fence, .. } => {
                 if runner.record().is_some_and(|r| r.fence_token == fence) {
                     runner.abandon().await;
@@ -197,7 +197,7 @@ async fn work(
         // Taken at once, or as soon as the copy that ran with the old one
         // is halted (or abandoned to the guard).
         if let Some(config) = next.take() {
-            next = runner.redefine(config).err();
+            next = runner.redefine(config);
         }
     }
 }

@@ -467,13 +467,14 @@ impl PackageRunner {
 
     /// Takes a new definition of the package (the applied package set
     /// changed). Only while nothing of it runs here, parts included: a
-    /// running copy halts with the definition it was started with.
-    pub fn redefine(&mut self, spec: PackageConfig) -> Result<(), PackageConfig> {
+    /// running copy halts with the definition it was started with. Gives
+    /// the definition back when it cannot be taken now.
+    pub fn redefine(&mut self, spec: Box<PackageConfig>) -> Option<Box<PackageConfig>> {
         if self.running.is_some() || !self.parts_up.is_empty() {
-            return Err(spec);
+            return Some(spec);
         }
-        self.spec = Arc::new(spec);
-        Ok(())
+        self.spec = Arc::new(*spec);
+        None
     }
 
     /// The parts up now, in start order.
