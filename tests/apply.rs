@@ -293,14 +293,17 @@ fn apply_adds_changes_and_removes_packages_live_and_a_broken_file_changes_nothin
     assert_eq!(code, Some(0), "{out} {err}");
     assert_eq!(out["removed"], serde_json::json!(["db"]), "{out}");
     c.wait_gone_everywhere("db");
-    assert!(
-        c.lines()
+    wait_for(WAIT, "db halted, its service gone", || {
+        let halted = c
+            .lines()
             .iter()
-            .any(|l| l.starts_with("halt db node1 reconfigured")),
-        "{:#?}",
-        c.lines()
-    );
-    assert!(c.pids(2).is_empty(), "db's service still runs");
+            .any(|l| l.starts_with("halt db node1 reconfigured"));
+        if halted && c.pids(2).is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{:#?} {:?}", c.lines(), c.pids(2)))
+        }
+    });
 
     // A broken file: refused with file:line, nothing changes.
     let revision_before = revision(&c.status(2).unwrap());

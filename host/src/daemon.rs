@@ -1373,16 +1373,17 @@ impl DaemonState {
             }
             self.topology
                 .set_context(validation::runtime_context(&cluster));
-            info!(
-                monitors = plan.monitors.len(),
-                errors = self.config_errors.len(),
-                "configuration reloaded"
-            );
+            let monitors = plan.monitors.len();
             self.config.cluster = cluster;
             self.config.monitors = plan.monitors;
             self.config.packages = validated.config.packages.clone();
             self.reload_packages(&validated).await;
             self.reconcile_monitors();
+            info!(
+                monitors,
+                errors = self.config_errors.len(),
+                "configuration reloaded"
+            );
         }
         let again = self.reload == ReloadState::RunningThenAgain;
         self.reload = ReloadState::Idle;
