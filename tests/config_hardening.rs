@@ -181,7 +181,7 @@ fn reload_with_a_broken_monitor_file_keeps_the_last_good_version() {
 }
 
 #[test]
-fn reload_refuses_cluster_changes_it_cannot_apply_and_says_packages_need_apply() {
+fn reload_refuses_cluster_changes_it_cannot_apply_and_applies_packages() {
     let cfg = ConfigDir::new();
     testkit_monitor(&cfg, "good");
     cfg.write(
@@ -225,7 +225,7 @@ fn reload_refuses_cluster_changes_it_cannot_apply_and_says_packages_need_apply()
     assert!(log.contains("[store] changed"), "{log}");
     assert!(log.contains("needs a restart"), "{log}");
     assert!(
-        log.contains("packages.d changed") && log.contains("vigil apply"),
+        log.contains("packages.d changed") && log.contains("running the applied package set"),
         "{log}"
     );
     wait_for(WAIT, "the new monitor", || cfg.monitor_state("newer"));

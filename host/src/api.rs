@@ -76,12 +76,21 @@ pub enum Request {
     ConfigErrors,
     /// Whether the host vouches for itself (`/healthz`).
     Health,
+    /// `vigil apply`: read and validate this host's `packages.d/` and make
+    /// it the cluster's package set, if it is still what the CLI validated
+    /// (`digest`, of the files that validated).
+    Apply {
+        digest: String,
+    },
+    /// The applied package set with its files (`vigil check` compares).
+    Applied,
 }
 
 /// The fields each op takes, besides `op`.
 fn request_fields(op: &str) -> Option<&'static [&'static str]> {
     Some(match op {
-        "ping" | "monitors" | "status" | "config_errors" | "health" => &[],
+        "ping" | "monitors" | "status" | "config_errors" | "health" | "applied" => &[],
+        "apply" => &["digest"],
         "resls" => &["path"],
         "why" => &["package"],
         "pkg" => &["action", "package", "node"],

@@ -73,6 +73,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate packages.d/ (as check does) and make it the cluster's package set; every host runs it.
+    Apply {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List resources: value, state, age, monitor, packages using them.
     Resls(ReslsArgs),
     /// Work with monitors.
@@ -304,6 +310,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Manpages { dir } => crate::generate::manpages(&dir).map(|()| 0),
         Command::Check { json } => check(&cli.config, json),
+        Command::Apply { json } => apply(&cli.config, json),
         Command::Resls(args) => resls(&cli.config, &args),
         Command::Monitor(MonitorCommand::Test { monitor, json }) => {
             monitor_test(&cli.config, &monitor, json)
@@ -462,24 +469,135 @@ fn runtime_context(config_dir: &Path) -> RuntimeContext {
 /// validation `vigil host` runs at startup and on reload.
 fn check(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let (errors, monitors) = match runtime.block_on(validation::validate(config_dir, None)) {
-        Err(errors) => (errors, 0),
+    let (errors, monitors, local) = match runtime.block_on(validation::validate(config_dir, None)) {
+        Err(errors) => (errors, 0, None),
         Ok(validated) => {
+            let local = daemon::LocalPackages::of(&validated);
             let mut errors = validated.errors;
             errors.extend(validated.duplicates);
-            (errors, validated.monitors)
+            (errors, validated.monitors, Some(local))
         }
     };
+    let applied = local.and_then(|local| compare_with_applied(config_dir, &local));
     if json {
-        print_json(&crate::views::CheckOutput::new(&errors))?;
-    } else if errors.is_empty() {
-        println!("configuration is valid ({monitors} monitors)");
+        let mut out = crate::views::CheckOutput::new(&errors);
+        out.applied = applied;
+        print_json(&out)?;
     } else {
-        for e in &errors {
-            eprintln!("{e}");
+        if errors.is_empty() {
+            println!("configuration is valid ({monitors} monitors)");
+        } else {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+        }
+        if let Some(a) = &applied {
+            match &a.differences {
+                None => println!(
+                    "packages.d is the applied package set (revision {})",
+                    a.revision
+                ),
+                Some(d) => println!(
+                    "packages.d differs from the applied package set (revision {}, digest {}) that every host runs: {d}; `vigil apply` makes it the cluster's",
+                    a.revision, a.digest
+                ),
+            }
         }
     }
     Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+/// How the local package files compare with the set the running host
+/// runs; `None` when no host answers or none was applied.
+fn compare_with_applied(
+    config_dir: &Path,
+    local: &daemon::LocalPackages,
+) -> Option<crate::views::CheckApplied> {
+    let result = api::call(&socket_path(config_dir).ok()?, &Request::Applied).ok()?;
+    let set: crate::views::AppliedSetOutput = serde_json::from_value(result).ok()?;
+    let status = set.applied?;
+    Some(crate::views::CheckApplied {
+        revision: status.revision,
+        digest: status.digest,
+        local_digest: crate::store::AppliedPackages::digest_of(&local.texts),
+        differences: crate::package::applied::file_differences(&local.texts, &set.files),
+    })
+}
+
+/// `vigil apply`: the validation of `vigil check`; any error refuses the
+/// whole set (nothing changes). Then the host reads the same files, checks
+/// that they are still what was validated (their digest), and stores them
+/// as the next revision of the cluster's package set.
+fn apply(config_dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let refused = |errors: &[config::ConfigError]| -> anyhow::Result<i32> {
+        if json {
+            print_json(&crate::views::ApplyOutput {
+                ok: false,
+                applied: None,
+                changed: false,
+                added: Vec::new(),
+                restarted: Vec::new(),
+                replanned: Vec::new(),
+                removed: Vec::new(),
+                errors: crate::views::CheckOutput::new(errors).errors,
+            })?;
+        } else {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            eprintln!("vigil apply: refused; nothing applied");
+        }
+        Ok(1)
+    };
+    let validated = match runtime.block_on(validation::validate(config_dir, None)) {
+        Err(errors) => return refused(&errors),
+        Ok(v) if !v.errors.is_empty() => return refused(&v.errors),
+        Ok(v) => v,
+    };
+    let local = daemon::LocalPackages::of(&validated);
+    if let Some(file) = local.broken.first() {
+        return refused(&[config::ConfigError::file(
+            &config_dir.join("packages.d").join(file),
+            "could not be read again after validation",
+        )]);
+    }
+    let digest = crate::store::AppliedPackages::digest_of(&local.texts);
+    let result = api::call(&socket_path(config_dir)?, &Request::Apply { digest })?;
+    let out: crate::views::ApplyOutput =
+        serde_json::from_value(result).context("decoding the apply answer")?;
+    if json {
+        print_json(&out)?;
+    } else if !out.ok {
+        for e in &out.errors {
+            match e.line {
+                Some(line) => eprintln!("{}:{line}: {}", e.file.display(), e.message),
+                None => eprintln!("{}: {}", e.file.display(), e.message),
+            }
+        }
+        eprintln!("vigil apply: refused by the host; nothing applied");
+    } else {
+        let revision = out.applied.as_ref().map_or(0, |a| a.revision);
+        let digest = out.applied.as_ref().map_or("", |a| a.digest.as_str());
+        if out.changed {
+            println!("applied package set revision {revision} (digest {digest})");
+            for (what, list) in [
+                ("added", &out.added),
+                ("changed, halted and run again", &out.restarted),
+                ("changed, replanned without a restart", &out.replanned),
+                ("removed", &out.removed),
+            ] {
+                if !list.is_empty() {
+                    println!("  {what}: {}", list.join(", "));
+                }
+            }
+        } else {
+            println!(
+                "packages.d is already the applied package set (revision {revision}, digest {digest}); nothing changed"
+            );
+        }
+    }
+    Ok(if out.ok { 0 } else { 1 })
 }
 
 /// How `vigil status` prints.
@@ -524,6 +642,13 @@ pub fn status_text(
         let _ = writeln!(t);
     }
     let _ = writeln!(t, "cluster {} (this node: {})", out.cluster, out.node);
+    if let Some(a) = &out.applied {
+        let _ = writeln!(
+            t,
+            "package set: revision {} (digest {}, {} at {})",
+            a.revision, a.digest, a.applied_by, a.applied_at
+        );
+    }
     let _ = writeln!(t, "\nNODE             STATE");
     for n in &out.nodes {
         let _ = writeln!(

@@ -17,7 +17,12 @@
 //! what of it applies. A monitor whose file is now broken keeps its last good
 //! version; a `cluster.toml` without this node is refused whole; keys that
 //! cannot change on a running host (nodes, store, socket, ...) keep their old
-//! values until a restart; package changes are reported, not applied.
+//! values until a restart. Packages run from the applied package set in the
+//! store ([`crate::package::applied`]): on one node a reload (and a start)
+//! applies `packages.d/` to it, a broken file keeping its last good version;
+//! on a cluster only `vigil apply` does. A change of the applied set, from
+//! whichever node, reaches every host through the store's watch
+//! ([`DaemonState::on_applied`]).
 //!
 //! At startup the host starts the [guard](crate::guard) and heartbeats it
 //! from a task of its own while the node's lease is sure: no work of the
@@ -41,12 +46,14 @@ use crate::config::{self, ClusterConfig, Config, ConfigError, MonitorConfig};
 use crate::guard::{self, GuardLink, GuardOptions};
 use crate::hub::ResourceHub;
 use crate::package::agent::AgentReport;
+use crate::package::applied;
 use crate::package::fail_fast;
 use crate::package::lifecycle::{LifecycleEvent, RunnerContext};
 use crate::package::manager::{ManagerChannels, ManagerSetup, PackageManager};
 use crate::package::membership::{EtcdMembership, Membership};
 use crate::registry::Registry;
 use crate::runtime::{self, MonitorEvent, RunningMonitor, RuntimeContext};
+use crate::store::AppliedPackages;
 use crate::store::ClusterStore;
 use crate::validation::{self, Validated};
 
@@ -72,6 +79,13 @@ pub enum Event {
     Reload,
     /// The configuration a reload read and validated on its task.
     Reloaded(Box<Result<Validated, Vec<ConfigError>>>),
+    /// `vigil apply`: the configuration read and validated on its task,
+    /// to be applied if its package files are still `digest`.
+    ApplyRead {
+        digest: String,
+        reply: tokio::sync::oneshot::Sender<Response>,
+        result: Box<Result<Validated, Vec<ConfigError>>>,
+    },
     /// Stop (SIGTERM, SIGINT).
     Shutdown,
 }
@@ -203,6 +217,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         .chain(&validated.duplicates)
         .map(|e| ConfigErrorRow::new(e, None))
         .collect();
+    let local = LocalPackages::of(&validated);
     let config = validated.config;
     let node = resolve_node(&config, options.node.as_deref())?;
     let (events, mut inbox) = mpsc::unbounded_channel::<Event>();
@@ -275,7 +290,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
     topology.reconcile(&config.monitors, &mut hub.registry);
     info!(node = %node, cluster = %config.cluster.name, monitors = config.monitors.len(), socket = %socket.display(), "vigil host running");
 
-    let manager = start_packages(&config, &node, &mut hub, &events).await?;
+    let (manager, applied_errors) =
+        start_packages(&config, &node, &local, &mut hub, &events).await?;
     // From its own task, so that no work of the main loop delays a beat; a
     // lease in doubt stops them, and the guard halts the packages before
     // the lease can expire.
@@ -304,6 +320,8 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         topology,
         manager,
         config_errors,
+        applied_errors,
+        running_digest: None,
         reload: ReloadState::Idle,
         events: events.clone(),
         config_dir: options.config_dir.clone(),
@@ -311,6 +329,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         monitor_problems: BTreeMap::new(),
         hooks,
     };
+    state.running_digest = state.manager.applied().map(|a| a.value.digest.clone());
+    // The monitors of the packages' OCF agents follow the applied set.
+    state.reconcile_monitors();
     state.manager.step(&state.hub);
     let mut notifier = crate::notify::Notifier::from_env();
     notifier.ready(&format!("node {} running", state.node));
@@ -322,9 +343,20 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         };
         match event {
             Event::Monitor(e) => state.on_monitor_event(e).await,
-            Event::Api(call) => {
-                let response = state.on_request(call.request).await;
-                let _ = call.reply.send(response);
+            Event::Api(call) => match call.request {
+                Request::Apply { digest } => state.start_apply(digest, call.reply),
+                request => {
+                    let response = state.on_request(request).await;
+                    let _ = call.reply.send(response);
+                }
+            },
+            Event::ApplyRead {
+                digest,
+                reply,
+                result,
+            } => {
+                let response = state.finish_apply(&digest, *result).await;
+                let _ = reply.send(response);
             }
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub),
             Event::Lifecycle(e) => state.manager.on_lifecycle(e),
@@ -345,13 +377,17 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::StoreChanged(change) => {
                 state.manager.on_store_event(&change);
                 watch_nudge.notify_one();
+                if matches!(change.change, crate::store::Change::Applied(_)) {
+                    state.on_applied().await;
+                }
             }
             Event::StoreResync(snapshot) => {
                 state.manager.resync(*snapshot);
                 watch_nudge.notify_one();
+                state.on_applied().await;
             }
             Event::Reload => state.start_reload(),
-            Event::Reloaded(result) => state.finish_reload(*result),
+            Event::Reloaded(result) => state.finish_reload(*result).await,
             Event::Shutdown => break,
         }
         if let Some(why) = state.manager.take_fail_fast() {
@@ -482,9 +518,10 @@ async fn join_etcd(
 async fn start_packages(
     config: &Config,
     node: &str,
+    local: &LocalPackages,
     hub: &mut ResourceHub,
     events: &mpsc::UnboundedSender<Event>,
-) -> anyhow::Result<PackageManager> {
+) -> anyhow::Result<(PackageManager, Vec<ConfigErrorRow>)> {
     let (store, membership): (Arc<dyn ClusterStore>, Membership) = match &config.cluster.store {
         config::StoreConfig::Embedded { path } => (
             Arc::new(crate::store::embedded::EmbeddedStore::open(path)?),
@@ -522,6 +559,8 @@ async fn start_packages(
             let _ = events.send(Event::Agent(r));
         })
     };
+    let (packages, applied_errors) =
+        packages_to_run(store.as_ref(), config, node, local, membership.shared()).await?;
     let watch = store.watch().await.context("watching the cluster store")?;
     tokio::spawn(forward_store_changes(
         Arc::clone(&store),
@@ -532,7 +571,7 @@ async fn start_packages(
         cluster: config.cluster.name.clone(),
         node: node.to_owned(),
         cluster_nodes: config.cluster.nodes.clone(),
-        packages: config.packages.clone(),
+        packages,
         store,
         ctx,
         run_dir: paths.records(),
@@ -555,8 +594,113 @@ async fn start_packages(
     )
     .await
     .context("starting the package manager")?;
-    info!(packages = config.packages.len(), "package manager running");
-    Ok(manager)
+    info!(
+        packages = manager.packages().len(),
+        "package manager running"
+    );
+    Ok((manager, applied_errors))
+}
+
+/// This host's valid package files and the ones left out for an error, by
+/// file name: what a reload (or a start on one node) applies.
+#[derive(Debug, Clone, Default)]
+pub struct LocalPackages {
+    pub texts: BTreeMap<String, String>,
+    pub broken: BTreeSet<String>,
+}
+
+impl LocalPackages {
+    pub fn of(validated: &Validated) -> Self {
+        let texts = validated.package_texts.clone();
+        let mut broken = validated.broken_package_files();
+        // A valid file whose text could not be read again counts as broken:
+        // it must not be dropped from the set.
+        for p in &validated.config.packages {
+            let name = applied::file_name(&p.source);
+            if !texts.contains_key(&name) {
+                broken.insert(name);
+            }
+        }
+        Self { texts, broken }
+    }
+}
+
+/// The package set this host runs at startup, and the errors of the
+/// files of it that do not load here.
+///
+/// * One node (embedded store): startup is a reload from empty, so the
+///   local `packages.d/` is applied (a broken file keeps the text applied
+///   before) and then run.
+/// * Many nodes (etcd): the applied set is run; if none was ever applied,
+///   the first host to start applies its own valid files (a
+///   compare-and-swap from "none": one host wins, the others run its set).
+async fn packages_to_run(
+    store: &dyn ClusterStore,
+    config: &Config,
+    node: &str,
+    local: &LocalPackages,
+    shared: bool,
+) -> anyhow::Result<(Vec<config::package::PackageConfig>, Vec<ConfigErrorRow>)> {
+    for _ in 0..5 {
+        let current = store
+            .snapshot()
+            .await
+            .context("reading the applied package set")?
+            .applied;
+        let files = match (&current, shared) {
+            (Some(set), true) => {
+                if let Some(d) = applied::file_differences(&local.texts, &set.value.files) {
+                    warn!(revision = set.value.revision, differences = %d, "this node's packages.d differs from the applied package set; it runs the applied set (`vigil apply` makes local files the cluster's)");
+                }
+                set.value.files.clone()
+            }
+            _ => {
+                let files = applied::compose_reload(
+                    &local.texts,
+                    &local.broken,
+                    current.as_ref().map(|c| &c.value),
+                );
+                let digest = AppliedPackages::digest_of(&files);
+                if current.as_ref().is_some_and(|c| c.value.digest == digest) {
+                    files
+                } else {
+                    let set = AppliedPackages {
+                        revision: current.as_ref().map_or(0, |c| c.value.revision) + 1,
+                        digest,
+                        files,
+                        applied_by: if current.is_none() {
+                            format!("first start of {node}")
+                        } else {
+                            format!("start of {node}")
+                        },
+                        applied_ms: now_ms(),
+                    };
+                    let expected = current.as_ref().map_or(0, |c| c.mod_revision);
+                    match store.put_applied(expected, set).await {
+                        Ok(written) => {
+                            info!(revision = written.value.revision, digest = %written.value.digest, by = %written.value.applied_by, "applied this node's packages.d as the package set");
+                            written.value.files
+                        }
+                        // Another host applied first: run what it applied.
+                        Err(crate::store::StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e).context("storing the applied package set"),
+                    }
+                }
+            }
+        };
+        let (packages, errors) = applied::parse(&files, &config.cluster);
+        for e in &errors {
+            error!(error = %e, "applied package file does not load on this node; package left out");
+        }
+        return Ok((
+            packages,
+            errors
+                .iter()
+                .map(|e| ConfigErrorRow::new(e, None))
+                .collect(),
+        ));
+    }
+    anyhow::bail!("the applied package set kept changing while this host started; start it again")
 }
 
 /// Events handled between two package-manager steps at most.
@@ -609,6 +753,10 @@ struct DaemonState {
     manager: PackageManager,
     /// Errors of the last startup or reload, for `monitor list`.
     config_errors: Vec<ConfigErrorRow>,
+    /// Errors of applied package files that do not load on this node.
+    applied_errors: Vec<ConfigErrorRow>,
+    /// The digest of the applied set the manager runs by.
+    running_digest: Option<String>,
     reload: ReloadState,
     events: mpsc::UnboundedSender<Event>,
     config_dir: PathBuf,
@@ -869,6 +1017,219 @@ fn package_changes(
 }
 
 impl DaemonState {
+    /// The configuration errors this host knows of: its own files' (last
+    /// startup or reload) and the applied set's files that do not load here.
+    fn all_errors(&self) -> Vec<ConfigErrorRow> {
+        self.config_errors
+            .iter()
+            .chain(&self.applied_errors)
+            .cloned()
+            .collect()
+    }
+
+    /// Runs the configured monitors plus those of the OCF agents of the
+    /// packages this host runs (the applied set, not the local files).
+    fn reconcile_monitors(&mut self) {
+        let packages = self.manager.packages();
+        let mut wanted: Vec<MonitorConfig> = self
+            .config
+            .monitors
+            .iter()
+            .filter(|m| {
+                !self
+                    .config
+                    .packages
+                    .iter()
+                    .chain(&packages)
+                    .any(|p| config::package::agent_monitor_name(&p.name) == m.name)
+            })
+            .cloned()
+            .collect();
+        wanted.extend(config::package::agent_monitors(
+            &packages,
+            &self.config.cluster.paths.records(),
+        ));
+        self.topology.reconcile(&wanted, &mut self.hub.registry);
+    }
+
+    /// The applied package set in the store changed (or the view was
+    /// re-taken): the manager takes the new set. A file of it that does not
+    /// load on this node keeps the version of that package this node runs
+    /// by (its last good one), with the error shown.
+    async fn on_applied(&mut self) -> Option<applied::SetChanges> {
+        let set = self.manager.applied()?.value.clone();
+        if self.running_digest.as_deref() == Some(set.digest.as_str()) {
+            return None;
+        }
+        let (mut packages, errors) = applied::parse(&set.files, &self.config.cluster);
+        let mut rows = Vec::new();
+        for e in &errors {
+            let name = applied::file_name(&e.file);
+            let kept = self
+                .manager
+                .packages()
+                .into_iter()
+                .find(|p| applied::file_name(&p.source) == name)
+                .filter(|p| !packages.iter().any(|q| q.name == p.name));
+            let mut row = ConfigErrorRow::new(e, None);
+            if let Some(p) = kept {
+                warn!(package = %p.name, error = %e, "applied package file does not load on this node; keeping the last good version");
+                row.kept_package = Some(p.name.clone());
+                packages.push(p);
+            } else {
+                error!(error = %e, "applied package file does not load on this node; package left out");
+            }
+            rows.push(row);
+        }
+        self.applied_errors = rows;
+        let changes = self.manager.set_packages(packages, &mut self.hub).await;
+        info!(revision = set.revision, digest = %set.digest, by = %set.applied_by, %changes, "running the applied package set");
+        self.running_digest = Some(set.digest);
+        self.reconcile_monitors();
+        Some(changes)
+    }
+
+    /// `vigil apply`: reads and validates the configuration on a task, as a
+    /// reload does; [`Self::finish_apply`] answers.
+    fn start_apply(&mut self, digest: String, reply: tokio::sync::oneshot::Sender<Response>) {
+        let (dir, events) = (self.config_dir.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let result = validation::validate(&dir, Some(validation::HOST_PROBE_DEADLINE)).await;
+            let _ = events.send(Event::ApplyRead {
+                digest,
+                reply,
+                result: Box::new(result),
+            });
+        });
+    }
+
+    /// Applies what `start_apply` read: refused whole when any file has an
+    /// error or the package files are no longer what the CLI validated;
+    /// else stored as the next revision of the package set, which every
+    /// host (this one at once) then runs.
+    async fn finish_apply(
+        &mut self,
+        digest: &str,
+        read: Result<Validated, Vec<ConfigError>>,
+    ) -> Response {
+        let current = self
+            .manager
+            .applied()
+            .map(|a| crate::views::AppliedStatus::new(&a.value));
+        let refuse = |errors: &[ConfigError]| {
+            Response::ok(crate::views::ApplyOutput {
+                ok: false,
+                applied: current.clone(),
+                changed: false,
+                added: Vec::new(),
+                restarted: Vec::new(),
+                replanned: Vec::new(),
+                removed: Vec::new(),
+                errors: crate::views::CheckOutput::new(errors).errors,
+            })
+        };
+        let validated = match read {
+            Err(errors) => return refuse(&errors),
+            Ok(v) => v,
+        };
+        if !validated.errors.is_empty() {
+            return refuse(&validated.errors);
+        }
+        let local = LocalPackages::of(&validated);
+        let files = local.texts;
+        let read_digest = AppliedPackages::digest_of(&files);
+        if !local.broken.is_empty() || read_digest != digest {
+            return refuse(&[ConfigError::file(
+                &self.config_dir.join("packages.d"),
+                format!(
+                    "changed since `vigil apply` validated it (digest {digest}, now {read_digest}), or the host reads another config dir; nothing applied, run vigil apply again"
+                ),
+            )]);
+        }
+        let mut changes = applied::SetChanges::default();
+        let changed = current.as_ref().is_none_or(|c| c.digest != read_digest);
+        if changed {
+            let set = AppliedPackages {
+                revision: current.as_ref().map_or(0, |c| c.revision) + 1,
+                digest: read_digest,
+                files,
+                applied_by: format!("vigil apply on {}", self.node),
+                applied_ms: now_ms(),
+            };
+            if let Err(e) = self.manager.put_applied(set).await {
+                return Response::error(format!(
+                    "storing the package set failed: {e}; nothing applied"
+                ));
+            }
+            changes = self.on_applied().await.unwrap_or_default();
+        }
+        Response::ok(crate::views::ApplyOutput {
+            ok: true,
+            applied: self
+                .manager
+                .applied()
+                .map(|a| crate::views::AppliedStatus::new(&a.value)),
+            changed,
+            added: changes.added,
+            restarted: changes.redefined,
+            replanned: changes.replanned,
+            removed: changes.removed,
+            errors: Vec::new(),
+        })
+    }
+
+    /// On one node (embedded store) a reload applies `packages.d/` as
+    /// `vigil apply` does, except that a broken file keeps the version
+    /// applied before (shown as an error) instead of refusing the whole
+    /// set; on a cluster it only says how the local files differ from the
+    /// applied set.
+    async fn reload_packages(&mut self, validated: &Validated) {
+        let local = LocalPackages::of(validated);
+        let current = self.manager.applied().map(|a| a.value.clone());
+        if self.manager.on_cluster() {
+            if let Some(d) = current
+                .as_ref()
+                .and_then(|c| applied::file_differences(&local.texts, &c.files))
+            {
+                warn!(differences = %d, "packages.d differs from the applied package set, which every host runs; `vigil apply` makes it the cluster's");
+            }
+            return;
+        }
+        let files = applied::compose_reload(&local.texts, &local.broken, current.as_ref());
+        for row in &mut self.config_errors {
+            let name = applied::file_name(&row.file);
+            if local.broken.contains(&name)
+                && row.file.parent() == Some(self.config_dir.join("packages.d").as_path())
+                && let Some(p) =
+                    self.manager.packages().into_iter().find(|p| {
+                        applied::file_name(&p.source) == name && files.contains_key(&name)
+                    })
+            {
+                warn!(package = %p.name, file = %row.file.display(), "keeping the last good version of the package");
+                row.kept_package = Some(p.name);
+            }
+        }
+        let digest = AppliedPackages::digest_of(&files);
+        if current.as_ref().is_some_and(|c| c.digest == digest) {
+            return;
+        }
+        let set = AppliedPackages {
+            revision: current.as_ref().map_or(0, |c| c.revision) + 1,
+            digest,
+            files,
+            applied_by: format!("reload on {}", self.node),
+            applied_ms: now_ms(),
+        };
+        match self.manager.put_applied(set).await {
+            Ok(_) => {
+                self.on_applied().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot store the reloaded package set; packages unchanged")
+            }
+        }
+    }
+
     async fn on_monitor_event(&mut self, event: MonitorEvent) {
         let monitor = match &event {
             MonitorEvent::Declared { monitor, .. }
@@ -919,7 +1280,7 @@ impl DaemonState {
             }
             Request::Status => match self.manager.status(&self.hub).await {
                 Ok(mut status) => {
-                    status.config_errors.clone_from(&self.config_errors);
+                    status.config_errors = self.all_errors();
                     status.hooks = self.hooks.rows();
                     Response::ok(status)
                 }
@@ -961,7 +1322,20 @@ impl DaemonState {
                     Err(e) => Response::error(e),
                 }
             }
-            Request::ConfigErrors => Response::ok(&self.config_errors),
+            Request::ConfigErrors => Response::ok(self.all_errors()),
+            Request::Applied => Response::ok(crate::views::AppliedSetOutput {
+                applied: self
+                    .manager
+                    .applied()
+                    .map(|a| crate::views::AppliedStatus::new(&a.value)),
+                files: self
+                    .manager
+                    .applied()
+                    .map(|a| a.value.files.clone())
+                    .unwrap_or_default(),
+            }),
+            // Answered by the main loop itself (the reply waits for a read).
+            Request::Apply { .. } => Response::error("apply: not handled here"),
             Request::Health => Response::ok(crate::views::HealthOutput::new(
                 &self.node,
                 self.manager.on_cluster(),
@@ -1096,7 +1470,7 @@ impl DaemonState {
         });
     }
 
-    fn finish_reload(&mut self, read: Result<Validated, Vec<ConfigError>>) {
+    async fn finish_reload(&mut self, read: Result<Validated, Vec<ConfigError>>) {
         let plan = plan_reload(&self.config, &self.node, &self.topology.running(), &read);
         self.config_errors = plan.errors;
         if let Some(why) = plan.refused {
@@ -1121,22 +1495,21 @@ impl DaemonState {
                 }
             }
             if let Some(changes) = &plan.package_changes {
-                warn!(
-                    %changes,
-                    "packages.d changed and is not applied by a reload: packages change with `vigil apply` (not available yet) or a restart of vigil host (running packages are re-adopted)"
-                );
+                info!(%changes, "packages.d changed");
             }
             self.topology
                 .set_context(validation::runtime_context(&cluster));
-            self.topology
-                .reconcile(&plan.monitors, &mut self.hub.registry);
+            let monitors = plan.monitors.len();
+            self.config.cluster = cluster;
+            self.config.monitors = plan.monitors;
+            self.config.packages = validated.config.packages.clone();
+            self.reload_packages(&validated).await;
+            self.reconcile_monitors();
             info!(
-                monitors = plan.monitors.len(),
+                monitors,
                 errors = self.config_errors.len(),
                 "configuration reloaded"
             );
-            self.config.cluster = cluster;
-            self.config.monitors = plan.monitors;
         }
         let again = self.reload == ReloadState::RunningThenAgain;
         self.reload = ReloadState::Idle;
@@ -1197,6 +1570,7 @@ mod tests {
             .collect();
         write_all(dir.path(), after);
         let read = config::load(dir.path()).map(|mut config| Validated {
+            package_texts: BTreeMap::new(),
             errors: std::mem::take(&mut config.errors),
             consequences: Vec::new(),
             duplicates: Vec::new(),

@@ -523,6 +523,7 @@ mod tests {
     fn cluster_view_renders_packages_nodes_and_resources() {
         let view = ClusterView {
             status: StatusOutput {
+                applied: None,
                 cluster: "c".into(),
                 node: "node1".into(),
                 nodes: vec![

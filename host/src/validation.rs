@@ -12,7 +12,7 @@
 //! on a reload is `daemon`'s. It only says which packages are left out,
 //! since that follows from the errors alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,12 +55,27 @@ pub struct Validated {
     pub monitors: usize,
     /// Monitors whose probe did not finish within the probe deadline.
     pub unprobed: Vec<String>,
+    /// The text of every package file that validated, by file name: what
+    /// `vigil apply` (and a reload on one node) stores as the package set.
+    pub package_texts: BTreeMap<String, String>,
 }
 
 impl Validated {
     /// The files that have an error.
     pub fn broken_files(&self) -> BTreeSet<&Path> {
         self.errors.iter().map(|e| e.file.as_path()).collect()
+    }
+
+    /// The package files (by file name) left out for an error of their own
+    /// or of a package they name.
+    pub fn broken_package_files(&self) -> BTreeSet<String> {
+        let dir = self.config.cluster.dir.join("packages.d");
+        self.errors
+            .iter()
+            .chain(&self.consequences)
+            .filter(|e| e.file.parent() == Some(dir.as_path()))
+            .map(|e| crate::package::applied::file_name(&e.file))
+            .collect()
     }
 }
 
@@ -183,8 +198,29 @@ pub async fn validate(
         broken.extend(again.iter().map(|e| e.file.clone()));
         consequences.extend(again);
     }
+    // The texts of what validated, read off the caller's thread like the
+    // rest (a file changed since is parsed again wherever it is applied).
+    let sources: Vec<PathBuf> = config.packages.iter().map(|p| p.source.clone()).collect();
+    let package_texts = match tokio::time::timeout(
+        READ_DEADLINE,
+        tokio::task::spawn_blocking(move || {
+            sources
+                .iter()
+                .filter_map(|path| {
+                    let file = config::SourceFile::read(path).ok()?;
+                    Some((crate::package::applied::file_name(path), file.text))
+                })
+                .collect::<BTreeMap<_, _>>()
+        }),
+    )
+    .await
+    {
+        Ok(Ok(texts)) => texts,
+        _ => BTreeMap::new(),
+    };
     Ok(Validated {
         duplicates,
+        package_texts,
         unprobed,
         monitors: config.monitors.len(),
         config,

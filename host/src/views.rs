@@ -31,6 +31,62 @@ pub struct StatusOutput {
     /// fills this in.
     #[serde(default)]
     pub hooks: Vec<HookRow>,
+    /// The applied package set every host runs (`vigil apply`); `None`
+    /// before any was applied.
+    #[serde(default)]
+    pub applied: Option<AppliedStatus>,
+}
+
+/// The applied package set, in `vigil status` and `vigil apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedStatus {
+    /// 1 for the first applied set, one more for each later one.
+    pub revision: u64,
+    /// FNV-1a 64 of the files, 16 hex digits.
+    pub digest: String,
+    /// `vigil apply on node1`, `reload on node1`, `first start of node1`.
+    pub applied_by: String,
+    /// RFC 3339.
+    pub applied_at: String,
+    /// The package files, by name.
+    pub files: Vec<String>,
+}
+
+impl AppliedStatus {
+    pub fn new(set: &crate::store::AppliedPackages) -> Self {
+        Self {
+            revision: set.revision,
+            digest: set.digest.clone(),
+            applied_by: set.applied_by.clone(),
+            applied_at: crate::api::rfc3339(set.applied_ms),
+            files: set.files.keys().cloned().collect(),
+        }
+    }
+}
+
+/// The socket's answer to `applied`: the set and its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedSetOutput {
+    pub applied: Option<AppliedStatus>,
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// `vigil apply --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyOutput {
+    pub ok: bool,
+    /// The set in force after the command (the old one when refused).
+    pub applied: Option<AppliedStatus>,
+    /// False when the files were the set in force already.
+    pub changed: bool,
+    pub added: Vec<String>,
+    /// Changed in run, halt, services or parts: halted and run again.
+    pub restarted: Vec<String>,
+    /// Changed in placement keys only: not restarted.
+    pub replanned: Vec<String>,
+    pub removed: Vec<String>,
+    /// Why it was refused (`file:line: message` each), empty when applied.
+    pub errors: Vec<CheckError>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,6 +390,10 @@ pub struct ConfigErrorRow {
     /// The monitor that keeps running its last good version because of
     /// this error.
     pub kept_running: Option<String>,
+    /// The package that keeps its last good (applied) version because of
+    /// this error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_package: Option<String>,
 }
 
 impl ConfigErrorRow {
@@ -343,6 +403,7 @@ impl ConfigErrorRow {
             line: error.line,
             message: error.message.clone(),
             kept_running,
+            kept_package: None,
         }
     }
 }
@@ -357,6 +418,12 @@ impl std::fmt::Display for ConfigErrorRow {
             write!(
                 f,
                 " (monitor {monitor} keeps running its last good version)"
+            )?;
+        }
+        if let Some(package) = &self.kept_package {
+            write!(
+                f,
+                " (package {package} keeps its last good version, the one applied)"
             )?;
         }
         Ok(())
@@ -453,6 +520,20 @@ pub fn monitor_row(name: &str, record: &MonitorRecord) -> MonitorRow {
 pub struct CheckOutput {
     pub ok: bool,
     pub errors: Vec<CheckError>,
+    /// How the local package files compare with the applied set of the
+    /// running host, when one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<CheckApplied>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckApplied {
+    pub revision: u64,
+    pub digest: String,
+    /// The digest of the local files that validated.
+    pub local_digest: String,
+    /// `None` when the local files are the applied set.
+    pub differences: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -474,6 +555,7 @@ impl CheckOutput {
                     message: e.message.clone(),
                 })
                 .collect(),
+            applied: None,
         }
     }
 }

@@ -235,6 +235,7 @@ mod tests {
 
     fn status(nodes: &[(&str, &str)], packages: &[(&str, &str, &[&str], &str)]) -> StatusOutput {
         StatusOutput {
+            applied: None,
             cluster: "c".into(),
             node: "node1".into(),
             nodes: nodes

@@ -52,6 +52,13 @@ pub enum AgentCommand {
         package: String,
         on: bool,
     },
+    /// The package's definition in the applied package set (new or
+    /// changed): a new package gets a worker; a known one takes the new
+    /// definition at once when nothing of it runs here, else once its
+    /// running copy is halted (it halts with the definition it ran with).
+    Configure {
+        config: Box<PackageConfig>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,15 +133,19 @@ pub fn spawn(
     }
     let reports: Arc<dyn Fn(AgentReport) + Send + Sync> = Arc::new(reports);
     let mut maintenance: BTreeMap<String, watch::Sender<bool>> = BTreeMap::new();
-    let workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
+    let new_worker = move |config: PackageConfig| {
+        let mut runner = PackageRunner::new(config, ctx.clone(), lifecycle.clone());
+        let (held, rx) = watch::channel(false);
+        runner.watch_maintenance(rx);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
+        (tx, held)
+    };
+    let mut workers: BTreeMap<String, mpsc::UnboundedSender<AgentCommand>> = packages
         .iter()
         .map(|p| {
-            let mut runner = PackageRunner::new(p.clone(), ctx.clone(), lifecycle.clone());
-            let (held, rx) = watch::channel(false);
-            runner.watch_maintenance(rx);
+            let (tx, held) = new_worker(p.clone());
             maintenance.insert(p.name.clone(), held);
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(work(runner, rx, run_dir.clone(), Arc::clone(&reports)));
             (p.name.clone(), tx)
         })
         .collect();
@@ -154,6 +165,16 @@ pub fn spawn(
                 | AgentCommand::SaveRecord { package }
                 | AgentCommand::GuardHalted { package, .. }
                 | AgentCommand::Maintenance { package, .. } => package.clone(),
+                AgentCommand::Configure { config } => {
+                    if !workers.contains_key(&config.name) {
+                        let name = config.name.clone();
+                        let (tx, held) = new_worker((**config).clone());
+                        workers.insert(name.clone(), tx);
+                        maintenance.insert(name, held);
+                        continue;
+                    }
+                    config.name.clone()
+                }
             };
             match workers.get(&package) {
                 Some(worker) => {
@@ -175,6 +196,8 @@ async fn work(
 ) {
     let package = runner.package().to_owned();
     let path = record_path(&run_dir, &package);
+    // A new definition that waits for the running copy to be halted.
+    let mut next: Option<Box<PackageConfig>> = None;
     while let Some(command) = commands.recv().await {
         let runner = &mut runner;
         match command {
@@ -211,6 +234,7 @@ async fn work(
             }
             AgentCommand::SaveRecord { .. } => save(runner, &path),
             AgentCommand::Maintenance { .. } => {}
+            AgentCommand::Configure { config } => next = Some(config),
             AgentCommand::GuardHalted { fence, .. } => {
                 if runner.record().is_some_and(|r| r.fence_token == fence) {
                     runner.abandon().await;
@@ -226,6 +250,11 @@ async fn work(
                     }
                 }
             }
+        }
+        // Taken at once, or as soon as the copy that ran with the old one
+        // is halted (or abandoned to the guard).
+        if let Some(config) = next.take() {
+            next = runner.redefine(config);
         }
     }
 }

@@ -17,10 +17,13 @@
 //!    does not run here — an attempt abandoned after a store error, an
 //!    outcome that could not be recorded — is set straight;
 //! 3. the first live node in cluster order records that gone owners (their
-//!    lease expired, so their guard halted what ran there) run nothing;
+//!    lease expired, so their guard halted what ran there) run nothing, and
+//!    deletes the records of packages the applied set dropped once they
+//!    run nowhere;
 //! 4. what must stop now is halted here, all at once: failed services, a
 //!    drained node, every package when the lease is in doubt (and then
-//!    nothing is started);
+//!    nothing is started), packages the applied set dropped, and packages
+//!    whose definition of what runs changed (to run again here);
 //! 5. otherwise the placement engine plans, and every action of this node
 //!    that waits for nothing ([`order`](super::order)) is taken, up to the
 //!    room left under `max_parallel_actions` — a required resource down
@@ -74,6 +77,13 @@ pub struct Facts<'a> {
     pub deferred_down: &'a BTreeMap<String, String>,
     /// Packages whose old copy here the guard is still halting.
     pub guard_halting: &'a BTreeSet<String>,
+    /// Packages running here from a definition that the applied package
+    /// set has since changed in what runs (run, halt, services, parts):
+    /// halted here and run again with the new one (`vigil apply`).
+    pub redefined: &'a BTreeSet<String>,
+    /// Packages the applied package set no longer has: halted where they
+    /// run, and their records deleted once they run nowhere.
+    pub retired: &'a BTreeSet<String>,
     /// This node's lease might expire within the safety margin.
     pub lease_in_doubt: bool,
     /// `[store] max_parallel_actions`.
@@ -91,6 +101,9 @@ pub enum Effect {
     /// Maintenance holds this back: nothing is done; `would` says what
     /// would have happened (`would halt on node1: resource down`).
     Withheld { package: String, would: String },
+    /// Delete the record of a retired package that runs nowhere (a
+    /// compare-and-swap on `revision`).
+    DeleteRecord { package: String, revision: Revision },
 }
 
 /// A record write decided from the record at `revision`, and what follows
@@ -127,6 +140,7 @@ impl fmt::Display for Effect {
             Effect::Withheld { package, would } => {
                 write!(f, "withhold {package} (maintenance): {would}")
             }
+            Effect::DeleteRecord { package, .. } => write!(f, "delete the record of {package}"),
             Effect::Write(p) => {
                 let u = &p.update;
                 write!(
@@ -177,6 +191,7 @@ pub fn decide(facts: &Facts<'_>) -> Vec<Effect> {
         effects.extend(gone);
         return effects;
     }
+    effects.extend(delete_retired(facts));
     let (urgent, held) = hold_back(facts, urgent_halts(facts));
     effects.extend(held);
     if facts.lease_in_doubt || !urgent.is_empty() {
@@ -425,6 +440,32 @@ fn record_gone_owners(facts: &Facts<'_>) -> Vec<Effect> {
         .collect()
 }
 
+/// Step 3, too: the janitor deletes the records of retired packages that
+/// run nowhere (a failed halt keeps its owner, and so its record).
+fn delete_retired(facts: &Facts<'_>) -> Vec<Effect> {
+    let store = facts.store;
+    let janitor = facts
+        .cluster_nodes
+        .iter()
+        .find(|n| store.nodes.contains_key(*n));
+    if janitor.is_none_or(|n| n != facts.node) {
+        return Vec::new();
+    }
+    facts
+        .retired
+        .iter()
+        .filter_map(|p| store.packages.get(p))
+        .filter(|r| {
+            r.value.owners.is_empty()
+                && matches!(r.value.state, PackageState::Down | PackageState::Failed)
+        })
+        .map(|r| Effect::DeleteRecord {
+            package: r.value.name.clone(),
+            revision: r.mod_revision,
+        })
+        .collect()
+}
+
 /// Step 4.
 fn urgent_halts(facts: &Facts<'_>) -> Vec<Effect> {
     let here_halted = facts
@@ -445,16 +486,36 @@ fn urgent_halts(facts: &Facts<'_>) -> Vec<Effect> {
         .keys()
         .map(|p| (p.as_str(), Reason::ServiceFailed))
         .chain(all(Reason::NodeHalt).filter(|_| here_halted))
-        .chain(all(Reason::LeaseLost).filter(|_| facts.lease_in_doubt));
+        .chain(all(Reason::LeaseLost).filter(|_| facts.lease_in_doubt))
+        .chain(
+            facts
+                .retired
+                .iter()
+                .chain(facts.redefined)
+                .filter(|p| facts.running_here.contains(*p))
+                .map(|p| (p.as_str(), Reason::Reconfigured)),
+        );
     for (package, reason) in candidates {
         let owned_here = facts.store.packages.get(package).is_some_and(|r| {
             r.value.owners.iter().any(|o| o == facts.node) && r.value.state != PackageState::Failed
         });
         if owned_here && !facts.in_flight.contains(package) && halted.insert(package) {
             let failure = facts.failures.get(package).cloned();
-            effects.extend(
-                prepare_halt(facts.store, facts.node, package, reason, failure).map(Effect::Write),
-            );
+            let mut halt = prepare_halt(facts.store, facts.node, package, reason, failure);
+            // A failover package halted to take its new definition comes
+            // back here, as an operator's move would, not wherever
+            // placement would put it from scratch.
+            let failover = facts
+                .packages
+                .iter()
+                .any(|p| p.name == package && p.kind == PackageKind::Failover);
+            if let Some(h) = halt.as_mut().filter(|_| {
+                reason == Reason::Reconfigured && failover && facts.redefined.contains(package)
+            }) {
+                h.update.admin.run = true;
+                h.update.admin.node = Some(facts.node.to_owned());
+            }
+            effects.extend(halt.map(Effect::Write));
         }
     }
     effects

@@ -478,6 +478,18 @@ impl PackageRunner {
         self.maintenance = maintenance;
     }
 
+    /// Takes a new definition of the package (the applied package set
+    /// changed). Only while nothing of it runs here, parts included: a
+    /// running copy halts with the definition it was started with. Gives
+    /// the definition back when it cannot be taken now.
+    pub fn redefine(&mut self, spec: Box<PackageConfig>) -> Option<Box<PackageConfig>> {
+        if self.running.is_some() || !self.parts_up.is_empty() {
+            return Some(spec);
+        }
+        self.spec = Arc::new(*spec);
+        None
+    }
+
     /// The parts up now, in start order.
     pub fn parts_up(&self) -> &[Part] {
         &self.parts_up

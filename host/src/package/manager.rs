@@ -133,6 +133,15 @@ pub struct PackageManager {
     /// A fail-fast failure (DESIGN §5): the node must halt at once; the
     /// daemon takes it with [`Self::take_fail_fast`].
     fail_fast: Option<String>,
+    /// Packages running here from a definition the applied set changed in
+    /// what runs: halted and run again ([`Facts::redefined`]).
+    redefined: BTreeSet<String>,
+    /// Packages the applied set dropped, until their records are gone
+    /// ([`Facts::retired`]).
+    retired: BTreeSet<String>,
+    /// Retired packages whose record is being deleted (on a task), since
+    /// when: asked again after a second if the record is still there.
+    deleting: BTreeMap<String, std::time::Instant>,
 }
 
 /// How often a service exited on its own here, and how it last did.
@@ -302,6 +311,9 @@ impl PackageManager {
             withheld: BTreeMap::new(),
             maintenance_told: BTreeMap::new(),
             fail_fast: None,
+            redefined: BTreeSet::new(),
+            retired: BTreeSet::new(),
+            deleting: BTreeMap::new(),
         }
         .with_live_nodes())
     }
@@ -323,6 +335,95 @@ impl PackageManager {
         {
             *shared = Some(live);
         }
+    }
+
+    /// The packages this node runs by, in name order.
+    pub fn packages(&self) -> Vec<PackageConfig> {
+        self.packages.values().cloned().collect()
+    }
+
+    /// Takes a new package set (the applied set changed): new packages get
+    /// a record, their resources watched and a worker; changed ones their
+    /// new definition (a copy running here from an old definition of what
+    /// runs is halted and run again; a placement change is only planned
+    /// with); removed ones are halted where they run and their records
+    /// deleted. Nothing that runs is touched otherwise.
+    pub async fn set_packages(
+        &mut self,
+        packages: Vec<PackageConfig>,
+        hub: &mut ResourceHub,
+    ) -> super::applied::SetChanges {
+        let old: Vec<PackageConfig> = self.packages.values().cloned().collect();
+        let changes = super::applied::SetChanges::between(&old, &packages);
+        let now = vigil_sdk::now_ms();
+        for p in &packages {
+            let before = self.packages.get(&p.name).cloned();
+            let before = before.as_ref();
+            if before.is_some_and(|b| super::applied::same(b, p)) {
+                continue;
+            }
+            if before.is_none_or(|b| b.resources != p.resources) {
+                hub.unwatch_package(&p.name);
+                for r in &p.resources {
+                    if let Some(t) =
+                        hub.watch(&p.name, r.name.clone(), r.up.clone(), r.rise, r.fall, now)
+                    {
+                        self.on_transition(&t);
+                    }
+                }
+            }
+            let _ = self.agent.send(AgentCommand::Configure {
+                config: Box::new(p.clone()),
+            });
+            let runs_here = self.running_here.contains(&p.name)
+                || self.in_flight.contains_key(&p.name)
+                || self.adopting.contains(&p.name);
+            if before.is_some_and(|b| super::applied::redefines(b, p)) && runs_here {
+                self.redefined.insert(p.name.clone());
+            }
+            self.retired.remove(&p.name);
+            if !self.view.packages.contains_key(&p.name) {
+                match self
+                    .store
+                    .update_package(p.name.clone(), 0, PackageUpdate::down("applied"))
+                    .await
+                {
+                    Ok(created) => self.view.seen(created),
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => {
+                        warn!(package = %p.name, error = %e, "cannot create the record of an applied package")
+                    }
+                }
+            }
+        }
+        for name in &changes.removed {
+            hub.unwatch_package(name);
+            self.redefined.remove(name);
+            self.retired.insert(name.clone());
+        }
+        self.packages = packages.into_iter().map(|p| (p.name.clone(), p)).collect();
+        self.dirty = true;
+        changes
+    }
+
+    /// The applied package set as this node last saw it.
+    pub fn applied(&self) -> Option<&Versioned<crate::store::AppliedPackages>> {
+        self.view.applied.as_ref()
+    }
+
+    /// Stores `set` as the cluster's package set, if the one this node
+    /// saw last is still the current one (compare-and-swap).
+    pub async fn put_applied(
+        &mut self,
+        set: crate::store::AppliedPackages,
+    ) -> Result<Versioned<crate::store::AppliedPackages>, StoreError> {
+        let expected = self.view.applied.as_ref().map_or(0, |a| a.mod_revision);
+        let written = self.store.put_applied(expected, set).await?;
+        self.view.apply(&crate::store::StoreEvent {
+            revision: written.mod_revision,
+            change: crate::store::Change::Applied(written.clone()),
+        });
+        Ok(written)
     }
 
     /// A change the store's watch reported.
@@ -502,6 +603,8 @@ impl PackageManager {
             failures: &self.failures,
             deferred_down: &inputs.deferred_down,
             guard_halting: &inputs.guard_halting,
+            redefined: &self.redefined,
+            retired: &self.retired,
             lease_in_doubt: self.lease_in_doubt(),
             max_parallel: self.max_parallel,
         }
@@ -521,6 +624,10 @@ impl PackageManager {
     pub fn step(&mut self, hub: &ResourceHub) {
         self.dirty = false;
         self.tell_maintenance();
+        // Another node deleted the record of a retired package.
+        let view = &self.view;
+        self.retired.retain(|p| view.packages.contains_key(p));
+        self.deleting.retain(|p, _| view.packages.contains_key(p));
         if self.round.is_some() {
             self.decide_and_act(hub, true);
             return;
@@ -577,6 +684,26 @@ impl PackageManager {
                 }
                 Effect::Withheld { package, would } => {
                     withheld.insert(package, would);
+                }
+                Effect::DeleteRecord { package, revision } => {
+                    // On a task: the watch brings the deletion into the view.
+                    let asked = self.deleting.get(&package);
+                    if urgent_only || asked.is_some_and(|t| t.elapsed().as_secs() < 1) {
+                        continue;
+                    }
+                    self.deleting
+                        .insert(package.clone(), std::time::Instant::now());
+                    let store = Arc::clone(&self.store);
+                    tokio::spawn(async move {
+                        match store.delete_package(package.clone(), revision).await {
+                            Ok(_) => {
+                                info!(%package, "record deleted: no longer in the applied package set")
+                            }
+                            Err(e) => {
+                                warn!(%package, error = %e, "cannot delete the record of a removed package; retrying")
+                            }
+                        }
+                    });
                 }
             }
         }
@@ -1064,6 +1191,8 @@ impl PackageManager {
             AgentReport::Halted { package, result } => {
                 let flight = self.in_flight.remove(&package);
                 self.running_here.remove(&package);
+                // Halted: its next run takes the new definition.
+                self.redefined.remove(&package);
                 if flight.as_ref().is_some_and(|f| !f.record) {
                     info!(%package, %node, ok = result.is_ok(), "stale copy halted");
                     self.dirty = true;
@@ -1195,6 +1324,10 @@ impl PackageManager {
         Ok(StatusOutput {
             config_errors: Vec::new(),
             hooks: Vec::new(),
+            applied: store
+                .applied
+                .as_ref()
+                .map(|a| crate::views::AppliedStatus::new(&a.value)),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             nodes: self

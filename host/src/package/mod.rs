@@ -6,9 +6,11 @@
 //! services on this node; [`parts`] starts and releases the volume groups,
 //! file systems, addresses and OCF agents a package takes with it;
 //! [`membership`] is the lease, heartbeats and run permits of a cluster
-//! (none on one node); [`peers`] writes and watches the heartbeats.
+//! (none on one node); [`peers`] writes and watches the heartbeats;
+//! [`applied`] is the cluster's applied package set (`vigil apply`).
 
 pub mod agent;
+pub mod applied;
 pub mod coordinator;
 pub mod fail_fast;
 pub mod lifecycle;

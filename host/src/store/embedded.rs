@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use vigil_sdk::ResourceName;
 
 use super::{
-    Change, ClusterStore, FenceToken, NodeRecord, PackageRecord, PackageUpdate, Revision, Snapshot,
-    StoreError, StoreEvent, StoreFuture, Versioned, Watch, now_ms,
+    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord,
+    PackageUpdate, Revision, Snapshot, StoreError, StoreEvent, StoreFuture, Versioned, Watch,
+    now_ms,
 };
 use crate::criteria::ResourceState;
 
@@ -40,6 +41,8 @@ const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 const FENCES: TableDefinition<&str, u64> = TableDefinition::new("fences");
 /// Key: `node` NUL `resource`; value: `up`, `down` or `unknown`.
 const RESOURCES: TableDefinition<&str, &str> = TableDefinition::new("resources");
+/// The applied package set, under [`APPLIED_KEY`].
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const REVISION_KEY: &str = "revision";
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -93,6 +96,7 @@ impl EmbeddedStore {
         txn.open_table(PACKAGES).map_err(|e| inner.backend(e))?;
         txn.open_table(FENCES).map_err(|e| inner.backend(e))?;
         txn.open_table(RESOURCES).map_err(|e| inner.backend(e))?;
+        txn.open_table(CONFIG).map_err(|e| inner.backend(e))?;
         txn.commit().map_err(|e| inner.backend(e))?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -263,7 +267,26 @@ impl Inner {
                 .ok_or_else(|| self.corrupt(k.value(), format!("state {:?}", v.value())))?;
             snap.resources.insert((node, resource), state);
         }
+        snap.applied = self.applied(&txn.open_table(CONFIG).map_err(|e| self.backend(e))?)?;
         Ok(snap)
+    }
+
+    /// The applied package set in `table`, if any.
+    fn applied(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<Versioned<AppliedPackages>>, StoreError> {
+        table
+            .get(APPLIED_KEY)
+            .map_err(|e| self.backend(e))?
+            .map(|g| {
+                let stored: Stored<AppliedPackages> = self.decode(APPLIED_KEY, g.value())?;
+                Ok(Versioned {
+                    value: stored.value,
+                    mod_revision: stored.mod_revision,
+                })
+            })
+            .transpose()
     }
 }
 
@@ -442,6 +465,42 @@ impl ClusterStore for EmbeddedStore {
                     Ok(())
                 })
                 .map(|((), revision)| revision)
+        })
+    }
+
+    fn put_applied(
+        &self,
+        expected: Revision,
+        set: AppliedPackages,
+    ) -> StoreFuture<'_, Versioned<AppliedPackages>> {
+        self.blocking(move |inner| {
+            inner
+                .write(|inner, txn, revision, changes| {
+                    let mut table = txn.open_table(CONFIG).map_err(|e| inner.backend(e))?;
+                    let actual = inner.applied(&table)?.map_or(0, |a| a.mod_revision);
+                    if actual != expected {
+                        return Err(StoreError::Conflict {
+                            package: APPLIED_KEY.to_owned(),
+                            expected,
+                            actual,
+                        });
+                    }
+                    let stored = Stored {
+                        mod_revision: revision,
+                        value: set,
+                    };
+                    let bytes = inner.encode(APPLIED_KEY, &stored)?;
+                    table
+                        .insert(APPLIED_KEY, bytes.as_slice())
+                        .map_err(|e| inner.backend(e))?;
+                    let versioned = Versioned {
+                        value: stored.value,
+                        mod_revision: revision,
+                    };
+                    changes.push(Change::Applied(versioned.clone()));
+                    Ok(versioned)
+                })
+                .map(|(set, _)| set)
         })
     }
 

@@ -89,8 +89,9 @@ use tracing::{error, warn};
 use vigil_sdk::ResourceName;
 
 use super::{
-    Change, ClusterStore, FenceToken, NodeRecord, PackageRecord, PackageUpdate, Revision, Snapshot,
-    StoreError, StoreEvent, StoreFuture, Versioned, Watch, now_ms,
+    APPLIED_KEY, AppliedPackages, Change, ClusterStore, FenceToken, NodeRecord, PackageRecord,
+    PackageUpdate, Revision, Snapshot, StoreError, StoreEvent, StoreFuture, Versioned, Watch,
+    now_ms,
 };
 use crate::criteria::ResourceState;
 
@@ -101,6 +102,8 @@ const RESOURCES: &str = "resources/";
 const OWNERS: &str = "owners/";
 const COORDINATOR: &str = "election/coordinator";
 const BEATS: &str = "beats/";
+/// `config/applied-packages`: the applied package set.
+const CONFIG: &str = "config/";
 
 /// How often a `txn` whose fence compare lost is retried before giving up.
 const FENCE_RETRIES: usize = 16;
@@ -699,6 +702,11 @@ impl EtcdStore {
         } else if let Some(rest) = rest.strip_prefix(RESOURCES) {
             let (node, resource, state) = self.resource(&key, rest, kv.value())?;
             snap.resources.insert((node, resource), state);
+        } else if rest.strip_prefix(CONFIG) == Some(APPLIED_KEY) {
+            snap.applied = Some(Versioned {
+                value: self.decode(kv)?,
+                mod_revision,
+            });
         }
         Ok(())
     }
@@ -773,6 +781,11 @@ impl EtcdStore {
                 resource,
                 state,
             }
+        } else if put && rest.strip_prefix(CONFIG) == Some(APPLIED_KEY) {
+            Change::Applied(Versioned {
+                value: self.decode(kv)?,
+                mod_revision: revision,
+            })
         } else {
             return Ok(None);
         };
@@ -1177,6 +1190,45 @@ impl ClusterStore for EtcdStore {
                 .next()
                 .map_or(0, |kv| to_revision(kv.mod_revision()));
             Err(conflict(actual))
+        })
+    }
+
+    fn put_applied(
+        &self,
+        expected: Revision,
+        set: AppliedPackages,
+    ) -> StoreFuture<'_, Versioned<AppliedPackages>> {
+        Box::pin(async move {
+            let key = self.key(CONFIG, APPLIED_KEY);
+            let bytes = self.encode(&key, &set)?;
+            let resp = self
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            to_etcd(expected),
+                        )])
+                        .and_then([TxnOp::put(key.as_str(), bytes, None)])
+                        .or_else([TxnOp::get(key.as_str(), None)]),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(Versioned {
+                    value: set,
+                    mod_revision: header_revision(resp.header()),
+                });
+            }
+            let actual = first_kvs(&resp)
+                .into_iter()
+                .flatten()
+                .next()
+                .map_or(0, |kv| to_revision(kv.mod_revision()));
+            Err(StoreError::Conflict {
+                package: APPLIED_KEY.to_owned(),
+                expected,
+                actual,
+            })
         })
     }
 

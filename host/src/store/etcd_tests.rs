@@ -226,6 +226,13 @@ async fn etcd_ownership_change_bumps_the_fence_token_strictly_and_stale_cas_fail
 }
 
 #[tokio::test]
+async fn etcd_the_applied_package_set_is_compare_and_swapped_and_watched() {
+    let etcd = etcd_or_skip!();
+    let store = etcd.store("suite").await;
+    suite::the_applied_package_set_is_compare_and_swapped_and_watched(&store).await;
+}
+
+#[tokio::test]
 async fn etcd_watch_sees_every_change_in_order_after_its_snapshot() {
     let etcd = etcd_or_skip!();
     let store = etcd.store("suite").await;

@@ -215,6 +215,39 @@ impl From<&PackageRecord> for PackageUpdate {
     }
 }
 
+/// The cluster's package set, as `vigil apply` (or, on one node, a
+/// reload) stored it: the text of every `packages.d/*.toml` file, by file
+/// name. Every host runs these packages, not its own files (DESIGN §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPackages {
+    /// 1 for the first applied set, one more for every later one.
+    pub revision: u64,
+    /// [`AppliedPackages::digest_of`] of `files`.
+    pub digest: String,
+    /// File name (`web.toml`) → its text.
+    pub files: BTreeMap<String, String>,
+    /// Where it was applied: `vigil apply on node1`, `reload on node1`,
+    /// `first start of node1`.
+    pub applied_by: String,
+    pub applied_ms: u64,
+}
+
+impl AppliedPackages {
+    /// A digest of a package set: FNV-1a (64 bits) over every file name and
+    /// text in name order, as 16 hex digits. It identifies a set; it is not
+    /// a signature.
+    pub fn digest_of(files: &BTreeMap<String, String>) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, text) in files {
+            for byte in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("{hash:016x}")
+    }
+}
+
 /// A record with the revision of its last change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned<T> {
@@ -230,6 +263,8 @@ pub struct Snapshot {
     pub packages: BTreeMap<String, Versioned<PackageRecord>>,
     /// (node, resource) → the state packages judged it to be in.
     pub resources: BTreeMap<(String, ResourceName), ResourceState>,
+    /// The applied package set, if one was ever applied.
+    pub applied: Option<Versioned<AppliedPackages>>,
 }
 
 impl Snapshot {
@@ -276,6 +311,15 @@ impl Snapshot {
                 self.resources
                     .insert((node.clone(), resource.clone()), *state);
             }
+            Change::Applied(set) => {
+                if self
+                    .applied
+                    .as_ref()
+                    .is_none_or(|old| old.mod_revision <= set.mod_revision)
+                {
+                    self.applied = Some(set.clone());
+                }
+            }
         }
     }
 
@@ -318,6 +362,8 @@ pub enum Change {
         resource: ResourceName,
         state: ResourceState,
     },
+    /// A new package set was applied.
+    Applied(Versioned<AppliedPackages>),
 }
 
 /// A snapshot and every change committed after it, in commit order.
@@ -388,9 +434,23 @@ pub trait ClusterStore: Send + Sync {
     /// kept, so a re-created package continues above it).
     fn delete_package(&self, name: String, expected: Revision) -> StoreFuture<'_, Revision>;
 
+    /// Compare-and-swap of the applied package set: succeeds only when the
+    /// stored set's `mod_revision` is `expected` (`0`: none applied yet).
+    /// A lost race is [`StoreError::Conflict`] with package
+    /// [`APPLIED_KEY`].
+    fn put_applied(
+        &self,
+        expected: Revision,
+        set: AppliedPackages,
+    ) -> StoreFuture<'_, Versioned<AppliedPackages>>;
+
     /// A snapshot plus the stream of later changes, taken atomically.
     fn watch(&self) -> StoreFuture<'_, Watch>;
 }
+
+/// The name the applied package set goes by in a
+/// [`StoreError::Conflict`] (and its key in both backends).
+pub const APPLIED_KEY: &str = "applied-packages";
 
 /// Milliseconds since the Unix epoch, for `updated_ms`.
 pub(crate) fn now_ms() -> u64 {

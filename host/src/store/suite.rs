@@ -365,3 +365,52 @@ where
     assert_eq!(next.mod_revision, after.revision + 1);
     assert_eq!(next.value.fence_token, FenceToken(2));
 }
+
+/// The applied package set: created only from "none yet", replaced only by
+/// a writer that saw the current one, in the snapshot, and seen by a watch.
+pub(super) async fn the_applied_package_set_is_compare_and_swapped_and_watched(
+    store: &dyn ClusterStore,
+) {
+    let set = |revision: u64, text: &str| {
+        let files: BTreeMap<String, String> = [("web.toml".to_owned(), text.to_owned())]
+            .into_iter()
+            .collect();
+        AppliedPackages {
+            revision,
+            digest: AppliedPackages::digest_of(&files),
+            files,
+            applied_by: "test".into(),
+            applied_ms: 1,
+        }
+    };
+    let mut watch = store.watch().await.unwrap();
+    assert_eq!(watch.snapshot.applied, None);
+    let first = store
+        .put_applied(0, set(1, "name = \"web\""))
+        .await
+        .unwrap();
+    assert!(first.mod_revision > 0);
+    let err = store.put_applied(0, set(1, "stale")).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { expected: 0, actual, .. } if actual == first.mod_revision),
+        "{err}"
+    );
+    let second = store
+        .put_applied(first.mod_revision, set(2, "name = \"web\"\n"))
+        .await
+        .unwrap();
+    assert_ne!(first.value.digest, second.value.digest);
+    assert_eq!(
+        store.snapshot().await.unwrap().applied,
+        Some(second.clone())
+    );
+    for expected in [&first, &second] {
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.change, Change::Applied(expected.clone()));
+        watch.snapshot.apply(&event);
+    }
+    assert_eq!(watch.snapshot.applied, Some(second));
+}

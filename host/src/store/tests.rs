@@ -83,3 +83,10 @@ async fn a_view_that_took_its_own_write_is_not_set_back_by_older_watch_events() 
     assert_eq!(view.packages["web"], second);
     assert_eq!(view.packages, store.snapshot().await.unwrap().packages);
 }
+
+#[tokio::test]
+async fn the_applied_package_set_is_compare_and_swapped_and_watched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    suite::the_applied_package_set_is_compare_and_swapped_and_watched(&store).await;
+}

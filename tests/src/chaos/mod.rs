@@ -1349,20 +1349,30 @@ fn write_config(
         &format!("#!/bin/sh\nsleep {}\n", START_MS as f64 / 1000.0),
     );
     cfg.script("pkg/halt.sh", "#!/bin/sh\nexit 0\n");
+    // Every host runs the applied package set, so the package files must
+    // be the same on every node: what differs per node (its name, its
+    // config dir as the mark its processes are found by) is in this
+    // node's own wrapper, which the relative program path resolves to.
+    cfg.script(
+        "pkg/beat.sh",
+        &format!(
+            "#!/bin/sh\nexec \"{bin}\" \"{dir}/$1.beats\" \"{node}\" \"$1\" \"{BEAT_MS}\" \"{mark}\"\n",
+            bin = beat_bin.display(),
+            dir = beat_dir.display(),
+            mark = cfg.path().display(),
+        ),
+    );
     for spec in &PACKAGES {
         let nodes: Vec<String> = spec.nodes.iter().map(|n| format!("\"{n}\"")).collect();
         cfg.write(
             &format!("packages.d/{}.toml", spec.name),
             &format!(
-                "name = \"{name}\"\ntype = \"failover\"\nnodes = [{nodes}]\nfailover_policy = \"{policy}\"\nfailback_policy = \"{failback}\"\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n{extra}\n[[service]]\nname = \"beat\"\ncommand = [\"{bin}\", \"{file}\", \"{node}\", \"{name}\", \"{BEAT_MS}\", \"{mark}\"]\nrestarts = {restarts}\n",
+                "name = \"{name}\"\ntype = \"failover\"\nnodes = [{nodes}]\nfailover_policy = \"{policy}\"\nfailback_policy = \"{failback}\"\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n{extra}\n[[service]]\nname = \"beat\"\ncommand = [\"pkg/beat.sh\", \"{name}\"]\nrestarts = {restarts}\n",
                 name = spec.name,
                 nodes = nodes.join(", "),
                 policy = spec.policy,
                 failback = spec.failback,
                 extra = spec.extra,
-                bin = beat_bin.display(),
-                file = beat_dir.join(format!("{}.beats", spec.name)).display(),
-                mark = cfg.path().display(),
                 restarts = spec.restarts,
             ),
         );

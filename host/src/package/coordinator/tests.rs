@@ -25,6 +25,8 @@ struct Scenario {
     failures: BTreeMap<String, String>,
     deferred_down: BTreeMap<String, String>,
     guard_halting: BTreeSet<String>,
+    redefined: BTreeSet<String>,
+    retired: BTreeSet<String>,
     lease_in_doubt: bool,
     max_parallel: usize,
 }
@@ -75,6 +77,8 @@ impl Scenario {
             failures: BTreeMap::new(),
             deferred_down: BTreeMap::new(),
             guard_halting: BTreeSet::new(),
+            redefined: BTreeSet::new(),
+            retired: BTreeSet::new(),
             lease_in_doubt: false,
             max_parallel: 32,
         }
@@ -176,6 +180,8 @@ impl Scenario {
             failures: &self.failures,
             deferred_down: &self.deferred_down,
             guard_halting: &self.guard_halting,
+            redefined: &self.redefined,
+            retired: &self.retired,
             lease_in_doubt: self.lease_in_doubt,
             max_parallel: self.max_parallel,
         }
@@ -673,4 +679,77 @@ fn a_package_disabled_on_a_node_starts_on_the_next_one() {
             r#"write web: starting on [node2] "starting on node2 (startup)"; then claim and run (startup)"#
         ]],
     );
+}
+
+// ---- the applied package set (`vigil apply`) ----------------------------
+
+#[test]
+fn a_package_whose_run_definition_changed_is_halted_here_to_come_back_here() {
+    let mut s = Scenario::seen_from("node2")
+        .package(failover("web"))
+        .record("web", PackageState::Up, &["node2"]);
+    s.running_here = set(&["web"]);
+    s.redefined = set(&["web"]);
+    let effects = decide(&s.facts());
+    check(
+        &s,
+        expect![[
+            r#"write web: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#
+        ]],
+    );
+    // It asks to run again on this node, not wherever placement would
+    // start it from scratch (node1 is first in its list).
+    let Effect::Write(halt) = &effects[0] else {
+        panic!("{effects:?}")
+    };
+    assert!(halt.update.admin.run);
+    assert_eq!(halt.update.admin.node.as_deref(), Some("node2"));
+    // Under way already: nothing more.
+    s.in_flight = set(&["web"]);
+    check(&s, expect![[""]]);
+}
+
+#[test]
+fn a_redefined_package_not_running_here_is_left_alone() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .record("web", PackageState::Up, &["node2"]);
+    s.redefined = set(&["web"]);
+    check(&s, expect![[""]]);
+}
+
+#[test]
+fn a_package_removed_from_the_applied_set_is_halted_where_it_runs() {
+    // Not among the specs any more, but running here.
+    let mut s = Scenario::seen_from("node2")
+        .package(failover("web"))
+        .record("old", PackageState::Up, &["node2"])
+        .record("web", PackageState::Up, &["node2"]);
+    s.running_here = set(&["old", "web"]);
+    s.retired = set(&["old"]);
+    check(
+        &s,
+        expect![[
+            r#"write old: halting on [node2] "halting on node2 (reconfigured)"; then halt (reconfigured)"#
+        ]],
+    );
+}
+
+#[test]
+fn the_record_of_a_removed_package_that_runs_nowhere_is_deleted_by_the_first_live_node() {
+    let mut s = Scenario::seen_from("node1")
+        .package(failover("web"))
+        .record("old", PackageState::Down, &[])
+        .record("web", PackageState::Up, &["node1"]);
+    s.running_here = set(&["web"]);
+    s.retired = set(&["old"]);
+    check(&s, expect![[r#"delete the record of old"#]]);
+    // Only one node deletes it.
+    s.node = "node2";
+    s.running_here = BTreeSet::new();
+    check(&s, expect![[""]]);
+    // A failed halt keeps its owner, and the record stays.
+    let mut s = Scenario::seen_from("node1").record("old", PackageState::Failed, &["node3"]);
+    s.retired = set(&["old"]);
+    check(&s, expect![[""]]);
 }
