@@ -188,11 +188,19 @@ fn address_cluster(tag: &str, test: u32) -> AddressCluster {
         cfg.write("www/node.txt", &format!("{name}\n"));
         cfg.script("pkg/run.sh", "#!/bin/sh\nexit 0\n");
         cfg.script("pkg/halt.sh", "#!/bin/sh\nexit 0\n");
+        // The package file is the same on both nodes (every host runs the
+        // applied set, DESIGN §7): what is per node is in the script.
+        cfg.script(
+            "pkg/http.sh",
+            &format!(
+                "#!/bin/sh\nexec /usr/bin/python3 -m http.server --bind {vip} --directory {} {PORT}\n",
+                cfg.path().join("www").display()
+            ),
+        );
         cfg.write(
             "packages.d/web.toml",
             &format!(
-                "name = \"web\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n\n[[ip]]\naddress = \"{vip}/24\"\n\n[[service]]\nname = \"http\"\ncommand = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"--bind\", \"{vip}\", \"--directory\", \"{}\", \"{PORT}\"]\n",
-                cfg.path().join("www").display()
+                "name = \"web\"\ntype = \"failover\"\nnodes = [\"node1\", \"node2\"]\nrun = [\"pkg/run.sh\"]\nhalt = [\"pkg/halt.sh\"]\n\n[[ip]]\naddress = \"{vip}/24\"\n\n[[service]]\nname = \"http\"\ncommand = [\"pkg/http.sh\"]\n"
             ),
         );
         nodes.push(Node {
