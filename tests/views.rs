@@ -1060,6 +1060,14 @@ fn a_warning_repeated_every_poll_is_logged_once_then_counted() {
 fn pkg_halt_of_a_package_that_is_not_running_says_there_is_nothing_to_halt() {
     let cfg = one_node(free_loopback_port());
     let _host = cfg.start_host();
+    wait_for(WAIT, "app up", || {
+        let p = cfg.package_status("app")?;
+        if p["state"] == "up" {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
     let (code, out, err) = run(&cfg, &["pkg", "halt", "app", "--wait=20"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.starts_with("halting app; switching disabled"), "{out}");

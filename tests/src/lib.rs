@@ -344,9 +344,18 @@ impl ConfigDir {
 /// cluster host stops or is killed), package services and monitor children
 /// started from this directory are killed before it is removed.
 impl Drop for ConfigDir {
+    /// Kills what is left of the test's processes: those that name the
+    /// directory, and those that run in it (services and hooks run with the
+    /// config dir as their working directory, whatever their command line:
+    /// `sleep 100000` of a package the stopped host left running).
     fn drop(&mut self) {
         let dir = self.path().display().to_string();
-        for (pid, _) in processes_matching(&dir) {
+        let mut pids: Vec<i32> = processes_matching(&dir)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        pids.extend(processes_in(self.path()));
+        for pid in pids {
             if pid as u32 == std::process::id() {
                 continue;
             }
@@ -356,6 +365,20 @@ impl Drop for ConfigDir {
             );
         }
     }
+}
+
+/// Processes whose working directory is `dir` or below it.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
 }
 
 impl Default for ConfigDir {
