@@ -30,6 +30,7 @@ use super::agent::{self, AgentCommand, AgentReport};
 use super::coordinator::{self, AfterWrite, Effect, Facts, Prepared};
 use super::lifecycle::{LifecycleEvent, Reason, RunnerContext};
 use super::membership::{Membership, Permit};
+use super::releases::{InUse, Releases};
 use super::rounds::{self, OwnOutcome};
 use crate::config::package::PackageConfig;
 use crate::criteria::{ResourceState, Transition};
@@ -106,7 +107,7 @@ pub struct PackageManager {
     /// at the next step, permits first.
     outcomes: Vec<OwnOutcome>,
     /// Run permits to give back: nothing of these packages runs here.
-    releases: Vec<String>,
+    releases: Releases,
     /// The store round under way, if any (one at a time).
     round: Option<Round>,
     /// Where rounds report back.
@@ -300,7 +301,7 @@ impl PackageManager {
             run_dir,
             view,
             outcomes: Vec::new(),
-            releases: Vec::new(),
+            releases: Releases::default(),
             round: None,
             rounds: Arc::from(channels.rounds),
             queued: Vec::new(),
@@ -506,7 +507,7 @@ impl PackageManager {
             // lease. (After a failed halt something may still run, and the
             // package stays failed here, permit and all.)
             if halted {
-                self.releases.push(package.clone());
+                self.releases.ended(&package);
             }
             self.running_here.remove(&package);
             let _ = self
@@ -738,12 +739,15 @@ impl PackageManager {
         });
     }
 
-    /// True while the package runs here, or is being started or halted
-    /// here: its run permit is in use.
-    fn runs_or_starts_here(&self, package: &str) -> bool {
-        self.running_here.contains(package)
-            || self.in_flight.contains_key(package)
-            || self.claiming.contains_key(package)
+    /// What this node does with `package` now, for its run permit.
+    fn in_use(&self, package: &str) -> InUse {
+        if self.running_here.contains(package) || self.in_flight.contains_key(package) {
+            InUse::Runs
+        } else if self.claiming.contains_key(package) {
+            InUse::Claimed
+        } else {
+            InUse::Free
+        }
     }
 
     /// Sends what this node learnt (permits to give back, outcomes,
@@ -758,9 +762,10 @@ impl PackageManager {
             return false;
         }
         let node = self.node.clone();
-        let mut releases = std::mem::take(&mut self.releases);
-        releases.retain(|p| !self.runs_or_starts_here(p));
-        let releases = releases
+        let mut owed = std::mem::take(&mut self.releases);
+        let send = owed.take(|p| self.in_use(p));
+        self.releases = owed;
+        let releases = send
             .into_iter()
             .map(|p| {
                 let release = self.membership.release(&p, &node);
@@ -840,9 +845,7 @@ impl PackageManager {
                 // Given back at the next round — unless the package runs
                 // here again by then: its new permit must stay.
                 for package in unreleased {
-                    if !self.runs_or_starts_here(&package) && !self.releases.contains(&package) {
-                        self.releases.push(package);
-                    }
+                    self.releases.failed(&package);
                 }
                 for record in seen {
                     self.view.seen(record);
@@ -955,6 +958,7 @@ impl PackageManager {
         match done.outcome {
             Ok(Permit::Granted) => {
                 self.claiming.remove(&claim.package);
+                self.releases.granted(&claim.package);
                 self.launch(claim);
             }
             Ok(Permit::HeldBy { node: holder }) => {
@@ -962,7 +966,7 @@ impl PackageManager {
             }
             Ok(Permit::NotOwner { owners }) => {
                 warn!(package = %claim.package, ?owners, "ownership moved while claiming; replanning");
-                self.claiming.remove(&claim.package);
+                self.give_up_claim(&claim.package);
             }
             Err(StoreError::Conflict { .. }) => {
                 // The record moved on (the old owner recorded its halt, say).
@@ -982,18 +986,23 @@ impl PackageManager {
                     }
                     Some(record) => {
                         self.view.seen(record);
-                        self.claiming.remove(&claim.package);
+                        self.give_up_claim(&claim.package);
                     }
-                    None => {
-                        self.claiming.remove(&claim.package);
-                    }
+                    None => self.give_up_claim(&claim.package),
                 }
             }
             Err(e) => {
                 warn!(package = %claim.package, error = %e, "claiming a package failed; replanning");
-                self.claiming.remove(&claim.package);
+                self.give_up_claim(&claim.package);
             }
         }
+    }
+
+    /// Stops claiming `package`'s permit; a permit the claim may have got
+    /// all the same is given back.
+    fn give_up_claim(&mut self, package: &str) {
+        self.claiming.remove(package);
+        self.releases.claim_given_up(package);
     }
 
     /// On a cluster: rejoins with a new lease once the old one expired.
@@ -1193,13 +1202,16 @@ impl PackageManager {
                 self.running_here.remove(&package);
                 // Halted: its next run takes the new definition.
                 self.redefined.remove(&package);
+                // Nothing of it runs here any more: its permit goes back,
+                // whether its halt is recorded here or not. (After a failed
+                // halt something may still run: the permit stays.)
+                if result.is_ok() {
+                    self.releases.ended(&package);
+                }
                 if flight.as_ref().is_some_and(|f| !f.record) {
                     info!(%package, %node, ok = result.is_ok(), "stale copy halted");
                     self.dirty = true;
                     return;
-                }
-                if result.is_ok() {
-                    self.releases.push(package.clone());
                 }
                 let then_fail = flight.as_ref().and_then(|f| f.then_fail.clone());
                 let reason = flight.map(|f| f.reason);

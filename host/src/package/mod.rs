@@ -6,7 +6,8 @@
 //! services on this node; [`parts`] starts and releases the volume groups,
 //! file systems, addresses and OCF agents a package takes with it;
 //! [`membership`] is the lease, heartbeats and run permits of a cluster
-//! (none on one node); [`peers`] writes and watches the heartbeats;
+//! (none on one node); [`releases`] the permits this node owes back;
+//! [`peers`] writes and watches the heartbeats;
 //! [`applied`] is the cluster's applied package set (`vigil apply`).
 
 pub mod agent;
@@ -19,4 +20,5 @@ pub mod membership;
 pub mod order;
 pub mod parts;
 pub mod peers;
+pub mod releases;
 pub mod rounds;
