@@ -505,6 +505,66 @@ fn a_resource_down_halt_does_not_wait_for_a_hung_store() {
     assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
 }
 
+/// An operator command waited for the store on the main loop: with etcd
+/// hung, `vigil pkg clear app` held the loop for the store's deadline, and a
+/// resource-down halt that came meanwhile waited behind it.
+#[test]
+fn an_operator_command_on_a_hung_store_does_not_hold_back_a_resource_down_halt() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // TTL 4 s: store calls give up after 1 s, the lease is in doubt after 2 s.
+    let (c, _) = AppCluster::started(4, true, &[]);
+    let etcd = Pid::from_raw(c.etcd.pid().expect("etcd runs") as i32);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    kill(etcd, Signal::SIGSTOP).unwrap();
+    let (answered_ms, answer) = std::thread::scope(|s| {
+        let command = s.spawn(|| {
+            let out = c.dirs["node1"].vigil(&["pkg", "clear", "app"]);
+            (now_ms(), out)
+        });
+        // The command is on its way (or waiting) when the flag goes.
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::remove_file(c.dirs["node1"].path().join("flag")).unwrap();
+        command.join().unwrap()
+    });
+    let halted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(WAIT, "node1's copy halted", || {
+            match c
+                .intervals()
+                .iter()
+                .find(|(node, _, _, stop)| node == "node1" && stop.is_some())
+            {
+                Some(i) => Ok(i.3.unwrap()),
+                None => Err(format!("{:?}\n{}", c.intervals(), c.logs())),
+            }
+        })
+    }));
+    kill(etcd, Signal::SIGCONT).unwrap();
+    let halted_ms = halted.unwrap();
+    assert!(
+        !answer.status.success(),
+        "the store was hung, yet: {}",
+        String::from_utf8_lossy(&answer.stdout)
+    );
+    assert!(
+        halted_ms < answered_ms,
+        "the halt ({halted_ms}) waited for the command's answer ({answered_ms}):\n{}",
+        c.logs()
+    );
+    assert!(
+        String::from_utf8_lossy(&answer.stderr).contains("app"),
+        "the error names the package: {}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    c.wait_app_on("node2", "node2");
+    assert!(c.overlaps().is_empty(), "{:?}", c.overlaps());
+}
+
 #[test]
 fn split_brain_frozen_owner_is_halted_by_its_guard_before_the_package_moves() {
     use nix::sys::signal::Signal;

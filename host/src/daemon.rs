@@ -86,6 +86,11 @@ pub enum Event {
         reply: tokio::sync::oneshot::Sender<Response>,
         result: Box<Result<Validated, Vec<ConfigError>>>,
     },
+    /// An operator command's store work came back from its task.
+    AdminDone {
+        done: Box<crate::package::manager::AdminDone>,
+        reply: tokio::sync::oneshot::Sender<Response>,
+    },
     /// Stop (SIGTERM, SIGINT).
     Shutdown,
 }
@@ -345,6 +350,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             Event::Monitor(e) => state.on_monitor_event(e).await,
             Event::Api(call) => match call.request {
                 Request::Apply { digest } => state.start_apply(digest, call.reply),
+                request @ (Request::Pkg { .. }
+                | Request::Node { .. }
+                | Request::NodeMaintenance { .. }) => state.start_admin(request, call.reply),
                 request => {
                     let response = state.on_request(request).await;
                     let _ = call.reply.send(response);
@@ -356,6 +364,13 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 result,
             } => {
                 let response = state.finish_apply(&digest, *result).await;
+                let _ = reply.send(response);
+            }
+            Event::AdminDone { done, reply } => {
+                let response = match state.manager.admin_done(*done, &state.hub) {
+                    Ok(done) => Response::ok(crate::views::AdminOutput { done }),
+                    Err(e) => Response::error(e),
+                };
                 let _ = reply.send(response);
             }
             Event::Agent(report) => state.manager.on_report(report, &mut state.hub),
@@ -1091,6 +1106,37 @@ impl DaemonState {
 
     /// `vigil apply`: reads and validates the configuration on a task, as a
     /// reload does; [`Self::finish_apply`] answers.
+    /// An operator command (`vigil pkg|node ...`): checked here, its store
+    /// work sent to a task (the main loop never waits for the store), its
+    /// answer given when [`Event::AdminDone`] brings the work back.
+    fn start_admin(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let started = match &request {
+            Request::Pkg {
+                action,
+                package,
+                node,
+            } => self
+                .manager
+                .admin(action.clone(), package, node.as_deref())
+                .map_err(|e| self.broken_package(package).unwrap_or(e)),
+            Request::Node { halt, node } => self.manager.node_admin(*halt, node),
+            Request::NodeMaintenance { node, on } => self.manager.node_maintenance(node, *on),
+            _ => Err("not an operator command".to_owned()),
+        };
+        match started {
+            Ok(work) => {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let done = Box::new(work.await);
+                    let _ = events.send(Event::AdminDone { done, reply });
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Response::error(e));
+            }
+        }
+    }
+
     fn start_apply(&mut self, digest: String, reply: tokio::sync::oneshot::Sender<Response>) {
         let (dir, events) = (self.config_dir.clone(), self.events.clone());
         tokio::spawn(async move {
@@ -1300,27 +1346,8 @@ impl DaemonState {
                 }
                 Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
             },
-            Request::Pkg {
-                action,
-                package,
-                node,
-            } => match self
-                .manager
-                .admin(action, &package, node.as_deref(), &self.hub)
-                .await
-            {
-                Ok(done) => Response::ok(crate::views::AdminOutput { done }),
-                Err(e) => Response::error(self.broken_package(&package).unwrap_or(e)),
-            },
-            Request::Node { halt, node } => match self.manager.node_admin(halt, &node).await {
-                Ok(done) => Response::ok(crate::views::AdminOutput { done }),
-                Err(e) => Response::error(e),
-            },
-            Request::NodeMaintenance { node, on } => {
-                match self.manager.node_maintenance(&node, on).await {
-                    Ok(done) => Response::ok(crate::views::AdminOutput { done }),
-                    Err(e) => Response::error(e),
-                }
+            Request::Pkg { .. } | Request::Node { .. } | Request::NodeMaintenance { .. } => {
+                Response::error("operator command: not handled here")
             }
             Request::ConfigErrors => Response::ok(self.all_errors()),
             Request::Applied => Response::ok(crate::views::AppliedSetOutput {

@@ -69,6 +69,45 @@ pub enum AdminOp {
     MaintenanceOff,
 }
 
+/// What an operator asked for, carried with its store work.
+#[derive(Debug, Clone)]
+pub enum AdminCommand {
+    Pkg {
+        op: AdminOp,
+        package: String,
+        node: Option<String>,
+    },
+    Node {
+        halt: bool,
+        node: String,
+    },
+    NodeMaintenance {
+        node: String,
+        on: bool,
+    },
+}
+
+/// An operator command's store work, to run on a task.
+pub type AdminWork = std::pin::Pin<Box<dyn std::future::Future<Output = AdminDone> + Send>>;
+
+/// An operator command's store work, done.
+#[derive(Debug)]
+pub struct AdminDone {
+    command: AdminCommand,
+    result: Result<AdminWritten, StoreError>,
+}
+
+/// The package record as the command found it, and as it wrote it (`None`:
+/// nothing to write, or the record moved on).
+#[derive(Debug)]
+struct AdminWritten {
+    before: Option<Versioned<PackageRecord>>,
+    written: Option<Versioned<PackageRecord>>,
+}
+
+/// A change to a package record, sent to a task.
+type Change = Box<dyn Fn(&mut PackageUpdate) + Send + Sync>;
+
 pub struct PackageManager {
     cluster: String,
     node: String,
@@ -1025,14 +1064,6 @@ impl PackageManager {
         self.membership.probe()
     }
 
-    /// The package's record read from the store itself (the view may be
-    /// behind: a write just lost a compare-and-swap), taken into the view.
-    async fn record(&mut self, package: &str) -> Result<Versioned<PackageRecord>, StoreError> {
-        let record = rounds::fresh(&*self.store, package).await?;
-        self.view.seen(record.clone());
-        Ok(record)
-    }
-
     /// Keeps `change` for the next bookkeeping round, which records it
     /// while the record still names this node an owner.
     fn outcome(
@@ -1057,54 +1088,6 @@ impl PackageManager {
             change: Box::new(change),
         });
         self.dirty = true;
-    }
-
-    /// Writes `change` to the package's record: from the view first, from a
-    /// fresh read after a lost compare-and-swap.
-    async fn write(
-        &mut self,
-        package: &str,
-        change: impl Fn(&mut PackageUpdate),
-    ) -> Result<(), StoreError> {
-        self.write_if(package, |_| true, change).await
-    }
-
-    /// Writes `change` when `holds` is true of the record it would replace
-    /// — checked again on every attempt, against what is really stored.
-    async fn write_if(
-        &mut self,
-        package: &str,
-        holds: impl Fn(&PackageRecord) -> bool,
-        change: impl Fn(&mut PackageUpdate),
-    ) -> Result<(), StoreError> {
-        for attempt in 0..5 {
-            let record = match self.view.packages.get(package) {
-                Some(record) if attempt == 0 => record.clone(),
-                _ => self.record(package).await?,
-            };
-            if !holds(&record.value) {
-                info!(%package, state = record.value.state.as_str(), owners = ?record.value.owners, "record moved on; not writing over it");
-                return Ok(());
-            }
-            let mut update = PackageUpdate::from(&record.value);
-            change(&mut update);
-            match self
-                .store
-                .update_package(package.to_owned(), record.mod_revision, update)
-                .await
-            {
-                Ok(written) => {
-                    self.view.seen(written);
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StoreError::Backend {
-            path: "store".into(),
-            message: format!("package {package}: too many conflicts"),
-        })
     }
 
     /// The agent finished a command.
@@ -1575,35 +1558,243 @@ impl PackageManager {
         })
     }
 
-    /// Carries out `vigil pkg OP NAME [--node N]`; returns what was done.
-    pub async fn admin(
+    /// Starts `vigil pkg OP NAME [--node N]`: checked against the view
+    /// here, its store work handed back to run on a task (the main loop
+    /// never waits for the store), finished by [`Self::admin_done`].
+    pub fn admin(
         &mut self,
         op: AdminOp,
         package: &str,
         node: Option<&str>,
-        hub: &ResourceHub,
-    ) -> Result<String, String> {
+    ) -> Result<AdminWork, String> {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
         }
         if let Some(n) = node.filter(|n| !self.cluster_nodes.iter().any(|c| c == n)) {
             return Err(format!("node {n:?} is not in cluster.nodes"));
         }
-        let store_err = |e: StoreError| e.to_string();
-        let done = match op {
+        let change: Change = match op {
+            AdminOp::Halt => Box::new(|u| {
+                u.switching = false;
+                u.admin.halted = true;
+                u.admin.run = false;
+                u.admin.node = None;
+                u.reason = "halted by operator".into();
+            }),
+            AdminOp::Run | AdminOp::Move => {
+                if op == AdminOp::Move && node.is_none() {
+                    return Err("pkg move needs --node".into());
+                }
+                let target = node.map(str::to_owned);
+                Box::new(move |u| {
+                    u.switching = true;
+                    u.admin.halted = false;
+                    u.admin.run = true;
+                    u.admin.node = target.clone();
+                })
+            }
+            AdminOp::Enable | AdminOp::Disable if node.is_some() => {
+                let n = node.unwrap_or_default().to_owned();
+                let listed = self.packages[package]
+                    .nodes
+                    .iter()
+                    .any(|l| l == &n || l == "*");
+                if !listed {
+                    return Err(format!("{package} does not list node {n:?} in its nodes"));
+                }
+                let on = op == AdminOp::Enable;
+                Box::new(move |u| {
+                    if on {
+                        u.disabled_nodes.remove(&n);
+                    } else {
+                        u.disabled_nodes.insert(n.clone());
+                    }
+                })
+            }
+            AdminOp::MaintenanceOn | AdminOp::MaintenanceOff => {
+                if let Some(n) = node {
+                    return Err(format!(
+                        "pkg maintenance takes no --node (got {n:?}): use `vigil node maintenance {n} on|off` for a node"
+                    ));
+                }
+                let on = op == AdminOp::MaintenanceOn;
+                Box::new(move |u| u.admin.maintenance = on)
+            }
+            AdminOp::Enable | AdminOp::Disable => {
+                let on = op == AdminOp::Enable;
+                Box::new(move |u| u.switching = on)
+            }
+            AdminOp::Clear => {
+                let node = node.map(str::to_owned);
+                Box::new(move |u| {
+                    match &node {
+                        Some(n) => {
+                            u.failed_on.remove(n);
+                        }
+                        None => u.failed_on.clear(),
+                    }
+                    if u.state == PackageState::Failed && u.owners.is_empty() {
+                        u.state = PackageState::Down;
+                        u.reason = "failure cleared by operator".into();
+                    }
+                })
+            }
+        };
+        let command = AdminCommand::Pkg {
+            op,
+            package: package.to_owned(),
+            node: node.map(str::to_owned),
+        };
+        let (store, package) = (Arc::clone(&self.store), package.to_owned());
+        Ok(Box::pin(async move {
+            let result = async {
+                let before = rounds::fresh(&*store, &package).await?;
+                // Asked to run where it already runs: nothing to write. Up
+                // but asked to halt (its owner has not halted it yet: it may
+                // be frozen) is not running for good: the request must
+                // cancel the halt.
+                if let AdminCommand::Pkg {
+                    op: AdminOp::Run | AdminOp::Move,
+                    node,
+                    ..
+                } = &command
+                {
+                    let b = &before.value;
+                    let running =
+                        b.state == PackageState::Up && !b.owners.is_empty() && !b.admin.halted;
+                    if running && node.as_ref().is_none_or(|n| b.owners.contains(n)) {
+                        return Ok(AdminWritten {
+                            before: Some(before),
+                            written: None,
+                        });
+                    }
+                }
+                let written = rounds::write_if(&*store, &package, &|_| true, &*change).await?;
+                Ok(AdminWritten {
+                    before: Some(before),
+                    written,
+                })
+            }
+            .await;
+            AdminDone { command, result }
+        }))
+    }
+
+    /// `vigil node run|halt NAME` (this node only, for now); see
+    /// [`Self::admin`].
+    pub fn node_admin(&mut self, halt: bool, node: &str) -> Result<AdminWork, String> {
+        if !self.cluster_nodes.iter().any(|n| n == node) {
+            return Err(format!("node {node:?} is not in cluster.nodes"));
+        }
+        // Another node's record can be changed only while that node is there
+        // to hold it: a record written for a dead node would outlive it.
+        if node != self.node && !self.view.nodes.contains_key(node) {
+            return Err(format!(
+                "node {node:?} is not running `vigil host`; start it there"
+            ));
+        }
+        let state = if halt {
+            NodeState::Halted
+        } else {
+            NodeState::Up
+        };
+        let record = NodeRecord {
+            name: node.to_owned(),
+            state,
+            updated_ms: vigil_sdk::now_ms(),
+            maintenance: coordinator::node_in_maintenance(&self.view, node),
+        };
+        Ok(self.put_node(
+            AdminCommand::Node {
+                halt,
+                node: node.to_owned(),
+            },
+            record,
+        ))
+    }
+
+    /// `vigil node maintenance NAME on|off`: kept in the node's record,
+    /// which lives while the node is in the cluster; see [`Self::admin`].
+    pub fn node_maintenance(&mut self, node: &str, on: bool) -> Result<AdminWork, String> {
+        if !self.cluster_nodes.iter().any(|n| n == node) {
+            return Err(format!("node {node:?} is not in cluster.nodes"));
+        }
+        let Some(record) = self.view.nodes.get(node) else {
+            return Err(format!(
+                "node {node:?} is not running `vigil host`; start it there"
+            ));
+        };
+        let mut record = record.value.clone();
+        record.maintenance = on;
+        record.updated_ms = vigil_sdk::now_ms();
+        Ok(self.put_node(
+            AdminCommand::NodeMaintenance {
+                node: node.to_owned(),
+                on,
+            },
+            record,
+        ))
+    }
+
+    /// The store work of a node command: the node's record written (the
+    /// watch brings it into the view).
+    fn put_node(&self, command: AdminCommand, record: NodeRecord) -> AdminWork {
+        let store = Arc::clone(&self.store);
+        Box::pin(async move {
+            let result = store.put_node(record).await.map(|_| AdminWritten {
+                before: None,
+                written: None,
+            });
+            AdminDone { command, result }
+        })
+    }
+
+    /// Finishes an operator command once its store work is back: what it
+    /// wrote goes into the view, and the answer says what was done.
+    pub fn admin_done(&mut self, done: AdminDone, hub: &ResourceHub) -> Result<String, String> {
+        let AdminDone { command, result } = done;
+        let written = match result {
+            Ok(written) => written,
+            Err(e) => {
+                return Err(match &command {
+                    AdminCommand::Pkg { package, .. } => format!("package {package}: {e}"),
+                    AdminCommand::Node { node, .. }
+                    | AdminCommand::NodeMaintenance { node, .. } => format!("node {node}: {e}"),
+                });
+            }
+        };
+        if let Some(before) = &written.before {
+            self.view.seen(before.clone());
+        }
+        let wrote = written.written.is_some();
+        if let Some(record) = written.written {
+            self.view.seen(record);
+        }
+        self.dirty = true;
+        let (op, package, node) = match command {
+            AdminCommand::Node { halt, node } => {
+                let state = if halt { "halted" } else { "up" };
+                return Ok(format!("node {node} is {state}"));
+            }
+            AdminCommand::NodeMaintenance { node, on: true } => {
+                return Ok(format!(
+                    "node {node} is in maintenance: vigil takes no action for its packages until `vigil node maintenance {node} off`"
+                ));
+            }
+            AdminCommand::NodeMaintenance { node, on: false } => {
+                return Ok(format!(
+                    "node {node} is out of maintenance; what was held back happens now"
+                ));
+            }
+            AdminCommand::Pkg { op, package, node } => (op, package, node),
+        };
+        let Some(before) = written.before.map(|b| b.value) else {
+            return Err(format!("package {package}: no record"));
+        };
+        Ok(match op {
             AdminOp::Halt => {
-                let before = self.record(package).await.map_err(store_err)?.value;
                 let running = !before.owners.is_empty()
                     || matches!(before.state, PackageState::Starting | PackageState::Up);
-                self.write(package, |u| {
-                    u.switching = false;
-                    u.admin.halted = true;
-                    u.admin.run = false;
-                    u.admin.node = None;
-                    u.reason = "halted by operator".into();
-                })
-                .await
-                .map_err(store_err)?;
                 if running {
                     format!("halting {package}; switching disabled until `vigil pkg run {package}`")
                 } else {
@@ -1613,38 +1804,19 @@ impl PackageManager {
                     )
                 }
             }
+            AdminOp::Run | AdminOp::Move if !wrote => {
+                format!(
+                    "{package} already runs on {}: nothing to do",
+                    before.owners.join(", ")
+                )
+            }
             AdminOp::Run | AdminOp::Move => {
-                if op == AdminOp::Move && node.is_none() {
-                    return Err("pkg move needs --node".into());
-                }
-                let target = node.map(str::to_owned);
-                let before = self.record(package).await.map_err(store_err)?.value;
-                // Up but asked to halt (its owner has not halted it yet: it
-                // may be frozen) is not running for good: the run request
-                // must cancel the halt.
-                let running = before.state == PackageState::Up
-                    && !before.owners.is_empty()
-                    && !before.admin.halted;
-                if running && node.is_none_or(|n| before.owners.iter().any(|o| o == n)) {
-                    return Ok(format!(
-                        "{package} already runs on {}: nothing to do",
-                        before.owners.join(", ")
-                    ));
-                }
-                self.write(package, |u| {
-                    u.switching = true;
-                    u.admin.halted = false;
-                    u.admin.run = true;
-                    u.admin.node = target.clone();
-                })
-                .await
-                .map_err(store_err)?;
                 // Say now when the request cannot be met, rather than
                 // "starting" something that will not start.
                 let plan = self.plan(hub);
-                let placed = plan.placement.get(package).cloned().unwrap_or_default();
-                let blocked = plan.explanations.get(package).and_then(|e| e.blocked);
-                match (node, placed.is_empty(), blocked) {
+                let placed = plan.placement.get(&package).cloned().unwrap_or_default();
+                let blocked = plan.explanations.get(&package).and_then(|e| e.blocked);
+                match (node.as_deref(), placed.is_empty(), blocked) {
                     (_, true, Some(why)) => {
                         return Err(format!(
                             "{package} cannot run anywhere: {why} (`vigil why {package}` says more)"
@@ -1661,145 +1833,39 @@ impl PackageManager {
                             placed.join(", ")
                         ));
                     }
-                    _ => {}
-                }
-                match node {
-                    Some(n) => format!("starting {package} on {n}"),
-                    None => format!("starting {package} on {}", placed.join(", ")),
+                    (Some(n), _, _) => format!("starting {package} on {n}"),
+                    (None, _, _) => format!("starting {package} on {}", placed.join(", ")),
                 }
             }
-            AdminOp::Enable | AdminOp::Disable if node.is_some() => {
-                let n = node.unwrap_or_default().to_owned();
-                let on = op == AdminOp::Enable;
-                let listed = self.packages[package]
-                    .nodes
-                    .iter()
-                    .any(|l| l == &n || l == "*");
-                if !listed {
-                    return Err(format!("{package} does not list node {n:?} in its nodes"));
-                }
-                self.write(package, |u| {
-                    if on {
-                        u.disabled_nodes.remove(&n);
-                    } else {
-                        u.disabled_nodes.insert(n.clone());
-                    }
-                })
-                .await
-                .map_err(store_err)?;
-                format!(
-                    "switching {} for {package} on {n}",
-                    if on { "enabled" } else { "disabled" }
-                )
-            }
-            AdminOp::MaintenanceOn | AdminOp::MaintenanceOff => {
-                if let Some(n) = node {
-                    return Err(format!(
-                        "pkg maintenance takes no --node (got {n:?}): use `vigil node maintenance {n} on|off` for a node"
-                    ));
-                }
-                let on = op == AdminOp::MaintenanceOn;
-                self.write(package, |u| u.admin.maintenance = on)
-                    .await
-                    .map_err(store_err)?;
-                if on {
-                    format!(
-                        "{package} is in maintenance: vigil takes no action for it until `vigil pkg maintenance {package} off`"
-                    )
+            AdminOp::Enable | AdminOp::Disable if node.is_some() => format!(
+                "switching {} for {package} on {}",
+                if op == AdminOp::Enable {
+                    "enabled"
                 } else {
-                    format!("{package} is out of maintenance; what was held back happens now")
+                    "disabled"
+                },
+                node.unwrap_or_default()
+            ),
+            AdminOp::MaintenanceOn => format!(
+                "{package} is in maintenance: vigil takes no action for it until `vigil pkg maintenance {package} off`"
+            ),
+            AdminOp::MaintenanceOff => {
+                format!("{package} is out of maintenance; what was held back happens now")
+            }
+            AdminOp::Enable | AdminOp::Disable => format!(
+                "switching {} for {package}",
+                if op == AdminOp::Enable {
+                    "enabled"
+                } else {
+                    "disabled"
                 }
-            }
-            AdminOp::Enable | AdminOp::Disable => {
-                let on = op == AdminOp::Enable;
-                self.write(package, |u| u.switching = on)
-                    .await
-                    .map_err(store_err)?;
-                format!(
-                    "switching {} for {package}",
-                    if on { "enabled" } else { "disabled" }
-                )
-            }
+            ),
             AdminOp::Clear => {
-                self.write(package, |u| {
-                    match node {
-                        Some(n) => {
-                            u.failed_on.remove(n);
-                        }
-                        None => u.failed_on.clear(),
-                    }
-                    if u.state == PackageState::Failed && u.owners.is_empty() {
-                        u.state = PackageState::Down;
-                        u.reason = "failure cleared by operator".into();
-                    }
-                })
-                .await
-                .map_err(store_err)?;
-                if node.is_none_or(|n| n == self.node) {
-                    self.service_exits.remove(package);
+                if node.as_deref().is_none_or(|n| n == self.node) {
+                    self.service_exits.remove(&package);
                 }
                 format!("cleared failures of {package}")
             }
-        };
-        self.dirty = true;
-        Ok(done)
-    }
-
-    /// `vigil node run|halt NAME` (this node only, for now).
-    pub async fn node_admin(&mut self, halt: bool, node: &str) -> Result<String, String> {
-        if !self.cluster_nodes.iter().any(|n| n == node) {
-            return Err(format!("node {node:?} is not in cluster.nodes"));
-        }
-        // Another node's record can be changed only while that node is there
-        // to hold it: a record written for a dead node would outlive it.
-        if node != self.node && !self.view.nodes.contains_key(node) {
-            return Err(format!(
-                "node {node:?} is not running `vigil host`; start it there"
-            ));
-        }
-        let state = if halt {
-            NodeState::Halted
-        } else {
-            NodeState::Up
-        };
-        self.store
-            .put_node(NodeRecord {
-                name: node.to_owned(),
-                state,
-                updated_ms: vigil_sdk::now_ms(),
-                maintenance: coordinator::node_in_maintenance(&self.view, node),
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.dirty = true;
-        Ok(format!("node {node} is {}", state.as_str()))
-    }
-
-    /// `vigil node maintenance NAME on|off`: kept in the node's record,
-    /// which lives while the node is in the cluster.
-    pub async fn node_maintenance(&mut self, node: &str, on: bool) -> Result<String, String> {
-        if !self.cluster_nodes.iter().any(|n| n == node) {
-            return Err(format!("node {node:?} is not in cluster.nodes"));
-        }
-        let Some(record) = self.view.nodes.get(node) else {
-            return Err(format!(
-                "node {node:?} is not running `vigil host`; start it there"
-            ));
-        };
-        let mut record = record.value.clone();
-        record.maintenance = on;
-        record.updated_ms = vigil_sdk::now_ms();
-        self.store
-            .put_node(record)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.dirty = true;
-        Ok(if on {
-            format!(
-                "node {node} is in maintenance: vigil takes no action for its packages until `vigil node maintenance {node} off`"
-            )
-        } else {
-            format!("node {node} is out of maintenance; what was held back happens now")
         })
     }
 

@@ -128,10 +128,7 @@ mod tests {
     /// permit while it lived, so node2 waited for it for good.
     #[test]
     fn a_stale_copy_halted_gives_its_permit_back() {
-        check(
-            "ended ers; send",
-            expect![[r#"send: ers"#]],
-        );
+        check("ended ers; send", expect![[r#"send: ers"#]]);
     }
 
     #[test]
@@ -168,10 +165,7 @@ mod tests {
     /// leaves the permit ours with nothing running.
     #[test]
     fn a_claim_given_up_gives_back_a_permit_it_may_have_got() {
-        check(
-            "given-up a; send",
-            expect![[r#"send: a"#]],
-        );
+        check("given-up a; send", expect![[r#"send: a"#]]);
     }
 
     #[test]
