@@ -86,6 +86,12 @@ pub enum Event {
         reply: tokio::sync::oneshot::Sender<Response>,
         result: Box<Result<Validated, Vec<ConfigError>>>,
     },
+    /// A package set stored (`vigil apply`, or a reload on one node) by a
+    /// task: taken into the view and run; `reply` answers `vigil apply`.
+    AppliedStored {
+        result: Box<Result<crate::store::Versioned<AppliedPackages>, crate::store::StoreError>>,
+        reply: Option<tokio::sync::oneshot::Sender<Response>>,
+    },
     /// An operator command's store work came back from its task.
     AdminDone {
         done: Box<crate::package::manager::AdminDone>,
@@ -327,6 +333,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
         config_errors,
         applied_errors,
         running_digest: None,
+        last_changes: None,
         reload: ReloadState::Idle,
         events: events.clone(),
         config_dir: options.config_dir.clone(),
@@ -347,14 +354,14 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             break;
         };
         match event {
-            Event::Monitor(e) => state.on_monitor_event(e).await,
+            Event::Monitor(e) => state.on_monitor_event(e),
             Event::Api(call) => match call.request {
                 Request::Apply { digest } => state.start_apply(digest, call.reply),
                 request @ (Request::Pkg { .. }
                 | Request::Node { .. }
                 | Request::NodeMaintenance { .. }) => state.start_admin(request, call.reply),
                 request => {
-                    let response = state.on_request(request).await;
+                    let response = state.on_request(request);
                     let _ = call.reply.send(response);
                 }
             },
@@ -363,9 +370,9 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 reply,
                 result,
             } => {
-                let response = state.finish_apply(&digest, *result).await;
-                let _ = reply.send(response);
+                state.finish_apply(&digest, *result, reply);
             }
+            Event::AppliedStored { result, reply } => state.applied_stored(*result, reply),
             Event::AdminDone { done, reply } => {
                 let response = match state.manager.admin_done(*done, &state.hub) {
                     Ok(done) => Response::ok(crate::views::AdminOutput { done }),
@@ -393,16 +400,16 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                 state.manager.on_store_event(&change);
                 watch_nudge.notify_one();
                 if matches!(change.change, crate::store::Change::Applied(_)) {
-                    state.on_applied().await;
+                    state.on_applied();
                 }
             }
             Event::StoreResync(snapshot) => {
                 state.manager.resync(*snapshot);
                 watch_nudge.notify_one();
-                state.on_applied().await;
+                state.on_applied();
             }
             Event::Reload => state.start_reload(),
-            Event::Reloaded(result) => state.finish_reload(*result).await,
+            Event::Reloaded(result) => state.finish_reload(*result),
             Event::Shutdown => break,
         }
         if let Some(why) = state.manager.take_fail_fast() {
@@ -772,6 +779,10 @@ struct DaemonState {
     applied_errors: Vec<ConfigErrorRow>,
     /// The digest of the applied set the manager runs by.
     running_digest: Option<String>,
+    /// What the package set running now changed, by its digest: the answer
+    /// of a `vigil apply` whose set the watch brought before its own write
+    /// came back.
+    last_changes: Option<(String, applied::SetChanges)>,
     reload: ReloadState,
     events: mpsc::UnboundedSender<Event>,
     config_dir: PathBuf,
@@ -1071,7 +1082,7 @@ impl DaemonState {
     /// re-taken): the manager takes the new set. A file of it that does not
     /// load on this node keeps the version of that package this node runs
     /// by (its last good one), with the error shown.
-    async fn on_applied(&mut self) -> Option<applied::SetChanges> {
+    fn on_applied(&mut self) -> Option<applied::SetChanges> {
         let set = self.manager.applied()?.value.clone();
         if self.running_digest.as_deref() == Some(set.digest.as_str()) {
             return None;
@@ -1097,15 +1108,14 @@ impl DaemonState {
             rows.push(row);
         }
         self.applied_errors = rows;
-        let changes = self.manager.set_packages(packages, &mut self.hub).await;
+        let changes = self.manager.set_packages(packages, &mut self.hub);
         info!(revision = set.revision, digest = %set.digest, by = %set.applied_by, %changes, "running the applied package set");
+        self.last_changes = Some((set.digest.clone(), changes.clone()));
         self.running_digest = Some(set.digest);
         self.reconcile_monitors();
         Some(changes)
     }
 
-    /// `vigil apply`: reads and validates the configuration on a task, as a
-    /// reload does; [`Self::finish_apply`] answers.
     /// An operator command (`vigil pkg|node ...`): checked here, its store
     /// work sent to a task (the main loop never waits for the store), its
     /// answer given when [`Event::AdminDone`] brings the work back.
@@ -1137,6 +1147,8 @@ impl DaemonState {
         }
     }
 
+    /// `vigil apply`: reads and validates the configuration on a task, as a
+    /// reload does; [`Self::finish_apply`] answers.
     fn start_apply(&mut self, digest: String, reply: tokio::sync::oneshot::Sender<Response>) {
         let (dir, events) = (self.config_dir.clone(), self.events.clone());
         tokio::spawn(async move {
@@ -1153,11 +1165,12 @@ impl DaemonState {
     /// error or the package files are no longer what the CLI validated;
     /// else stored as the next revision of the package set, which every
     /// host (this one at once) then runs.
-    async fn finish_apply(
+    fn finish_apply(
         &mut self,
         digest: &str,
         read: Result<Validated, Vec<ConfigError>>,
-    ) -> Response {
+        reply: tokio::sync::oneshot::Sender<Response>,
+    ) {
         let current = self
             .manager
             .applied()
@@ -1175,53 +1188,117 @@ impl DaemonState {
             })
         };
         let validated = match read {
-            Err(errors) => return refuse(&errors),
+            Err(errors) => {
+                let _ = reply.send(refuse(&errors));
+                return;
+            }
             Ok(v) => v,
         };
         if !validated.errors.is_empty() {
-            return refuse(&validated.errors);
+            let _ = reply.send(refuse(&validated.errors));
+            return;
         }
         let local = LocalPackages::of(&validated);
         let files = local.texts;
         let read_digest = AppliedPackages::digest_of(&files);
         if !local.broken.is_empty() || read_digest != digest {
-            return refuse(&[ConfigError::file(
+            let _ = reply.send(refuse(&[ConfigError::file(
                 &self.config_dir.join("packages.d"),
                 format!(
                     "changed since `vigil apply` validated it (digest {digest}, now {read_digest}), or the host reads another config dir; nothing applied, run vigil apply again"
                 ),
-            )]);
+            )]));
+            return;
         }
-        let mut changes = applied::SetChanges::default();
-        let changed = current.as_ref().is_none_or(|c| c.digest != read_digest);
-        if changed {
-            let set = AppliedPackages {
-                revision: current.as_ref().map_or(0, |c| c.revision) + 1,
-                digest: read_digest,
-                files,
-                applied_by: format!("vigil apply on {}", self.node),
-                applied_ms: now_ms(),
-            };
-            if let Err(e) = self.manager.put_applied(set).await {
-                return Response::error(format!(
-                    "storing the package set failed: {e}; nothing applied"
-                ));
+        if current.as_ref().is_some_and(|c| c.digest == read_digest) {
+            let _ = reply.send(Response::ok(crate::views::ApplyOutput {
+                ok: true,
+                applied: current.clone(),
+                changed: false,
+                added: Vec::new(),
+                restarted: Vec::new(),
+                replanned: Vec::new(),
+                removed: Vec::new(),
+                errors: Vec::new(),
+            }));
+            return;
+        }
+        let set = AppliedPackages {
+            revision: current.as_ref().map_or(0, |c| c.revision) + 1,
+            digest: read_digest,
+            files,
+            applied_by: format!("vigil apply on {}", self.node),
+            applied_ms: now_ms(),
+        };
+        self.store_applied(set, Some(reply));
+    }
+
+    /// Stores `set` as the cluster's package set on a task (compare-and-swap
+    /// against the set this node saw last); [`Event::AppliedStored`] brings
+    /// the answer back.
+    fn store_applied(
+        &mut self,
+        set: AppliedPackages,
+        reply: Option<tokio::sync::oneshot::Sender<Response>>,
+    ) {
+        let (work, events) = (self.manager.put_applied(set), self.events.clone());
+        tokio::spawn(async move {
+            let result = Box::new(work.await);
+            let _ = events.send(Event::AppliedStored { result, reply });
+        });
+    }
+
+    /// A package set stored (or not): runs it here, and answers `vigil
+    /// apply` with what changed.
+    fn applied_stored(
+        &mut self,
+        result: Result<crate::store::Versioned<AppliedPackages>, crate::store::StoreError>,
+        reply: Option<tokio::sync::oneshot::Sender<Response>>,
+    ) {
+        let changes = match result {
+            Ok(written) => {
+                let digest = written.value.digest.clone();
+                self.manager.applied_stored(written);
+                self.on_applied().unwrap_or_else(|| {
+                    self.last_changes
+                        .as_ref()
+                        .filter(|(d, _)| *d == digest)
+                        .map(|(_, c)| c.clone())
+                        .unwrap_or_default()
+                })
             }
-            changes = self.on_applied().await.unwrap_or_default();
+            Err(e) => {
+                match &reply {
+                    Some(_) => {
+                        warn!(error = %e, "storing the applied package set failed; nothing applied")
+                    }
+                    None => {
+                        error!(error = %e, "cannot store the reloaded package set; packages unchanged")
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Response::error(format!(
+                        "storing the package set failed: {e}; nothing applied"
+                    )));
+                }
+                return;
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Response::ok(crate::views::ApplyOutput {
+                ok: true,
+                applied: self
+                    .manager
+                    .applied()
+                    .map(|a| crate::views::AppliedStatus::new(&a.value)),
+                changed: true,
+                added: changes.added,
+                restarted: changes.redefined,
+                replanned: changes.replanned,
+                removed: changes.removed,
+                errors: Vec::new(),
+            }));
         }
-        Response::ok(crate::views::ApplyOutput {
-            ok: true,
-            applied: self
-                .manager
-                .applied()
-                .map(|a| crate::views::AppliedStatus::new(&a.value)),
-            changed,
-            added: changes.added,
-            restarted: changes.redefined,
-            replanned: changes.replanned,
-            removed: changes.removed,
-            errors: Vec::new(),
-        })
     }
 
     /// On one node (embedded store) a reload applies `packages.d/` as
@@ -1229,7 +1306,7 @@ impl DaemonState {
     /// applied before (shown as an error) instead of refusing the whole
     /// set; on a cluster it only says how the local files differ from the
     /// applied set.
-    async fn reload_packages(&mut self, validated: &Validated) {
+    fn reload_packages(&mut self, validated: &Validated) {
         let local = LocalPackages::of(validated);
         let current = self.manager.applied().map(|a| a.value.clone());
         if self.manager.on_cluster() {
@@ -1266,17 +1343,10 @@ impl DaemonState {
             applied_by: format!("reload on {}", self.node),
             applied_ms: now_ms(),
         };
-        match self.manager.put_applied(set).await {
-            Ok(_) => {
-                self.on_applied().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot store the reloaded package set; packages unchanged")
-            }
-        }
+        self.store_applied(set, None);
     }
 
-    async fn on_monitor_event(&mut self, event: MonitorEvent) {
+    fn on_monitor_event(&mut self, event: MonitorEvent) {
         let monitor = match &event {
             MonitorEvent::Declared { monitor, .. }
             | MonitorEvent::Samples { monitor, .. }
@@ -1315,7 +1385,7 @@ impl DaemonState {
         }
     }
 
-    async fn on_request(&mut self, request: Request) -> Response {
+    fn on_request(&mut self, request: Request) -> Response {
         match request {
             Request::Ping => Response::ok(serde_json::json!({"node": self.node})),
             Request::Resls { path } => {
@@ -1324,7 +1394,7 @@ impl DaemonState {
                     self.hub.used_by(r)
                 }))
             }
-            Request::Status => match self.manager.status(&self.hub).await {
+            Request::Status => match self.manager.status(&self.hub) {
                 Ok(mut status) => {
                     status.config_errors = self.all_errors();
                     status.hooks = self.hooks.rows();
@@ -1332,7 +1402,7 @@ impl DaemonState {
                 }
                 Err(e) => Response::error(e.to_string()),
             },
-            Request::Why { package } => match self.manager.why(&package, &self.hub).await {
+            Request::Why { package } => match self.manager.why(&package, &self.hub) {
                 Ok(mut why) => {
                     why.resources = self.why_resources(&package);
                     why.text = with_causes_here(&why.text, &self.node, &why.resources);
@@ -1497,7 +1567,7 @@ impl DaemonState {
         });
     }
 
-    async fn finish_reload(&mut self, read: Result<Validated, Vec<ConfigError>>) {
+    fn finish_reload(&mut self, read: Result<Validated, Vec<ConfigError>>) {
         let plan = plan_reload(&self.config, &self.node, &self.topology.running(), &read);
         self.config_errors = plan.errors;
         if let Some(why) = plan.refused {
@@ -1530,7 +1600,7 @@ impl DaemonState {
             self.config.cluster = cluster;
             self.config.monitors = plan.monitors;
             self.config.packages = validated.config.packages.clone();
-            self.reload_packages(&validated).await;
+            self.reload_packages(&validated);
             self.reconcile_monitors();
             info!(
                 monitors,

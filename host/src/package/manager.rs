@@ -182,6 +182,10 @@ pub struct PackageManager {
     /// Retired packages whose record is being deleted (on a task), since
     /// when: asked again after a second if the record is still there.
     deleting: BTreeMap<String, std::time::Instant>,
+    /// Packages of the applied set that have no record yet: created on a
+    /// task (the watch brings the record into the view), by package: when
+    /// it was last asked.
+    creating: BTreeMap<String, Option<std::time::Instant>>,
 }
 
 /// How often a service exited on its own here, and how it last did.
@@ -354,6 +358,7 @@ impl PackageManager {
             redefined: BTreeSet::new(),
             retired: BTreeSet::new(),
             deleting: BTreeMap::new(),
+            creating: BTreeMap::new(),
         }
         .with_live_nodes())
     }
@@ -388,7 +393,7 @@ impl PackageManager {
     /// runs is halted and run again; a placement change is only planned
     /// with); removed ones are halted where they run and their records
     /// deleted. Nothing that runs is touched otherwise.
-    pub async fn set_packages(
+    pub fn set_packages(
         &mut self,
         packages: Vec<PackageConfig>,
         hub: &mut ResourceHub,
@@ -423,21 +428,12 @@ impl PackageManager {
             }
             self.retired.remove(&p.name);
             if !self.view.packages.contains_key(&p.name) {
-                match self
-                    .store
-                    .update_package(p.name.clone(), 0, PackageUpdate::down("applied"))
-                    .await
-                {
-                    Ok(created) => self.view.seen(created),
-                    Err(StoreError::Conflict { .. }) => {}
-                    Err(e) => {
-                        warn!(package = %p.name, error = %e, "cannot create the record of an applied package")
-                    }
-                }
+                self.creating.entry(p.name.clone()).or_insert(None);
             }
         }
         for name in &changes.removed {
             hub.unwatch_package(name);
+            self.creating.remove(name);
             self.redefined.remove(name);
             self.retired.insert(name.clone());
         }
@@ -452,18 +448,23 @@ impl PackageManager {
     }
 
     /// Stores `set` as the cluster's package set, if the one this node
-    /// saw last is still the current one (compare-and-swap).
-    pub async fn put_applied(
-        &mut self,
+    /// saw last is still the current one (compare-and-swap): the work, to
+    /// run on a task; [`Self::applied_stored`] takes its answer.
+    pub fn put_applied(
+        &self,
         set: crate::store::AppliedPackages,
-    ) -> Result<Versioned<crate::store::AppliedPackages>, StoreError> {
+    ) -> super::membership::Pending<Versioned<crate::store::AppliedPackages>> {
         let expected = self.view.applied.as_ref().map_or(0, |a| a.mod_revision);
-        let written = self.store.put_applied(expected, set).await?;
+        let store = Arc::clone(&self.store);
+        Box::pin(async move { store.put_applied(expected, set).await })
+    }
+
+    /// The package set this node stored, into the view.
+    pub fn applied_stored(&mut self, written: Versioned<crate::store::AppliedPackages>) {
         self.view.apply(&crate::store::StoreEvent {
             revision: written.mod_revision,
-            change: crate::store::Change::Applied(written.clone()),
+            change: crate::store::Change::Applied(written),
         });
-        Ok(written)
     }
 
     /// A change the store's watch reported.
@@ -668,12 +669,39 @@ impl PackageManager {
         let view = &self.view;
         self.retired.retain(|p| view.packages.contains_key(p));
         self.deleting.retain(|p, _| view.packages.contains_key(p));
+        self.create_records();
         if self.round.is_some() {
             self.decide_and_act(hub, true);
             return;
         }
         if !self.start_bookkeeping() {
             self.decide(hub);
+        }
+    }
+
+    /// Creates, on tasks, the records of applied packages that have none;
+    /// again a second after a failed attempt. Another node creating the
+    /// same record first is no error: the watch brings its record.
+    fn create_records(&mut self) {
+        let view = &self.view;
+        self.creating.retain(|p, _| !view.packages.contains_key(p));
+        for (package, asked) in &mut self.creating {
+            if asked.is_some_and(|t| t.elapsed().as_secs() < 1) {
+                continue;
+            }
+            *asked = Some(std::time::Instant::now());
+            let (store, package) = (Arc::clone(&self.store), package.clone());
+            tokio::spawn(async move {
+                match store
+                    .update_package(package.clone(), 0, PackageUpdate::down("applied"))
+                    .await
+                {
+                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => {
+                        warn!(%package, error = %e, "cannot create the record of an applied package; retrying")
+                    }
+                }
+            });
         }
     }
 
@@ -1313,7 +1341,7 @@ impl PackageManager {
         }
     }
 
-    pub async fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
+    pub fn status(&self, hub: &ResourceHub) -> Result<StatusOutput, StoreError> {
         let store = &self.view;
         let withheld = self.withheld_now(hub);
         Ok(StatusOutput {
@@ -1502,7 +1530,7 @@ impl PackageManager {
             .collect()
     }
 
-    pub async fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
+    pub fn why(&self, package: &str, hub: &ResourceHub) -> Result<WhyOutput, String> {
         if !self.packages.contains_key(package) {
             return Err(format!("no package named {package:?}"));
         }
