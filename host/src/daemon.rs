@@ -86,6 +86,8 @@ pub enum Event {
         reply: tokio::sync::oneshot::Sender<Response>,
         result: Box<Result<Validated, Vec<ConfigError>>>,
     },
+    /// The lease expired and a task took a new one (or failed to).
+    Rejoined(Box<Result<crate::package::membership::Rejoined, crate::store::StoreError>>),
     /// A package set stored (`vigil apply`, or a reload on one node) by a
     /// task: taken into the view and run; `reply` answers `vigil apply`.
     AppliedStored {
@@ -372,6 +374,7 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
             } => {
                 state.finish_apply(&digest, *result, reply);
             }
+            Event::Rejoined(result) => state.manager.rejoined(*result),
             Event::AppliedStored { result, reply } => state.applied_stored(*result, reply),
             Event::AdminDone { done, reply } => {
                 let response = match state.manager.admin_done(*done, &state.hub) {
@@ -390,7 +393,13 @@ pub async fn run(options: HostOptions) -> anyhow::Result<()> {
                     info!(package = %t.package, resource = %t.resource, from = %t.from, to = %t.to, detail = %t.detail, "resource transition");
                     state.manager.on_transition(&t);
                 }
-                state.manager.maintain_link().await;
+                if let Some(work) = state.manager.rejoin() {
+                    let events = state.events.clone();
+                    tokio::spawn(async move {
+                        let result = Box::new(work.await);
+                        let _ = events.send(Event::Rejoined(result));
+                    });
+                }
                 state.manager.check_guard();
                 // Retries what a store error interrupted.
                 state.manager.step(&state.hub);

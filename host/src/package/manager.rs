@@ -1072,9 +1072,16 @@ impl PackageManager {
         self.releases.claim_given_up(package);
     }
 
-    /// On a cluster: rejoins with a new lease once the old one expired.
-    pub async fn maintain_link(&mut self) {
-        self.membership.maintain(&self.node).await;
+    /// On a cluster, once the lease expired: the work of rejoining with a
+    /// new one, to run on a task ([`Membership::rejoin`]).
+    pub fn rejoin(&mut self) -> Option<super::membership::Rejoin> {
+        self.membership.rejoin(&self.node)
+    }
+
+    /// A rejoin came back.
+    pub fn rejoined(&mut self, result: Result<super::membership::Rejoined, StoreError>) {
+        self.membership.rejoined(&self.node, result);
+        self.dirty = true;
     }
 
     /// True on a multi-node (etcd) cluster.

@@ -87,6 +87,8 @@ pub struct EtcdMembership {
     /// What [`Membership::lease_in_doubt`] reads, shared with the task that
     /// beats the guard; switched to the new lease on a rejoin.
     probe: LeaseProbe,
+    /// A rejoin is under way on a task.
+    rejoining: bool,
 }
 
 impl EtcdMembership {
@@ -109,6 +111,7 @@ impl EtcdMembership {
             beats,
             reaper,
             probe,
+            rejoining: false,
         }
     }
 }
@@ -252,40 +255,50 @@ impl Membership {
     }
 
     /// When etcd says this node's lease is gone (it expired while etcd was
-    /// unreachable), takes a new one and records the node as up again.
-    /// Until then [`Self::lease_in_doubt`] keeps this node from acting.
-    pub async fn maintain(&mut self, node: &str) {
+    /// unreachable): the work of taking a new one and recording the node
+    /// as up again, to run on a task; [`Self::rejoined`] takes its answer.
+    /// `None` while the lease is good or a rejoin is under way. Until the
+    /// node has rejoined, [`Self::lease_in_doubt`] keeps it from acting.
+    pub fn rejoin(&mut self, node: &str) -> Option<Rejoin> {
+        let Membership::Etcd(m) = self else {
+            return None;
+        };
+        if m.rejoining || !m.keepalive.health().expired {
+            return None;
+        }
+        m.rejoining = true;
+        let (etcd, ttl, node) = (m.etcd.clone(), m.lease.ttl, node.to_owned());
+        Some(Box::pin(async move {
+            let lease = etcd.grant_lease(ttl).await?;
+            let keepalive = etcd.keep_alive(&lease);
+            etcd.put_node_with_lease(
+                NodeRecord {
+                    name: node,
+                    state: NodeState::Up,
+                    updated_ms: vigil_sdk::now_ms(),
+                    maintenance: false,
+                },
+                lease.id,
+            )
+            .await?;
+            Ok(Rejoined { lease, keepalive })
+        }))
+    }
+
+    /// A rejoin came back: on success this node beats and acts under its
+    /// new lease.
+    pub fn rejoined(&mut self, node: &str, result: Result<Rejoined, StoreError>) {
         let Membership::Etcd(m) = self else { return };
-        if !m.keepalive.health().expired {
-            return;
-        }
-        let ttl = m.lease.ttl;
-        let result = async {
-            let lease = m.etcd.grant_lease(ttl).await?;
-            let keepalive = m.etcd.keep_alive(&lease);
-            m.etcd
-                .put_node_with_lease(
-                    NodeRecord {
-                        name: node.to_owned(),
-                        state: NodeState::Up,
-                        updated_ms: vigil_sdk::now_ms(),
-                        maintenance: false,
-                    },
-                    lease.id,
-                )
-                .await?;
-            Ok::<_, StoreError>((lease, keepalive))
-        }
-        .await;
+        m.rejoining = false;
         match result {
-            Ok((lease, keepalive)) => {
+            Ok(Rejoined { lease, keepalive }) => {
                 info!(%node, lease = %lease.id, "lease expired; rejoined with a new one");
                 m.beats = peers::BeatWriter::spawn(
                     m.etcd.clone(),
                     node.to_owned(),
                     lease.id,
                     keepalive.subscribe(),
-                    peers::beat_deadline(ttl),
+                    peers::beat_deadline(lease.ttl),
                 );
                 m.probe.follow(&lease, &keepalive, &m.beats, m.margin);
                 m.lease = lease;
@@ -295,3 +308,13 @@ impl Membership {
         }
     }
 }
+
+/// A new lease taken after the old one expired, its renewals running.
+#[derive(Debug)]
+pub struct Rejoined {
+    lease: Lease,
+    keepalive: KeepAlive,
+}
+
+/// A rejoin under way, off the main loop.
+pub type Rejoin = Pending<Rejoined>;
