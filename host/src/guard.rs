@@ -114,6 +114,69 @@ fn boottime() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The guard's claims in a records directory, as the host last read them:
+/// read again only when the directory changed (a claim written, renamed or
+/// removed there changes its mtime), so that a step of the host costs one
+/// `stat`, not a file read per package.
+#[derive(Debug)]
+pub struct Claims {
+    dir: PathBuf,
+    /// The directory's mtime at the last read, and when that read was.
+    read: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    claims: BTreeMap<String, Claim>,
+}
+
+impl Claims {
+    /// A directory's mtime comes from the kernel's coarse clock (a tick of
+    /// 1–10 ms): a change within this long of a read may carry the mtime
+    /// the read saw, so such a read is not trusted.
+    const RACY: Duration = Duration::from_millis(20);
+
+    pub fn new(records_dir: &Path) -> Self {
+        Self {
+            dir: records_dir.to_owned(),
+            read: None,
+            claims: BTreeMap::new(),
+        }
+    }
+
+    /// Reads the claims again if the directory changed since the last read.
+    pub fn refresh(&mut self) {
+        let mtime = match std::fs::metadata(&self.dir).and_then(|m| m.modified()) {
+            Ok(mtime) => mtime,
+            Err(_) => {
+                self.claims.clear();
+                self.read = None;
+                return;
+            }
+        };
+        if let Some((seen, at)) = self.read
+            && seen == mtime
+            && at.duration_since(mtime).is_ok_and(|d| d > Self::RACY)
+        {
+            return;
+        }
+        let at = std::time::SystemTime::now();
+        self.claims = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let package = name.to_str()?.strip_suffix(".guard.json")?.to_owned();
+                let claim = Claim::load(&self.dir, &package)?;
+                Some((package, claim))
+            })
+            .collect();
+        self.read = Some((mtime, at));
+    }
+
+    /// The claim on `package` at the last [`refresh`](Self::refresh).
+    pub fn get(&self, package: &str) -> Option<&Claim> {
+        self.claims.get(package)
+    }
+}
+
 /// How far the guard got with a package it took over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1012,6 +1075,63 @@ mod tests {
                 .describe("node1")
                 .contains("was halted by the guard on node1")
         );
+    }
+
+    fn claim_on(package: &str, phase: ClaimPhase) -> Claim {
+        Claim {
+            record: RunRecord {
+                package: package.into(),
+                node: "node1".into(),
+                fence_token: FenceToken(4),
+                started_ms: 1,
+                services: Vec::new(),
+                parts: Vec::new(),
+            },
+            phase,
+            guard_pid: 1,
+            guard_start_time: 0,
+            silent_ms: 2000,
+            claimed_ms: 2,
+            detail: String::new(),
+        }
+    }
+
+    /// Each change right after a read (within one tick of the kernel's
+    /// coarse clock, so possibly with the same directory mtime) is seen by
+    /// the next refresh: a claim written, its phase moved on, a claim gone.
+    #[test]
+    fn cached_claims_follow_every_change_of_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut claims = Claims::new(dir.path());
+        claims.refresh();
+        assert_eq!(claims.get("web"), None);
+        claim_on("web", ClaimPhase::Halting)
+            .save(dir.path())
+            .unwrap();
+        claims.refresh();
+        assert_eq!(
+            claims.get("web").map(|c| c.phase),
+            Some(ClaimPhase::Halting)
+        );
+        claim_on("web", ClaimPhase::Halted)
+            .save(dir.path())
+            .unwrap();
+        claims.refresh();
+        assert_eq!(claims.get("web").map(|c| c.phase), Some(ClaimPhase::Halted));
+        // Run records next to the claims are not claims.
+        std::fs::write(dir.path().join("db.json"), "{}").unwrap();
+        std::fs::remove_file(Claim::path(dir.path(), "web")).unwrap();
+        claims.refresh();
+        assert_eq!(claims.get("web"), None);
+        assert_eq!(claims.get("db"), None);
+        // Long after a read, an unchanged directory is not read again.
+        claim_on("db", ClaimPhase::Halted).save(dir.path()).unwrap();
+        std::thread::sleep(Claims::RACY * 2);
+        claims.refresh();
+        assert!(claims.get("db").is_some());
+        let read = claims.read;
+        claims.refresh();
+        assert_eq!(claims.read, read, "read again though nothing changed");
     }
 
     /// A link to a datagram socket the test reads, with a guard "just

@@ -164,6 +164,8 @@ fn package_name(i: usize) -> String {
 
 /// What a guard logs when its host went silent (`guard::run`).
 const GUARD_FIRED: &str = "halting this node's packages";
+/// The manager's debug line after each step, with its duration in µs.
+const STEPPED: &str = "stepped took_us=";
 
 /// What the hosts logged during a row, beyond the figures.
 #[derive(Default)]
@@ -176,6 +178,9 @@ struct Oddities {
     errors: usize,
     /// The first few warning and error lines, shortened.
     samples: Vec<String>,
+    /// How long each of the hosts' manager steps took (µs), from their
+    /// `stepped took_us=` debug lines.
+    steps_us: Vec<f64>,
     /// What the benchmark itself noticed (a restore that left the packages
     /// split over several nodes).
     notes: Vec<String>,
@@ -188,6 +193,7 @@ impl Oddities {
             || line.contains("run permit still held")
             || line.contains("starting package")
             || line.contains(GUARD_FIRED)
+            || line.contains(STEPPED)
     }
 
     fn add(&mut self, line: &str) {
@@ -197,6 +203,13 @@ impl Oddities {
         }
         if line.contains(GUARD_FIRED) {
             self.guard_fired += 1;
+        }
+        if let Some(us) = line
+            .split_once(STEPPED)
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|us| us.parse::<f64>().ok())
+        {
+            self.steps_us.push(us);
         }
         let serious = match level {
             "WARN" => {
@@ -731,8 +744,10 @@ fn run_row(case: Case, k: usize, start_ms: u64, options: &Options) -> anyhow::Re
 
 fn merge(into: &mut Oddities, from: Oddities) {
     into.permit_waits += from.permit_waits;
+    into.guard_fired += from.guard_fired;
     into.warnings += from.warnings;
     into.errors += from.errors;
+    into.steps_us.extend(from.steps_us);
     for s in from.samples {
         if into.samples.len() < 8 {
             into.samples.push(s);
@@ -756,7 +771,7 @@ fn ideal(row: &Row, rows: &[Row]) -> Option<f64> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>4} {:>6} {:>5} {:>4} {:>4}",
+        "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>8} {:>8} {:>4} {:>6} {:>5} {:>4} {:>4} {:>8} {:>8}",
         "case",
         "K",
         "moved",
@@ -774,7 +789,9 @@ fn print_table(rows: &[Row]) {
         "permit",
         "guard",
         "warn",
-        "err"
+        "err",
+        "step us",
+        "step max"
     );
     for row in rows {
         let last = sorted(row.trials.iter().map(|t| t.last));
@@ -789,8 +806,9 @@ fn print_table(rows: &[Row]) {
         ));
         let peak = row.trials.iter().map(|t| t.peak).max().unwrap_or(0);
         let ideal = ideal(row, rows);
+        let steps = sorted(row.oddities.steps_us.iter().copied());
         println!(
-            "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8.0} {:>8.0} {:>8} {:>6} {:>7.1} {:>8.0} {:>8.0} {:>8.0} {:>4} {:>6} {:>5} {:>4} {:>4}",
+            "{:<5} {:>3} {:>5} {:>4} {:>2} {:>8.0} {:>8.0} {:>8} {:>6} {:>7.1} {:>8.0} {:>8.0} {:>8.0} {:>4} {:>6} {:>5} {:>4} {:>4} {:>8.0} {:>8.0}",
             row.case.name(),
             row.k,
             row.trials.iter().map(|t| t.moved).min().unwrap_or(0),
@@ -809,6 +827,8 @@ fn print_table(rows: &[Row]) {
             row.oddities.guard_fired,
             row.oddities.warnings,
             row.oddities.errors,
+            median(&steps),
+            steps.last().copied().unwrap_or(f64::NAN),
         );
     }
     println!(
@@ -818,7 +838,7 @@ fn print_table(rows: &[Row]) {
         "1st run: median to the first run line; 1st/last lch: median to the adoptive hosts' first/last `starting package` log line;"
     );
     println!(
-        "peak: most packages between `starting package` and their run line at once; permit/guard/warn/err: host log lines in the row (restores included); guard: a guard halted its node's packages (expected after each kill, never otherwise)"
+        "peak: most packages between `starting package` and their run line at once; permit/guard/warn/err: host log lines in the row (restores included); guard: a guard halted its node's packages (expected after each kill, never otherwise);\nstep us/max: median and max of the hosts' manager steps in the row (restores included), from their `stepped` debug lines"
     );
     for row in rows {
         for s in row.oddities.notes.iter().chain(&row.oddities.samples) {
