@@ -274,7 +274,8 @@ impl ConfigDir {
         self.spawn_host(wrapper, &["--node", node], &[])
     }
 
-    /// Like [`ConfigDir::start_host_as`], with extra environment variables.
+    /// Like [`ConfigDir::start_host_as`], with extra environment variables
+    /// (they override the harness's `VIGIL_LOG=debug`).
     pub fn start_host_as_with_env(&self, node: &str, env: &[(&str, &str)]) -> Host {
         self.spawn_host(&[], &["--node", node], env)
     }
@@ -283,6 +284,12 @@ impl ConfigDir {
     /// (to start several hosts at the same moment); see [`ConfigDir::wait_ready`].
     pub fn spawn_host_as(&self, node: &str) -> Host {
         self.spawn_only(&[], &["--node", node], &[])
+    }
+
+    /// Like [`ConfigDir::spawn_host_as`], with extra environment variables
+    /// (they override the harness's `VIGIL_LOG=debug`).
+    pub fn spawn_host_as_with_env(&self, node: &str, env: &[(&str, &str)]) -> Host {
+        self.spawn_only(&[], &["--node", node], env)
     }
 
     /// Waits until `host`, started on this config dir, answers on its
@@ -326,8 +333,8 @@ impl ConfigDir {
             .arg(self.path())
             .arg("host")
             .args(host_args)
-            .envs(env.iter().copied())
             .env("VIGIL_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
