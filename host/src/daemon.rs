@@ -1185,16 +1185,10 @@ impl DaemonState {
             .applied()
             .map(|a| crate::views::AppliedStatus::new(&a.value));
         let refuse = |errors: &[ConfigError]| {
-            Response::ok(crate::views::ApplyOutput {
-                ok: false,
-                applied: current.clone(),
-                changed: false,
-                added: Vec::new(),
-                restarted: Vec::new(),
-                replanned: Vec::new(),
-                removed: Vec::new(),
-                errors: crate::views::CheckOutput::new(errors).errors,
-            })
+            Response::ok(crate::views::ApplyOutput::unchanged(
+                current.clone(),
+                crate::views::CheckOutput::new(errors).errors,
+            ))
         };
         let validated = match read {
             Err(errors) => {
@@ -1220,16 +1214,10 @@ impl DaemonState {
             return;
         }
         if current.as_ref().is_some_and(|c| c.digest == read_digest) {
-            let _ = reply.send(Response::ok(crate::views::ApplyOutput {
-                ok: true,
-                applied: current.clone(),
-                changed: false,
-                added: Vec::new(),
-                restarted: Vec::new(),
-                replanned: Vec::new(),
-                removed: Vec::new(),
-                errors: Vec::new(),
-            }));
+            let _ = reply.send(Response::ok(crate::views::ApplyOutput::unchanged(
+                current.clone(),
+                Vec::new(),
+            )));
             return;
         }
         let set = AppliedPackages {

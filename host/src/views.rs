@@ -89,6 +89,22 @@ pub struct ApplyOutput {
     pub errors: Vec<CheckError>,
 }
 
+impl ApplyOutput {
+    /// Nothing changed: refused (`errors` says why) or already in force.
+    pub fn unchanged(applied: Option<AppliedStatus>, errors: Vec<CheckError>) -> Self {
+        Self {
+            ok: errors.is_empty(),
+            applied,
+            changed: false,
+            added: Vec::new(),
+            restarted: Vec::new(),
+            replanned: Vec::new(),
+            removed: Vec::new(),
+            errors,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,

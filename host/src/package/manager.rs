@@ -69,39 +69,29 @@ pub enum AdminOp {
     MaintenanceOff,
 }
 
-/// What an operator asked for, carried with its store work.
-#[derive(Debug, Clone)]
-pub enum AdminCommand {
-    Pkg {
-        op: AdminOp,
-        package: String,
-        node: Option<String>,
-    },
-    Node {
-        halt: bool,
-        node: String,
-    },
-    NodeMaintenance {
-        node: String,
-        on: bool,
-    },
-}
-
 /// An operator command's store work, to run on a task.
 pub type AdminWork = std::pin::Pin<Box<dyn std::future::Future<Output = AdminDone> + Send>>;
 
-/// An operator command's store work, done.
-#[derive(Debug)]
-pub struct AdminDone {
-    command: AdminCommand,
-    result: Result<AdminWritten, StoreError>,
+/// An operator command's store work, done: what finishes the command on
+/// the main loop ([`PackageManager::admin_done`]).
+pub struct AdminDone(Box<Finish>);
+
+/// Finishes an operator command on the main loop.
+type Finish = dyn FnOnce(&mut PackageManager, &ResourceHub) -> Answer + Send;
+
+impl std::fmt::Debug for AdminDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminDone")
+    }
 }
 
-/// The package record as the command found it, and as it wrote it (`None`:
+/// What an operator command did, or why it could not.
+type Answer = Result<String, String>;
+
+/// The package record as `vigil pkg` found it, and as it wrote it (`None`:
 /// nothing to write, or the record moved on).
-#[derive(Debug)]
-struct AdminWritten {
-    before: Option<Versioned<PackageRecord>>,
+struct PkgWritten {
+    before: Versioned<PackageRecord>,
     written: Option<Versioned<PackageRecord>>,
 }
 
@@ -1692,12 +1682,11 @@ impl PackageManager {
                 })
             }
         };
-        let command = AdminCommand::Pkg {
-            op,
-            package: package.to_owned(),
-            node: node.map(str::to_owned),
-        };
-        let (store, package) = (Arc::clone(&self.store), package.to_owned());
+        let (store, package, node) = (
+            Arc::clone(&self.store),
+            package.to_owned(),
+            node.map(str::to_owned),
+        );
         Ok(Box::pin(async move {
             let result = async {
                 let before = rounds::fresh(&*store, &package).await?;
@@ -1705,30 +1694,27 @@ impl PackageManager {
                 // but asked to halt (its owner has not halted it yet: it may
                 // be frozen) is not running for good: the request must
                 // cancel the halt.
-                if let AdminCommand::Pkg {
-                    op: AdminOp::Run | AdminOp::Move,
-                    node,
-                    ..
-                } = &command
+                let b = &before.value;
+                let running =
+                    b.state == PackageState::Up && !b.owners.is_empty() && !b.admin.halted;
+                if matches!(op, AdminOp::Run | AdminOp::Move)
+                    && running
+                    && node.as_ref().is_none_or(|n| b.owners.contains(n))
                 {
-                    let b = &before.value;
-                    let running =
-                        b.state == PackageState::Up && !b.owners.is_empty() && !b.admin.halted;
-                    if running && node.as_ref().is_none_or(|n| b.owners.contains(n)) {
-                        return Ok(AdminWritten {
-                            before: Some(before),
-                            written: None,
-                        });
-                    }
+                    return Ok(PkgWritten {
+                        before,
+                        written: None,
+                    });
                 }
                 let written = rounds::write_if(&*store, &package, &|_| true, &*change).await?;
-                Ok(AdminWritten {
-                    before: Some(before),
-                    written,
-                })
+                Ok(PkgWritten { before, written })
             }
             .await;
-            AdminDone { command, result }
+            AdminDone(Box::new(
+                move |m: &mut PackageManager, hub: &ResourceHub| {
+                    m.pkg_done(op, &package, node.as_deref(), result, hub)
+                },
+            ))
         }))
     }
 
@@ -1756,13 +1742,8 @@ impl PackageManager {
             updated_ms: vigil_sdk::now_ms(),
             maintenance: coordinator::node_in_maintenance(&self.view, node),
         };
-        Ok(self.put_node(
-            AdminCommand::Node {
-                halt,
-                node: node.to_owned(),
-            },
-            record,
-        ))
+        let state = state.as_str();
+        Ok(self.put_node(record, format!("node {node} is {state}")))
     }
 
     /// `vigil node maintenance NAME on|off`: kept in the node's record,
@@ -1779,70 +1760,55 @@ impl PackageManager {
         let mut record = record.value.clone();
         record.maintenance = on;
         record.updated_ms = vigil_sdk::now_ms();
-        Ok(self.put_node(
-            AdminCommand::NodeMaintenance {
-                node: node.to_owned(),
-                on,
-            },
-            record,
-        ))
+        let done = if on {
+            format!(
+                "node {node} is in maintenance: vigil takes no action for its packages until `vigil node maintenance {node} off`"
+            )
+        } else {
+            format!("node {node} is out of maintenance; what was held back happens now")
+        };
+        Ok(self.put_node(record, done))
     }
 
     /// The store work of a node command: the node's record written (the
-    /// watch brings it into the view).
-    fn put_node(&self, command: AdminCommand, record: NodeRecord) -> AdminWork {
+    /// watch brings it into the view); `done` says so.
+    fn put_node(&self, record: NodeRecord, done: String) -> AdminWork {
         let store = Arc::clone(&self.store);
         Box::pin(async move {
-            let result = store.put_node(record).await.map(|_| AdminWritten {
-                before: None,
-                written: None,
-            });
-            AdminDone { command, result }
+            let node = record.name.clone();
+            let result = store.put_node(record).await;
+            AdminDone(Box::new(move |m: &mut PackageManager, _: &ResourceHub| {
+                m.dirty = true;
+                result
+                    .map(|_| done)
+                    .map_err(|e| format!("node {node}: {e}"))
+            }))
         })
     }
 
-    /// Finishes an operator command once its store work is back: what it
-    /// wrote goes into the view, and the answer says what was done.
-    pub fn admin_done(&mut self, done: AdminDone, hub: &ResourceHub) -> Result<String, String> {
-        let AdminDone { command, result } = done;
-        let written = match result {
-            Ok(written) => written,
-            Err(e) => {
-                return Err(match &command {
-                    AdminCommand::Pkg { package, .. } => format!("package {package}: {e}"),
-                    AdminCommand::Node { node, .. }
-                    | AdminCommand::NodeMaintenance { node, .. } => format!("node {node}: {e}"),
-                });
-            }
-        };
-        if let Some(before) = &written.before {
-            self.view.seen(before.clone());
-        }
+    /// Finishes an operator command once its store work is back.
+    pub fn admin_done(&mut self, done: AdminDone, hub: &ResourceHub) -> Answer {
+        (done.0)(self, hub)
+    }
+
+    /// Finishes `vigil pkg OP NAME`: what it read and wrote goes into the
+    /// view, and the answer says what was done.
+    fn pkg_done(
+        &mut self,
+        op: AdminOp,
+        package: &str,
+        node: Option<&str>,
+        result: Result<PkgWritten, StoreError>,
+        hub: &ResourceHub,
+    ) -> Answer {
+        let written = result.map_err(|e| format!("package {package}: {e}"))?;
+        self.view.seen(written.before.clone());
         let wrote = written.written.is_some();
         if let Some(record) = written.written {
             self.view.seen(record);
         }
         self.dirty = true;
-        let (op, package, node) = match command {
-            AdminCommand::Node { halt, node } => {
-                let state = if halt { "halted" } else { "up" };
-                return Ok(format!("node {node} is {state}"));
-            }
-            AdminCommand::NodeMaintenance { node, on: true } => {
-                return Ok(format!(
-                    "node {node} is in maintenance: vigil takes no action for its packages until `vigil node maintenance {node} off`"
-                ));
-            }
-            AdminCommand::NodeMaintenance { node, on: false } => {
-                return Ok(format!(
-                    "node {node} is out of maintenance; what was held back happens now"
-                ));
-            }
-            AdminCommand::Pkg { op, package, node } => (op, package, node),
-        };
-        let Some(before) = written.before.map(|b| b.value) else {
-            return Err(format!("package {package}: no record"));
-        };
+        let before = written.before.value;
         Ok(match op {
             AdminOp::Halt => {
                 let running = !before.owners.is_empty()
@@ -1866,9 +1832,9 @@ impl PackageManager {
                 // Say now when the request cannot be met, rather than
                 // "starting" something that will not start.
                 let plan = self.plan(hub);
-                let placed = plan.placement.get(&package).cloned().unwrap_or_default();
-                let blocked = plan.explanations.get(&package).and_then(|e| e.blocked);
-                match (node.as_deref(), placed.is_empty(), blocked) {
+                let placed = plan.placement.get(package).cloned().unwrap_or_default();
+                let blocked = plan.explanations.get(package).and_then(|e| e.blocked);
+                match (node, placed.is_empty(), blocked) {
                     (_, true, Some(why)) => {
                         return Err(format!(
                             "{package} cannot run anywhere: {why} (`vigil why {package}` says more)"
@@ -1913,8 +1879,8 @@ impl PackageManager {
                 }
             ),
             AdminOp::Clear => {
-                if node.as_deref().is_none_or(|n| n == self.node) {
-                    self.service_exits.remove(&package);
+                if node.is_none_or(|n| n == self.node) {
+                    self.service_exits.remove(package);
                 }
                 format!("cleared failures of {package}")
             }
