@@ -1134,19 +1134,15 @@ impl ClusterStore for EtcdStore {
                             .or_else([TxnOp::get(pkey.as_str(), None)]),
                     )
                     .await?;
-                if resp.succeeded() {
-                    return Ok(Versioned {
-                        value: record,
-                        mod_revision: header_revision(resp.header()),
-                    });
-                }
-                let actual = first_kvs(&resp)
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .map_or(0, |kv| to_revision(kv.mod_revision()));
-                if actual != expected {
-                    return Err(conflict(actual));
+                match swapped(&resp) {
+                    Ok(mod_revision) => {
+                        return Ok(Versioned {
+                            value: record,
+                            mod_revision,
+                        });
+                    }
+                    Err(actual) if actual != expected => return Err(conflict(actual)),
+                    Err(_) => {}
                 }
                 // Only the fence key moved: read it again.
             }
@@ -1181,15 +1177,7 @@ impl ClusterStore for EtcdStore {
                         .or_else([TxnOp::get(pkey.as_str(), None)]),
                 )
                 .await?;
-            if resp.succeeded() {
-                return Ok(header_revision(resp.header()));
-            }
-            let actual = first_kvs(&resp)
-                .into_iter()
-                .flatten()
-                .next()
-                .map_or(0, |kv| to_revision(kv.mod_revision()));
-            Err(conflict(actual))
+            swapped(&resp).map_err(conflict)
         })
     }
 
@@ -1213,22 +1201,16 @@ impl ClusterStore for EtcdStore {
                         .or_else([TxnOp::get(key.as_str(), None)]),
                 )
                 .await?;
-            if resp.succeeded() {
-                return Ok(Versioned {
+            swapped(&resp)
+                .map(|mod_revision| Versioned {
                     value: set,
-                    mod_revision: header_revision(resp.header()),
-                });
-            }
-            let actual = first_kvs(&resp)
-                .into_iter()
-                .flatten()
-                .next()
-                .map_or(0, |kv| to_revision(kv.mod_revision()));
-            Err(StoreError::Conflict {
-                package: APPLIED_KEY.to_owned(),
-                expected,
-                actual,
-            })
+                    mod_revision,
+                })
+                .map_err(|actual| StoreError::Conflict {
+                    package: APPLIED_KEY.to_owned(),
+                    expected,
+                    actual,
+                })
         })
     }
 
@@ -1264,6 +1246,19 @@ fn first_kvs(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
             _ => None,
         })
         .collect()
+}
+
+/// A compare-and-swap's answer: the revision it wrote at, or else (its
+/// `or_else` read the key) the revision the key has instead, 0 for none.
+fn swapped(resp: &TxnResponse) -> Result<Revision, Revision> {
+    if resp.succeeded() {
+        return Ok(header_revision(resp.header()));
+    }
+    Err(first_kvs(resp)
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(0, |kv| to_revision(kv.mod_revision())))
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
