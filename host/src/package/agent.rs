@@ -72,9 +72,10 @@ pub enum AgentReport {
         package: String,
         result: Result<(), String>,
     },
+    /// Re-adopted after a host restart: the fence token it runs under.
     Adopted {
         package: String,
-        result: Result<(), String>,
+        result: Result<FenceToken, String>,
     },
 }
 
@@ -223,7 +224,13 @@ async fn work(
             AgentCommand::Adopt { .. } => {
                 let result = RunRecord::load(&path)
                     .map_err(|e| format!("no run record {}: {e}", path.display()))
-                    .and_then(|record| runner.adopt(record).map_err(|e| e.to_string()));
+                    .and_then(|record| {
+                        let fence = record.fence_token;
+                        runner
+                            .adopt(record)
+                            .map(|()| fence)
+                            .map_err(|e| e.to_string())
+                    });
                 if result.is_ok() {
                     save(runner, &path);
                 }

@@ -149,6 +149,10 @@ pub struct PackageManager {
     halted_early: BTreeSet<String>,
     /// The guard's claims in the run directory.
     claims: crate::guard::Claims,
+    /// The fence token of the copy that runs here, or is being started or
+    /// halted here, by package: a guard's claim of another token is of an
+    /// earlier copy.
+    fences: BTreeMap<String, crate::store::FenceToken>,
     /// The guard's claims already dealt with, by package: their fence.
     guard_handled: BTreeMap<String, crate::store::FenceToken>,
     /// Something changed since the last step (an event, a report, a
@@ -334,6 +338,7 @@ impl PackageManager {
             claiming: BTreeMap::new(),
             max_parallel,
             claims: crate::guard::Claims::new(&run_dir),
+            fences: BTreeMap::new(),
             run_dir,
             view,
             outcomes: Vec::new(),
@@ -508,10 +513,21 @@ impl PackageManager {
             let package = claim.record.package.clone();
             let fence = claim.fence();
             self.guard_handled.insert(package.clone(), fence);
-            let ours =
-                self.view.packages.get(&package).is_some_and(|r| {
-                    r.value.owners.contains(&node) && r.value.fence_token == fence
-                });
+            let record = self.view.packages.get(&package).map(|r| &r.value);
+            let ours = match judge_claim(fence, self.fences.get(&package).copied(), record, &node) {
+                ClaimOf::EarlierCopy => {
+                    // The guard halted a copy the host has started again
+                    // since: the new copy, its record and its permit are
+                    // not the claim's. The agent only clears the claim.
+                    info!(%package, claimed = %fence, "the guard halted an earlier copy; the copy started here since runs on");
+                    let _ = self
+                        .agent
+                        .send(AgentCommand::GuardHalted { package, fence });
+                    continue;
+                }
+                ClaimOf::Recorded => true,
+                ClaimOf::Unrecorded => false,
+            };
             let halted = claim.phase == ClaimPhase::Halted;
             if ours {
                 let why = claim.describe(&node);
@@ -544,6 +560,7 @@ impl PackageManager {
                 self.releases.ended(&package);
             }
             self.running_here.remove(&package);
+            self.fences.remove(&package);
             let _ = self
                 .agent
                 .send(AgentCommand::GuardHalted { package, fence });
@@ -1008,6 +1025,7 @@ impl PackageManager {
     /// Hands a start to the agent.
     fn launch(&mut self, claim: Claiming) {
         info!(package = %claim.package, node = %self.node, reason = %claim.reason, fence = %claim.fence, "starting package");
+        self.fences.insert(claim.package.clone(), claim.fence);
         self.in_flight.insert(
             claim.package.clone(),
             InFlight {
@@ -1139,9 +1157,10 @@ impl PackageManager {
             AgentReport::Adopted { package, result } => {
                 self.adopting.remove(&package);
                 match result {
-                    Ok(()) => {
+                    Ok(fence) => {
                         info!(%package, "re-adopted: still running, not restarted");
                         self.running_here.insert(package.clone());
+                        self.fences.insert(package.clone(), fence);
                         self.outcome(&package, move |u| {
                             u.state = PackageState::Up;
                             u.reason = format!("re-adopted on {node} after a host restart");
@@ -1225,6 +1244,9 @@ impl PackageManager {
             AgentReport::Halted { package, result } => {
                 let flight = self.in_flight.remove(&package);
                 self.running_here.remove(&package);
+                if result.is_ok() {
+                    self.fences.remove(&package);
+                }
                 // Halted: its next run takes the new definition.
                 self.redefined.remove(&package);
                 // Nothing of it runs here any more: its permit goes back,
@@ -1961,6 +1983,40 @@ impl PackageManager {
     }
 }
 
+/// Whose copy a guard's claim (of fence token `claimed`) is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimOf {
+    /// The copy that runs here, as the package's record says: its halt is
+    /// recorded for it.
+    Recorded,
+    /// A copy the record no longer names (another node took the package
+    /// over meanwhile): it is gone, nothing to record.
+    Unrecorded,
+    /// An earlier copy than the one this node runs or starts now
+    /// (`running`, under another token): that one is not the claim's.
+    EarlierCopy,
+}
+
+/// Judges a guard's claim of token `claimed` on this `node`, where the
+/// copy that runs or starts here has token `running` (if any) and the
+/// package's record is `record`.
+fn judge_claim(
+    claimed: crate::store::FenceToken,
+    running: Option<crate::store::FenceToken>,
+    record: Option<&PackageRecord>,
+    node: &str,
+) -> ClaimOf {
+    if running.is_some_and(|r| r != claimed) {
+        return ClaimOf::EarlierCopy;
+    }
+    match record {
+        Some(r) if r.owners.iter().any(|o| o == node) && r.fence_token == claimed => {
+            ClaimOf::Recorded
+        }
+        _ => ClaimOf::Unrecorded,
+    }
+}
+
 /// What placement is told about one required resource on one node: `Some(up)`
 /// or `None` for no verdict (an `after_start` resource not judged yet does
 /// not gate anything). `judged` is the resource's state there and how long
@@ -2041,6 +2097,66 @@ mod tests {
         check(BeforeStart, Some((Unknown, 30)), true, Some(false));
         check(AfterStart, Some((Unknown, 29)), true, None);
         check(AfterStart, Some((Unknown, 30)), true, Some(false));
+    }
+
+    /// One row: the claim's token, the token of the copy running or
+    /// starting here (`None`: none), the record's owners and token (`None`:
+    /// no record), and whose copy the claim is about.
+    fn claim_row(
+        claimed: u64,
+        running: Option<u64>,
+        record: Option<(&[&str], u64)>,
+        expected: ClaimOf,
+    ) {
+        use crate::store::FenceToken;
+        let record = record.map(|(owners, fence)| PackageRecord {
+            name: "ascs".into(),
+            state: PackageState::Up,
+            owners: owners.iter().map(|o| (*o).to_owned()).collect(),
+            fence_token: FenceToken(fence),
+            switching: true,
+            disabled_nodes: BTreeSet::new(),
+            failed_on: BTreeSet::new(),
+            reason: String::new(),
+            updated_ms: 0,
+            admin: Default::default(),
+            left: None,
+        });
+        assert_eq!(
+            judge_claim(
+                FenceToken(claimed),
+                running.map(FenceToken),
+                record.as_ref(),
+                "node1"
+            ),
+            expected,
+            "claim {claimed}, running {running:?}, record {record:?}"
+        );
+    }
+
+    /// Chaos trial 110 (seed 14, etcd killed for 1.25 s): node1's lease was
+    /// in doubt, so its host and its guard both halted ascs (token 87);
+    /// etcd came back, node1 started ascs again (token 89), and the next
+    /// tick took the guard's claim of token 87 for the new copy: node1
+    /// forgot it ran ascs and recorded it down, node2 started it, and the
+    /// two copies overlapped.
+    #[test]
+    fn a_guard_claim_of_an_earlier_copy_leaves_the_copy_started_since_alone() {
+        claim_row(87, Some(89), Some((&["node1"], 89)), ClaimOf::EarlierCopy);
+        claim_row(87, Some(89), Some((&["node1"], 87)), ClaimOf::EarlierCopy);
+        claim_row(87, Some(89), None, ClaimOf::EarlierCopy);
+    }
+
+    #[test]
+    fn a_guard_claim_of_the_copy_here_is_recorded_while_the_record_names_it() {
+        // The guard halted the copy that runs here (the host froze).
+        claim_row(87, Some(87), Some((&["node1"], 87)), ClaimOf::Recorded);
+        // The host's own halt of it came back first.
+        claim_row(87, None, Some((&["node1"], 87)), ClaimOf::Recorded);
+        // Another node took the package over meanwhile: nothing to record.
+        claim_row(87, Some(87), Some((&["node2"], 88)), ClaimOf::Unrecorded);
+        claim_row(87, None, Some((&["node2"], 88)), ClaimOf::Unrecorded);
+        claim_row(87, None, None, ClaimOf::Unrecorded);
     }
 
     /// The README demo was halted 35 ms after a host restart re-adopted it,
