@@ -25,6 +25,7 @@ pub mod mountinfo;
 pub mod nagios;
 pub mod proto;
 pub mod resource;
+pub mod subnet;
 pub mod testing;
 pub mod wire;
 

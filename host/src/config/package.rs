@@ -1226,10 +1226,7 @@ pub fn agent_monitors(packages: &[PackageConfig], records_dir: &Path) -> Vec<sup
 /// `/net/subnets/<subnet>/status`, the lan monitor's resource for the
 /// subnet of `address/prefix` (DESIGN §3).
 pub fn subnet_resource(address: std::net::IpAddr, prefix: u8) -> String {
-    format!(
-        "/net/subnets/{}/status",
-        crate::package::parts::ip::subnet_name(address, prefix)
-    )
+    vigil_sdk::subnet::status_name(address, prefix).to_string()
 }
 
 /// The subnets (`192.0.2.0/24`) of every package's `[[ip]]`, for the lan
@@ -1242,7 +1239,7 @@ pub fn package_subnets(packages: &[PackageConfig]) -> Vec<String> {
                 address, prefix, ..
             } = &part.part
             {
-                let network = crate::package::parts::ip::network(*address, *prefix);
+                let network = vigil_sdk::subnet::network_of(*address, *prefix);
                 let text = format!("{network}/{prefix}");
                 if !subnets.contains(&text) {
                     subnets.push(text);

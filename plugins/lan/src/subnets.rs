@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 
+use vigil_sdk::subnet::network_of;
 use vigil_sdk::{ResourceName, ResourcePattern, Sample};
 
 use crate::netlink::{Address, Link, LinkStatus};
@@ -20,24 +21,6 @@ pub struct Subnet {
     /// The network address (host bits cleared).
     pub network: IpAddr,
     pub prefix: u8,
-}
-
-/// `address` with the bits past `prefix` cleared.
-pub fn network_of(address: IpAddr, prefix: u8) -> IpAddr {
-    match address {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    }
 }
 
 impl Subnet {
@@ -56,15 +39,12 @@ impl Subnet {
 
     /// Whether `address` is in this subnet.
     pub fn contains(&self, address: IpAddr) -> bool {
-        address.is_ipv4() == self.network.is_ipv4()
-            && network_of(address, self.prefix) == self.network
+        vigil_sdk::subnet::same_subnet(address, self.network, self.prefix)
     }
 
     /// `/net/subnets/<network>_<prefix>/status`.
     pub fn status_name(&self) -> ResourceName {
-        let segment = format!("{}_{}", self.network, self.prefix).replace(':', "-");
-        ResourceName::new(format!("/net/subnets/{segment}/status"))
-            .expect("digits, dots, dashes and underscores form a valid segment")
+        vigil_sdk::subnet::status_name(self.network, self.prefix)
     }
 
     pub fn pattern(&self) -> ResourcePattern {

@@ -22,6 +22,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use vigil_sdk::subnet::{same_subnet, segment};
+
 use super::tool_ok;
 
 /// How long IPv6 duplicate address detection may take before the start
@@ -82,49 +84,6 @@ pub fn parse_addresses(json: &str) -> Vec<InterfaceAddress> {
     out
 }
 
-/// Whether `a` and `b` are in the same subnet of `prefix` bits.
-pub fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
-    match (a, b) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            u32::from(a) & mask == u32::from(b) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            u128::from(a) & mask == u128::from(b) & mask
-        }
-        _ => false,
-    }
-}
-
-/// The subnet of `address/prefix` as the lan monitor names it
-/// (`192.0.2.0_24`).
-pub fn subnet_name(address: IpAddr, prefix: u8) -> String {
-    format!("{}_{prefix}", network(address, prefix)).replace(':', "-")
-}
-
-/// `address` with the bits past `prefix` cleared.
-pub fn network(address: IpAddr, prefix: u8) -> IpAddr {
-    match address {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    }
-}
-
 /// The interface for `address/prefix`: the first up interface with another
 /// address in that subnet.
 pub fn choose_interface(table: &[InterfaceAddress], address: IpAddr, prefix: u8) -> Option<String> {
@@ -158,7 +117,7 @@ pub fn add(address: IpAddr, prefix: u8, interface: Option<&str>) -> Result<Strin
         None => choose_interface(&table, address, prefix).ok_or_else(|| {
             format!(
                 "no up interface of this node has an address in subnet {}; name one with interface = \"...\"",
-                subnet_name(address, prefix)
+                segment(address, prefix)
             )
         })?,
     };
@@ -228,21 +187,6 @@ pub fn remove(address: IpAddr, prefix: u8, interface: Option<&str>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets() {
-        let check = |a: &str, b: &str, prefix: u8, same: bool, name: &str| {
-            let (a, b): (IpAddr, IpAddr) = (a.parse().unwrap(), b.parse().unwrap());
-            assert_eq!(same_subnet(a, b, prefix), same, "{a} {b}/{prefix}");
-            assert_eq!(subnet_name(a, prefix), name);
-        };
-        check("192.0.2.50", "192.0.2.1", 24, true, "192.0.2.0_24");
-        check("192.0.2.50", "192.0.3.1", 24, false, "192.0.2.0_24");
-        check("10.1.2.3", "10.200.0.1", 8, true, "10.0.0.0_8");
-        check("10.1.2.3", "11.1.2.3", 0, true, "0.0.0.0_0");
-        check("2001:db8::5", "2001:db8::1", 64, true, "2001-db8--_64");
-        check("2001:db8::5", "192.0.2.1", 0, false, "--_0");
-    }
 
     #[test]
     fn interface_chosen_by_subnet() {
