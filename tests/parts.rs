@@ -573,33 +573,21 @@ fn the_guard_of_a_frozen_host_releases_its_address_and_mount() {
     assert_eq!(order, ["ip", "fs"], "{log}");
 }
 
-/// The volume group's tags, as `vgs` prints them.
-fn vg_tags(vg: &str) -> String {
-    run("vgs", &["--noheadings", "-o", "vg_tags", vg])
-}
-
 #[test]
 fn volume_group_part_is_tagged_while_active_and_refused_while_a_foreign_node_holds_it() {
     if !privileged("volume group parts on loop devices") {
         return;
     }
-    require_tools(&[
-        ("vgcreate", "lvm2"),
-        ("vgchange", "lvm2"),
-        ("losetup", "util-linux"),
-    ]);
-    require_loop_devices();
-    let disk = LoopDevice::new("vga", 16 << 20);
-    let name = unique("vga").replace('-', "_");
-    let vg = VolumeGroup::new(&name, &[&disk.device]);
+    let scratch = ScratchVolumeGroup::new("vga");
+    let vg = &scratch.vg;
     let cfg = setup(&format!("[[volume_group]]\nname = \"{}\"\n", vg.name), 10);
     let host = cfg.start_host();
     wait_state(&cfg, &host, "up");
-    assert_eq!(vg_tags(&vg.name), "vigil-node1");
+    assert_eq!(vg.tags(), "vigil-node1");
     let out = cfg.vigil(&["pkg", "halt", "web"]);
     assert!(out.status.success(), "{out:?}");
     wait_state(&cfg, &host, "down");
-    assert_eq!(vg_tags(&vg.name), "", "the tag goes on halt");
+    assert_eq!(vg.tags(), "", "the tag goes on halt");
 
     // A node of another cluster sharing the disks activated it: never
     // taken over (tests/parts_cluster.rs has the live and the dead node of
@@ -613,7 +601,7 @@ fn volume_group_part_is_tagged_while_active_and_refused_while_a_foreign_node_hol
         reason.contains("it carries the tag vigil-node2: node2 is not a node of this cluster"),
         "{failed}"
     );
-    assert_eq!(vg_tags(&vg.name), "vigil-node2", "left as it was");
+    assert_eq!(vg.tags(), "vigil-node2", "left as it was");
 }
 
 fn require_dummy_agent() {

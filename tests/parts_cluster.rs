@@ -35,25 +35,13 @@ fn address_moves_to_node2_when_node1s_host_is_frozen_past_the_ttl_never_answerin
     println!("{}", address_moves_to_node2("af", 2, Loss::Freeze));
 }
 
-/// The volume group's tags, as `vgs` prints them.
-fn vg_tags(vg: &str) -> String {
-    run("vgs", &["--noheadings", "-o", "vg_tags", vg])
-}
-
 #[test]
 fn volume_group_tagged_by_a_live_node_is_refused_and_taken_over_once_its_lease_is_gone() {
     if !privileged("volume group parts on loop devices") {
         return;
     }
-    require_tools(&[
-        ("vgcreate", "lvm2"),
-        ("vgchange", "lvm2"),
-        ("losetup", "util-linux"),
-    ]);
-    require_loop_devices();
-    let disk = LoopDevice::new("vgc", 16 << 20);
-    let name = unique("vgc").replace('-', "_");
-    let vg = VolumeGroup::new(&name, &[&disk.device]);
+    let scratch = ScratchVolumeGroup::new("vgc");
+    let vg = &scratch.vg;
     let etcd = Etcd::start();
     let cluster = unique_name("vg");
     let cfgs: Vec<ConfigDir> = ["node1", "node2"]
@@ -110,7 +98,7 @@ fn volume_group_tagged_by_a_live_node_is_refused_and_taken_over_once_its_lease_i
         ),
         "{failed}"
     );
-    assert_eq!(vg_tags(&vg.name), "vigil-node2", "left as it was");
+    assert_eq!(vg.tags(), "vigil-node2", "left as it was");
 
     // node2 crashes: once its lease is gone, its tag no longer holds.
     host2.kill();
@@ -134,9 +122,9 @@ fn volume_group_tagged_by_a_live_node_is_refused_and_taken_over_once_its_lease_i
     let out = cfgs[0].vigil(&["pkg", "run", "data"]);
     assert!(out.status.success(), "{out:?}");
     state(&cfgs[0], "up");
-    assert_eq!(vg_tags(&vg.name), "vigil-node1", "node2's tag taken over");
+    assert_eq!(vg.tags(), "vigil-node1", "node2's tag taken over");
     let out = cfgs[0].vigil(&["pkg", "halt", "data"]);
     assert!(out.status.success(), "{out:?}");
     state(&cfgs[0], "down");
-    assert_eq!(vg_tags(&vg.name), "");
+    assert_eq!(vg.tags(), "");
 }

@@ -309,6 +309,34 @@ impl VolumeGroup {
         run("vgcreate", &args);
         this
     }
+
+    /// Its tags, as `vgs` prints them.
+    pub fn tags(&self) -> String {
+        run("vgs", &["--noheadings", "-o", "vg_tags", &self.name])
+    }
+}
+
+/// A volume group on a loop device of its own (16 MiB), for a test of
+/// volume group parts; the group goes before its device is detached.
+pub struct ScratchVolumeGroup {
+    pub vg: VolumeGroup,
+    _disk: LoopDevice,
+}
+
+impl ScratchVolumeGroup {
+    /// Fails loudly without lvm2 or loop devices.
+    pub fn new(label: &str) -> Self {
+        require_tools(&[
+            ("vgcreate", "lvm2"),
+            ("vgchange", "lvm2"),
+            ("losetup", "util-linux"),
+        ]);
+        require_loop_devices();
+        let disk = LoopDevice::new(label, 16 << 20);
+        let name = unique(label).replace('-', "_");
+        let vg = VolumeGroup::new(&name, &[&disk.device]);
+        Self { vg, _disk: disk }
+    }
 }
 
 impl Drop for VolumeGroup {
